@@ -1,0 +1,55 @@
+"""Exact Shapley values by enumeration, and the size-weighted formula it shares."""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import numpy as np
+
+from ._budget import BudgetedGame
+
+MAX_EXACT_PLAYERS = 20
+
+
+def all_coalitions(n: int, sizes: list[int] | None = None) -> np.ndarray:
+    """Boolean matrix of every coalition of n players (or only those of the given sizes)."""
+    if sizes is None:
+        codes = np.arange(2**n, dtype=np.int64)
+        return ((codes[:, None] >> np.arange(n)) & 1).astype(bool)
+    rows = [np.zeros((0, n), dtype=bool)]
+    for s in sorted(set(sizes)):
+        idx = np.array(list(combinations(range(n), s)), dtype=np.int64)
+        z = np.zeros((len(idx), n), dtype=bool)
+        if s > 0:
+            np.put_along_axis(z, idx, True, axis=1)
+        rows.append(z)
+    return np.concatenate(rows)
+
+
+def shapley_from_sizes(z: np.ndarray, v: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """The Shapley formula restricted to marginals v(S+i) - v(S) with |S| in ``sizes``.
+
+    ``z``/``v`` must hold every coalition of size s and s+1 for each s in ``sizes``. The
+    result averages, over those sizes, the mean marginal at each size; with all sizes
+    0..n-1 it is the exact Shapley value.
+    """
+    n = z.shape[1]
+    t = z.sum(axis=1)
+    phi = np.zeros(n)
+    for s in sizes:
+        with_i = t == s + 1  # coalitions S+i, credited to each member i
+        without_i = t == s  # coalitions S, debited from each non-member i
+        plus = z[with_i].T.astype(np.float64) @ v[with_i]
+        minus = (~z[without_i]).T.astype(np.float64) @ v[without_i]
+        phi += (plus - minus) / math.comb(n - 1, s)
+    return phi / len(sizes)
+
+
+def exact(game: BudgetedGame) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Exact Shapley values from all 2^n coalitions."""
+    n = game.n
+    z = all_coalitions(n)
+    v = np.concatenate([game.values(chunk) for chunk in np.array_split(z, max(1, len(z) // 4096))])
+    values = shapley_from_sizes(z, v, list(range(n)))
+    return values, np.zeros(n), {"coalitions": len(z)}

@@ -1,0 +1,206 @@
+"""The pruning game: a coalition of a layer's units -> the network's performance.
+
+``PruningGame(model, layer, data)`` makes the units of one layer the players. A coalition
+(a boolean mask, True = kept) is valued by running the network with the other units
+removed, in effect: they are zeroed where they enter their consumers, which computes
+exactly what the physically pruned network computes. The value is minus the mean
+cross-entropy (``metric="loss"``), the accuracy, or the mean correct-class margin, on
+exactly the data given.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .split import SplitModel
+from .tracing import trace
+from .units import MaskPoint, Units, find_units
+
+METRICS = ("loss", "accuracy", "margin")
+
+
+def metric_sums(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
+    """Sum over examples of the metric, per coalition: logits (m, B, K), y (B,) -> (m,)."""
+    logits = logits.double()
+    correct = logits.gather(2, y.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(2)
+    if metric == "loss":
+        return (correct - torch.logsumexp(logits, dim=2)).sum(dim=1)
+    if metric == "accuracy":
+        return (logits.argmax(dim=2) == y.view(1, -1)).double().sum(dim=1)
+    others = logits.scatter(2, y.view(1, -1, 1).expand(logits.shape[0], -1, 1), -math.inf)
+    return (correct - others.max(dim=2).values).sum(dim=1)
+
+
+def _as_data(data) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(data, "x") and hasattr(data, "y"):
+        data = (data.x, data.y)
+    if not (isinstance(data, Sequence) and len(data) == 2):
+        raise TypeError("data must be a pair (x, y) of tensors, or have .x and .y")
+    x, y = (torch.as_tensor(t) for t in data)
+    if x.shape[0] != y.shape[0] or y.dim() != 1 or x.shape[0] == 0:
+        raise ValueError(
+            f"data must be x of shape (N, ...) and labels y of shape (N,), N >= 1; "
+            f"got x {tuple(x.shape)} and y {tuple(y.shape)}"
+        )
+    return x.float(), y.long()
+
+
+class PruningGame:
+    """The cooperative game whose players are the prunable units of one layer.
+
+    Args:
+        model: the network (it is not modified; the game works on a copy in eval mode).
+        layer: a module name from ``model.named_modules()``: a convolution (its output
+            channels are the players), a linear layer (its output neurons) or an
+            attention module (its heads).
+        data: ``(x, y)`` tensors, or an object with ``.x`` and ``.y``.
+        metric: "loss" (minus mean cross-entropy), "accuracy" or "margin".
+        batch_size: examples per prefix batch (the cache holds all of them).
+        memory_mb: bound on the activation memory of one stacked evaluation.
+        max_stack: most coalitions evaluated in one forward pass (1 = no stacking).
+        cache: keep the activations that enter the layer's consumers (prefix caching).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str,
+        data,
+        metric: str = "loss",
+        *,
+        batch_size: int = 512,
+        memory_mb: float = 512.0,
+        max_stack: int | None = None,
+        cache: bool = True,
+    ) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+        if batch_size < 1 or memory_mb <= 0 or (max_stack is not None and max_stack < 1):
+            raise ValueError("batch_size and max_stack must be >= 1 and memory_mb > 0")
+        self.x, self.y = _as_data(data)
+        self.metric = metric
+        self.layer = layer
+        self.model = copy.deepcopy(model).eval()
+        self.units: Units = find_units(self.model, layer, self.x[: min(2, len(self.x))])
+        self.memory_bytes = memory_mb * 2**20
+        self.max_stack = max_stack
+        self.n_evals = 0
+        self._owners = [p.player_of_channel for p in self.units.mask_points]
+        self._chunks = [
+            (self.x[i : i + batch_size], self.y[i : i + batch_size])
+            for i in range(0, len(self.x), batch_size)
+        ]
+        self._split: SplitModel | None = None
+        if cache:
+            try:
+                self._split = SplitModel(trace(self.model), self.units.mask_points, self.x)
+            except Exception as err:  # untraceable model: fall back to full forward passes
+                warnings.warn(
+                    f"prefix caching is off for this model ({type(err).__name__}: {err}); "
+                    "each coalition runs the whole network",
+                    stacklevel=2,
+                )
+        if self._split is not None:
+            self._caches = [self._split.prepare(x) for x, _ in self._chunks]
+            per_example = self._split.bytes_per_example
+        else:
+            self._hooks = _Hooks(self.model, self.units.mask_points)
+            per_example = 4 * sum(
+                p.numel() for p in self.model.parameters()
+            )  # crude: unknown graph
+            per_example = max(per_example // 1000, 4)
+        self._per_coalition = per_example * min(batch_size, len(self.x))
+
+    @property
+    def n_players(self) -> int:
+        return self.units.n_players
+
+    @property
+    def players(self) -> list[str]:
+        return self.units.names
+
+    @property
+    def cached(self) -> bool:
+        """Whether the prefix activations are cached (the model could be traced)."""
+        return self._split is not None
+
+    def stack_size(self) -> int:
+        """Coalitions evaluated per forward pass, within the memory budget."""
+        fit = max(1, int(self.memory_bytes // self._per_coalition))
+        return min(fit, self.max_stack) if self.max_stack else fit
+
+    def value(self, masks: torch.Tensor) -> torch.Tensor:
+        """Value of each coalition: masks (n,) or (m, n), True = kept -> () or (m,) float64."""
+        masks = torch.as_tensor(masks)
+        if masks.dtype != torch.bool:
+            raise TypeError(f"masks must be a bool tensor (True = kept), got {masks.dtype}")
+        single = masks.dim() == 1
+        masks = masks.reshape(-1, masks.shape[-1]) if masks.dim() else masks
+        if masks.dim() != 2 or masks.shape[1] != self.n_players:
+            raise ValueError(
+                f"masks must have shape ({self.n_players},) or (m, {self.n_players}) for the "
+                f"{self.n_players} players of {self.layer!r}; got {tuple(masks.shape)}"
+            )
+        totals = torch.zeros(masks.shape[0], dtype=torch.float64)
+        step = self.stack_size()
+        for c, (_, y) in enumerate(self._chunks):
+            for start in range(0, masks.shape[0], step):
+                sub = masks[start : start + step]
+                logits = self._logits(c, self._channel_masks(sub))
+                totals[start : start + len(sub)] += metric_sums(logits, y, self.metric)
+        self.n_evals += masks.shape[0]
+        values = totals / len(self.x)
+        return values[0] if single else values
+
+    def _channel_masks(self, masks: torch.Tensor) -> list[torch.Tensor]:
+        """Per mask point, the (m, C) float mask of its channels (unowned channels kept)."""
+        keep_all = torch.ones(masks.shape[0], 1, dtype=torch.bool)
+        padded = torch.cat([masks, keep_all], dim=1)  # owner -1 indexes the last column
+        return [padded[:, owner].float() for owner in self._owners]
+
+    def _logits(self, chunk: int, channel_masks: list[torch.Tensor]) -> torch.Tensor:
+        if self._split is not None:
+            return self._split.run(self._caches[chunk], channel_masks)
+        x = self._chunks[chunk][0]
+        return self._hooks.run(self.model, x, channel_masks)
+
+
+class _Hooks:
+    """Masking by forward pre-hooks: the whole network runs for every coalition."""
+
+    def __init__(self, model: nn.Module, points: tuple[MaskPoint, ...]) -> None:
+        modules = dict(model.named_modules())
+        self.modules = [modules[p.module] for p in points]
+        self.points = points
+        if any(isinstance(m, nn.MultiheadAttention) for m in modules.values()) and any(
+            p.module.endswith("out_proj") for p in points
+        ):
+            raise ValueError("masking nn.MultiheadAttention heads needs a traceable model")
+
+    def run(self, model: nn.Module, x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
+        m, batch = masks[0].shape[0], x.shape[0]
+        handles = []
+        for module, point, mask in zip(self.modules, self.points, masks, strict=True):
+            full = mask.repeat_interleave(batch, dim=0)
+
+            def hook(_mod, args, full=full, point=point):
+                inp = args[0]
+                shape = [1] * inp.dim()
+                shape[0], shape[point.channel_dim] = full.shape[0], full.shape[1]
+                return (inp * full.reshape(shape),) + tuple(args[1:])
+
+            handles.append(module.register_forward_pre_hook(hook))
+        try:
+            with torch.inference_mode():
+                logits = model(x.repeat(m, *[1] * (x.dim() - 1)))
+        finally:
+            for h in handles:
+                h.remove()
+        return logits.reshape(m, batch, -1)

@@ -1,0 +1,259 @@
+"""Prefix caching: split a traced model at the units being masked.
+
+Everything the masks cannot change (the *prefix*) is computed once per data batch and
+kept; only the *suffix*, from the masked consumers on, runs per coalition. The suffix
+takes many coalitions at once, stacked along the batch dimension: coalition j's copy of
+example b is row ``j * B + b``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch.fx.interpreter import Interpreter
+
+from .units import MaskPoint
+
+
+@dataclass(frozen=True)
+class _Edge:
+    """A masked input: ``consumer``'s first argument, zeroed per the mask point."""
+
+    consumer: fx.Node
+    point: MaskPoint
+    frontier: bool  # its source is computed in the prefix (then masked outside the graph)
+
+
+class _Recorder(Interpreter):
+    """Runs a graph and records each node's shape (or None if it is not a tensor)."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.shapes: dict[str, tuple[int, ...] | None] = {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        self.shapes[n.name] = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        return out
+
+
+def _probe(gm: fx.GraphModule, x: torch.Tensor) -> tuple[dict, dict]:
+    """Node shapes at batch sizes 2 and 3: telling which dimension is the batch."""
+    x2, x3 = x[:1].repeat(2, *[1] * (x.dim() - 1)), x[:1].repeat(3, *[1] * (x.dim() - 1))
+    out = []
+    with torch.inference_mode():
+        for xb in (x2, x3):
+            rec = _Recorder(gm)
+            rec.run(xb)
+            out.append(rec.shapes)
+    return out[0], out[1]
+
+
+def _batch_dim(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> int | None:
+    if a is None or b is None or len(a) != len(b):
+        return None
+    diff = [d for d, (p, q) in enumerate(zip(a, b, strict=True)) if p != q]
+    return diff[0] if diff else None
+
+
+class SplitModel:
+    """A traced model cut into a cached prefix and a coalition-stacked suffix."""
+
+    def __init__(self, gm: fx.GraphModule, points: tuple[MaskPoint, ...], example: torch.Tensor):
+        graph = gm.graph
+        consumers = []
+        for point in points:
+            calls = [n for n in graph.nodes if n.op == "call_module" and n.target == point.module]
+            if not calls:
+                raise ValueError(f"module {point.module!r} is never called in the traced model")
+            consumers += [(c, point) for c in calls]
+        for c, _ in consumers:
+            if not isinstance(c.args[0], fx.Node):
+                raise ValueError(f"cannot mask the input of {c.target!r}: it is not a tensor")
+
+        dependent: set[fx.Node] = set()
+        for node in graph.nodes:  # topological order: descendants of any consumer
+            if any(node is c for c, _ in consumers) or any(a in dependent for a in _inputs(node)):
+                dependent.add(node)
+        s2, s3 = _probe(gm, example)
+        self.out_batch_dim = _batch_dim(s2[_output(graph).name], s3[_output(graph).name])
+
+        # What the suffix needs from outside: tensors become inputs, the rest is recomputed.
+        recompute: set[fx.Node] = set()
+        frontier: list[fx.Node] = []
+        plain_use: set[fx.Node] = set()
+
+        def need(n: fx.Node, plain: bool) -> None:
+            if n in dependent or n in recompute:
+                return
+            if n.op == "get_attr" or (n.op != "placeholder" and s2[n.name] is None):
+                recompute.add(n)
+                for a in _inputs(n):
+                    need(a, True)
+                return
+            if n not in frontier:
+                frontier.append(n)
+            if plain:
+                plain_use.add(n)
+
+        edges: list[_Edge] = []
+        for node in graph.nodes:
+            if node not in dependent:
+                continue
+            masked = next((p for c, p in consumers if c is node), None)
+            for i, a in enumerate(_inputs(node)):
+                is_edge = masked is not None and i == 0 and a is node.args[0]
+                need(a, plain=not is_edge)
+            if masked is not None:
+                edges.append(_Edge(node, masked, node.args[0] not in dependent))
+
+        self.frontier = [n for n in graph.nodes if n in set(frontier)]
+        self.plain = [n for n in self.frontier if n in plain_use]
+        self.edges = edges
+        bdims = {n: _batch_dim(s2[n.name], s3[n.name]) for n in self.frontier}
+        self.plain_dims = [bdims[n] for n in self.plain]
+        self.edge_source_index: list[int] = []
+        self.edge_dims: list[tuple[int | None, int]] = []
+        for e in edges:
+            src = e.consumer.args[0]
+            shape = s2[src.name]
+            bd = _batch_dim(shape, s3[src.name])
+            if bd is None:
+                raise ValueError(f"the input of {e.consumer.target!r} has no batch dimension")
+            cd = e.point.channel_dim % len(shape)
+            self.edge_dims.append((bd, cd))
+            self.edge_source_index.append(self.frontier.index(src) if e.frontier else -1)
+        self.edge_ndims = [len(s2[e.consumer.args[0].name]) for e in edges]
+        self.prefix = _prefix_module(gm, self.frontier)
+        self.suffix = _suffix_module(gm, dependent, recompute, self.plain, edges)
+        self.bytes_per_example = _bytes_per_example(s2, s3, dependent)
+
+    def prepare(self, x: torch.Tensor) -> Cache:
+        """The prefix's outputs for one batch of examples (computed once, then reused)."""
+        with torch.inference_mode():
+            out = self.prefix(x)
+        return Cache(list(out), x.shape[0])
+
+    def run(self, cache: Cache, channel_masks: list[torch.Tensor]) -> torch.Tensor:
+        """Logits (m, B, K) of m coalitions; ``channel_masks[j]`` is (m, C_j) for edge j."""
+        m = channel_masks[0].shape[0]
+        args = []
+        for n, bd in zip(self.plain, self.plain_dims, strict=True):
+            value = cache.tensors[self.frontier.index(n)]
+            args.append(value if bd is None else _tile(value, bd, m))
+        for mask, (bd, cd), src, ndim in zip(
+            channel_masks, self.edge_dims, self.edge_source_index, self.edge_ndims, strict=True
+        ):
+            if src >= 0:  # mask and stack the cached tensor in one broadcast multiply
+                args.append(_masked_stack(cache.tensors[src], mask, bd, cd))
+            else:
+                args.append(_graph_mask(mask, cache.batch, bd, cd, ndim))
+        with torch.inference_mode():
+            logits = self.suffix(*args)
+        if self.out_batch_dim != 0 or logits.dim() != 2:
+            raise ValueError("the model must return logits of shape (batch, classes)")
+        return logits.reshape(m, cache.batch, logits.shape[-1])
+
+
+@dataclass
+class Cache:
+    """The prefix's outputs for one batch of ``batch`` examples."""
+
+    tensors: list[torch.Tensor]
+    batch: int
+
+
+def _inputs(node: fx.Node) -> list[fx.Node]:
+    return list(node.all_input_nodes)
+
+
+def _output(graph: fx.Graph) -> fx.Node:
+    out = next(n for n in graph.nodes if n.op == "output")
+    return out.args[0]
+
+
+def _tile(value: torch.Tensor, dim: int, m: int) -> torch.Tensor:
+    reps = [1] * value.dim()
+    reps[dim] = m
+    return value.repeat(*reps)
+
+
+def _masked_stack(value: torch.Tensor, mask: torch.Tensor, bd: int, cd: int) -> torch.Tensor:
+    """m masked copies of ``value`` stacked along its batch dim ``bd`` (channels at ``cd``)."""
+    stacked = value.unsqueeze(bd)  # new coalition axis at bd, the batch moves to bd + 1
+    shape = [1] * stacked.dim()
+    shape[bd] = mask.shape[0]
+    shape[cd + 1 if cd >= bd else cd] = mask.shape[1]
+    return (stacked * mask.reshape(shape)).flatten(bd, bd + 1)
+
+
+def _graph_mask(mask: torch.Tensor, batch: int, bd: int, cd: int, ndim: int) -> torch.Tensor:
+    """The (m, C) mask, repeated per example, shaped to broadcast over a stacked tensor."""
+    full = mask.repeat_interleave(batch, dim=0)  # (m * B, C)
+    if cd < bd:
+        full = full.t()
+    shape = [1] * ndim
+    shape[bd], shape[cd] = mask.shape[0] * batch, mask.shape[1]
+    return full.reshape(shape)
+
+
+def _bytes_per_example(s2: dict, s3: dict, nodes: set[fx.Node]) -> int:
+    """Upper bound on the suffix's activation memory per example and coalition."""
+    total = 0
+    for n in nodes:
+        a, b = s2.get(n.name), s3.get(n.name)
+        if a is not None and b is not None:
+            total += 4 * max(_numel(b) - _numel(a), 0)
+    return max(total, 4)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def _prefix_module(gm: fx.GraphModule, frontier: list[fx.Node]) -> fx.GraphModule:
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            break
+        env[node] = graph.node_copy(node, lambda a: env[a])
+    graph.output(tuple(env[n] for n in frontier))
+    prefix = fx.GraphModule(gm, graph, class_name="Prefix")
+    prefix.graph.eliminate_dead_code()
+    prefix.recompile()
+    return prefix
+
+
+def _suffix_module(
+    gm: fx.GraphModule,
+    dependent: set[fx.Node],
+    recompute: set[fx.Node],
+    plain: list[fx.Node],
+    edges: list[_Edge],
+) -> fx.GraphModule:
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {n: graph.placeholder(f"plain_{i}") for i, n in enumerate(plain)}
+    edge_inputs = [graph.placeholder(f"edge_{j}") for j in range(len(edges))]
+    edge_of = {e.consumer: j for j, e in enumerate(edges)}
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            graph.output(fx.map_arg(node.args[0], lambda a: env[a]))
+        elif node in recompute or node in dependent:
+            j = edge_of.get(node)
+            if j is None:
+                env[node] = graph.node_copy(node, lambda a: env[a])
+                continue
+            if edges[j].frontier:
+                masked = edge_inputs[j]  # already masked and stacked
+            else:
+                masked = graph.call_function(torch.mul, (env[node.args[0]], edge_inputs[j]))
+            args = (masked,) + fx.map_arg(node.args[1:], lambda a: env[a])
+            kwargs = fx.map_arg(node.kwargs, lambda a: env[a])
+            env[node] = graph.create_node(node.op, node.target, args, kwargs, name=node.name)
+    return fx.GraphModule(gm, graph, class_name="Suffix")

@@ -1,0 +1,149 @@
+"""The players of a pruning game: the prunable units of one layer, and where to mask them.
+
+A unit is removed, in effect, by zeroing it where it enters every layer that consumes it
+(each consumer's input columns for that unit). That is exactly what the physically pruned
+network computes: channel-wise operations between the producer and its consumers (its
+BatchNorm, activation, pooling, residual additions) touch the unit only, and the
+consumers are the only way it reaches the output. torch-pruning's dependency graph tells
+which producers are coupled (a residual stream) and which consumers read the unit, with
+the index mapping through flattening and concatenation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS_ACROSS_CHANNELS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+@dataclass(frozen=True)
+class MaskPoint:
+    """Where a layer's units are zeroed: the input of one consuming module.
+
+    ``player_of_channel[c]`` is the player that channel ``c`` of that input belongs to,
+    or -1 for channels no player owns; channels lie along ``channel_dim``.
+    """
+
+    module: str
+    channel_dim: int
+    player_of_channel: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Units:
+    """The players of one layer: their kind, names, and mask points."""
+
+    layer: str
+    kind: str  # "channels", "neurons" or "heads"
+    n_players: int
+    mask_points: tuple[MaskPoint, ...]
+    coupled: tuple[str, ...]  # producers removed together with the layer's units
+
+    @property
+    def names(self) -> list[str]:
+        unit = {"channels": "ch", "neurons": "n", "heads": "head"}[self.kind]
+        return [f"{self.layer}:{unit}{i}" for i in range(self.n_players)]
+
+
+def is_attention(module: nn.Module) -> bool:
+    """Multi-head attention: torch's, or timm-style (``num_heads`` and an output projection)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return True
+    return hasattr(module, "num_heads") and isinstance(_output_projection(module), nn.Linear)
+
+
+def _output_projection(module: nn.Module) -> nn.Module | None:
+    for name in ("proj", "out_proj", "o_proj"):
+        sub = getattr(module, name, None)
+        if isinstance(sub, nn.Linear):
+            return sub
+    return None
+
+
+def candidate_layers(model: nn.Module) -> list[str]:
+    """Names of the modules whose units can be players: convs, linears, attention modules."""
+    names = []
+    for name, module in model.named_modules():
+        if name and (isinstance(module, _CONV + (nn.Linear,)) or is_attention(module)):
+            names.append(name)
+    return names
+
+
+def find_units(model: nn.Module, layer: str, example_inputs: torch.Tensor) -> Units:
+    """The players of ``layer`` in ``model`` and where each is masked."""
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise ValueError(
+            f"no layer named {layer!r} in the model; prunable layers: "
+            + ", ".join(candidate_layers(model))
+        )
+    module = modules[layer]
+    if is_attention(module):
+        return _head_units(layer, module)
+    if not isinstance(module, _CONV + (nn.Linear,)):
+        raise ValueError(
+            f"layer {layer!r} ({type(module).__name__}) has no prunable units; choose a "
+            "convolution, linear or attention layer: " + ", ".join(candidate_layers(model))
+        )
+    return _channel_units(model, layer, module, example_inputs)
+
+
+def _head_units(layer: str, module: nn.Module) -> Units:
+    proj = module.out_proj if isinstance(module, nn.MultiheadAttention) else None
+    proj = proj or _output_projection(module)
+    n_heads = int(module.num_heads)
+    width = proj.in_features
+    if width % n_heads:
+        raise ValueError(f"{layer}: projection width {width} is not a multiple of {n_heads} heads")
+    proj_name = layer + "." + next(n for n, m in module.named_children() if m is proj)
+    owner = torch.arange(width) // (width // n_heads)
+    point = MaskPoint(proj_name, -1, owner)
+    return Units(layer, "heads", n_heads, (point,), (layer,))
+
+
+def _channel_units(model: nn.Module, layer: str, module: nn.Module, example) -> Units:
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    is_conv = isinstance(module, _CONV)
+    fn = tp.prune_conv_out_channels if is_conv else tp.prune_linear_out_channels
+    n = module.out_channels if is_conv else module.out_features
+    group = dg.get_pruning_group(module, fn, idxs=list(range(n)))
+    names = {m: k for k, m in model.named_modules()}
+    points, coupled = [], []
+    for item in group.items:
+        target, handler = item.dep.target.module, item.dep.handler
+        if not isinstance(target, nn.Module) or target not in names:
+            continue
+        if isinstance(target, _NORMS_ACROSS_CHANNELS) or isinstance(
+            target, nn.MultiheadAttention
+        ):
+            raise ValueError(
+                f"the units of {layer!r} are coupled to {names[target]!r} "
+                f"({type(target).__name__}), which mixes them with other units, so masking "
+                "cannot reproduce their removal; choose attention heads or MLP neurons instead"
+            )
+        if not isinstance(target, _CONV + (nn.Linear,)):
+            continue
+        if dg.is_out_channel_pruning_fn(handler):
+            coupled.append(names[target])
+        elif dg.is_in_channel_pruning_fn(handler) and not _is_depthwise(target):
+            width = target.in_channels if isinstance(target, _CONV) else target.in_features
+            owner = torch.full((width,), -1, dtype=torch.long)
+            owner[torch.as_tensor(item.idxs)] = torch.as_tensor(item.root_idxs)
+            dim = 1 if isinstance(target, _CONV) else -1
+            points.append(MaskPoint(names[target], dim, owner))
+    if not points:
+        raise ValueError(
+            f"layer {layer!r} produces the model's output (nothing consumes its units); "
+            "the classifier's outputs are not prunable"
+        )
+    kind = "channels" if is_conv else "neurons"
+    return Units(layer, kind, n, tuple(points), tuple(dict.fromkeys(coupled)))
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, _CONV) and module.groups > 1 and module.groups == module.in_channels
