@@ -159,6 +159,12 @@ class PruningGame:
         values = totals / len(self.x)
         return values[0] if single else values
 
+    def logits(self, mask: torch.Tensor) -> torch.Tensor:
+        """The network's outputs (N, K) on the game's data with only ``mask``'s units kept."""
+        mask = torch.as_tensor(mask, dtype=torch.bool).reshape(1, self.n_players)
+        channel_masks = self._channel_masks(mask)
+        return torch.cat([self._logits(c, channel_masks)[0] for c in range(len(self._chunks))])
+
     def _channel_masks(self, masks: torch.Tensor) -> list[torch.Tensor]:
         """Per mask point, the (m, C) float mask of its channels (unowned channels kept)."""
         keep_all = torch.ones(masks.shape[0], 1, dtype=torch.bool)

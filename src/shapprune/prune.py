@@ -9,7 +9,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .units import find_units
+from .units import build_graph, find_units
 
 
 def remove_units(
@@ -30,7 +30,7 @@ def remove_units(
         raise ValueError(f"{layer!r} has units 0..{spec.n_players - 1}; got {idxs}")
     if len(idxs) == spec.n_players:
         raise ValueError(f"removing all {spec.n_players} units would empty {layer!r}")
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    dg = build_graph(model, example_inputs)
     module = dict(model.named_modules())[layer]
     if spec.kind == "heads":
         _remove_heads(dg, module, idxs)

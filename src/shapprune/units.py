@@ -11,6 +11,7 @@ the index mapping through flattening and concatenation.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,13 @@ def candidate_layers(model: nn.Module) -> list[str]:
     return names
 
 
+def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model`` (its parameter warnings silenced)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+
+
 def find_units(model: nn.Module, layer: str, example_inputs: torch.Tensor) -> Units:
     """The players of ``layer`` in ``model`` and where each is masked."""
     modules = dict(model.named_modules())
@@ -107,7 +115,7 @@ def _head_units(layer: str, module: nn.Module) -> Units:
 
 
 def _channel_units(model: nn.Module, layer: str, module: nn.Module, example) -> Units:
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    dg = build_graph(model, example)
     is_conv = isinstance(module, _CONV)
     fn = tp.prune_conv_out_channels if is_conv else tp.prune_linear_out_channels
     n = module.out_channels if is_conv else module.out_features

@@ -1,0 +1,422 @@
+"""Training, evaluation, safetensors + JSON checkpoints, and cached pretrained zoo models."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .data import DatasetSplits, Split, load_dataset
+from .models import build_model
+
+__all__ = [
+    "DATA_SEED",
+    "RECIPES",
+    "cache_dir",
+    "evaluate",
+    "load_checkpoint",
+    "pretrained",
+    "recipe_for",
+    "save_checkpoint",
+    "train_model",
+]
+
+CHECKPOINT_FORMAT = "shapprune.checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+DATA_SEED = 0
+"""Seed of the train/val/test split used by :func:`pretrained` (fixed across model seeds)."""
+
+# Default training recipes per (model, dataset); dataset "*" is the fallback for a model.
+# Keys: epochs, lr, batch_size, optimizer, schedule, weight_decay, augment, model (build kwargs).
+RECIPES: dict[tuple[str, str], dict[str, Any]] = {
+    ("lenet5", "mnist5k"): {"epochs": 8, "lr": 2e-3, "batch_size": 64, "optimizer": "adamw"},
+    ("vgg", "mnist5k"): {"epochs": 6, "lr": 3e-3, "batch_size": 64, "optimizer": "adamw"},
+    ("resnet20", "mnist5k"): {"epochs": 5, "lr": 3e-3, "batch_size": 64, "optimizer": "adamw"},
+    ("vit", "mnist5k"): {"epochs": 15, "lr": 2e-3, "batch_size": 64, "optimizer": "adamw"},
+    ("lenet5", "*"): {"epochs": 10, "lr": 2e-3, "batch_size": 128, "optimizer": "adamw"},
+    ("vgg", "*"): {"epochs": 15, "lr": 3e-3, "batch_size": 128, "optimizer": "adamw"},
+    ("resnet20", "*"): {"epochs": 30, "lr": 0.1, "batch_size": 128, "optimizer": "sgd"},
+    ("vit", "*"): {"epochs": 30, "lr": 1e-3, "batch_size": 128, "optimizer": "adamw"},
+}
+_CIFAR_AUGMENT = ("crop", "flip")
+_TRAIN_KEYS = ("epochs", "lr", "batch_size", "optimizer", "schedule", "weight_decay", "augment")
+
+
+def cache_dir() -> Path:
+    """``$SHAPPRUNE_CACHE``, else ``$XDG_CACHE_HOME/shapprune``, else ``~/.cache/shapprune``."""
+    if os.environ.get("SHAPPRUNE_CACHE"):
+        return Path(os.environ["SHAPPRUNE_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "shapprune"
+    return Path.home() / ".cache" / "shapprune"
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@torch.inference_mode()
+def _evaluate(model: nn.Module, split: Split, batch_size: int) -> dict[str, float]:
+    device = _device_of(model)
+    total_loss, correct = 0.0, 0
+    for i in range(0, len(split), batch_size):
+        x, y = split.x[i : i + batch_size].to(device), split.y[i : i + batch_size].to(device)
+        logits = model(x)
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += int((logits.argmax(dim=1) == y).sum().item())
+    n = max(len(split), 1)
+    return {"accuracy": correct / n, "loss": total_loss / n, "n": len(split)}
+
+
+def evaluate(model: nn.Module, split: Split, batch_size: int = 512) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``split`` (in eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _evaluate(model, split, batch_size)
+    finally:
+        model.train(was_training)
+
+
+def _augment(x: torch.Tensor, kinds: Sequence[str], gen: torch.Generator) -> torch.Tensor:
+    """Random 4-pixel-padded crops and/or horizontal flips, drawn from ``gen``."""
+    b, _, h, w = x.shape
+    if "crop" in kinds:
+        pad = 4
+        xp = F.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+        x = xp[
+            torch.arange(b)[:, None, None, None],
+            torch.arange(x.shape[1])[:, None, None],
+            rows,
+            cols,
+        ]
+    if "flip" in kinds:
+        flip = torch.rand(b, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def _optimizer(
+    model: nn.Module, name: str, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+        )
+    raise ValueError(f"unknown optimizer {name!r}; expected 'adamw', 'adam' or 'sgd'")
+
+
+def _scheduler(
+    opt: torch.optim.Optimizer, name: str, lr: float, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    if name == "constant":
+        return None
+    raise ValueError(f"unknown schedule {name!r}; expected 'onecycle', 'cosine' or 'constant'")
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def train_model(
+    model: nn.Module,
+    data: DatasetSplits,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int = 128,
+    seed: int = 0,
+    weight_decay: float = 5e-4,
+    optimizer: str = "adamw",
+    schedule: str = "onecycle",
+    augment: Sequence[str] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` in place on ``data.train``; return loss/accuracy metrics.
+
+    Shuffling and augmentation come from a generator seeded by ``seed``; the global RNG
+    state is restored afterwards. ``augment`` may contain "crop" and "flip".
+    """
+    if epochs < 1 or lr <= 0 or batch_size < 1:
+        raise ValueError(
+            f"need epochs >= 1, lr > 0, batch_size >= 1; got {epochs}, {lr}, {batch_size}"
+        )
+    unknown = set(augment) - {"crop", "flip"}
+    if unknown:
+        raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; expected 'crop', 'flip'")
+    train = data.train
+    n = len(train)
+    # drop a trailing batch of a single example: BatchNorm cannot train on it
+    steps = n // batch_size + (1 if n % batch_size > 1 else 0)
+    if steps == 0:
+        raise ValueError(f"training split has {n} examples; need at least 2")
+    device = _device_of(model)
+    start = time.perf_counter()
+    history: list[dict[str, float]] = []
+    epoch_loss = float("nan")
+    with torch.random.fork_rng(devices=[]), _progress(progress) as bar:
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        opt = _optimizer(model, optimizer, lr, weight_decay)
+        sched = _scheduler(opt, schedule, lr, epochs * steps)
+        task = bar.add_task(f"epoch 1/{epochs}", total=epochs * steps, loss=float("nan"))
+        for epoch in range(epochs):
+            model.train()
+            perm = torch.randperm(n, generator=gen)
+            loss_sum, seen = 0.0, 0
+            for i in range(steps):
+                idx = perm[i * batch_size : (i + 1) * batch_size]
+                x = train.x[idx]
+                if augment:
+                    x = _augment(x, augment, gen)
+                x, y = x.to(device), train.y[idx].to(device)
+                loss = F.cross_entropy(model(x), y)
+                if not torch.isfinite(loss):
+                    raise RuntimeError(
+                        f"training diverged at epoch {epoch + 1} (loss {loss.item()}); "
+                        f"try a lower learning rate than {lr}"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                loss_sum += loss.item() * len(idx)
+                seen += len(idx)
+                bar.update(
+                    task,
+                    advance=1,
+                    description=f"epoch {epoch + 1}/{epochs}",
+                    loss=loss_sum / seen,
+                )
+            epoch_loss = loss_sum / seen
+            val = evaluate(model, data.val)
+            history.append(
+                {"epoch": epoch + 1, "train_loss": epoch_loss, "val_accuracy": val["accuracy"]}
+            )
+    model.eval()
+    test = evaluate(model, data.test)
+    return {
+        "train_loss": epoch_loss,
+        "val_accuracy": history[-1]["val_accuracy"],
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "epochs": epochs,
+        "seconds": time.perf_counter() - start,
+        "history": history,
+    }
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    """(``.safetensors``, ``.json``) paths for a prefix or either file."""
+    path = Path(path)
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix("")
+    return path.parent / (path.name + ".safetensors"), path.parent / (path.name + ".json")
+
+
+def save_checkpoint(
+    path_prefix: str | Path,
+    model: nn.Module,
+    *,
+    name: str,
+    config: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    dataset: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, Path]:
+    """Write ``<prefix>.safetensors`` (weights) and ``<prefix>.json`` (how to rebuild them).
+
+    ``config`` holds the :func:`build_model` keywords; ``extra`` adds top-level JSON fields.
+    """
+    from safetensors.torch import save_file
+
+    st_path, json_path = _paths(path_prefix)
+    meta: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "model": name,
+        "config": dict(config),
+        "dataset": dataset,
+        "metrics": dict(metrics),
+        "shapprune_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    clash = set(extra or {}) & set(meta)
+    if clash:
+        raise ValueError(f"extra checkpoint fields {sorted(clash)} clash with reserved fields")
+    meta.update(extra or {})
+    text = json.dumps(meta, indent=2, sort_keys=False)  # fails early if not JSON-serialisable
+    if not overwrite:
+        for p in (st_path, json_path):
+            if p.exists():
+                raise FileExistsError(f"{p} already exists; pass overwrite=True to replace it")
+    st_path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(tensors, str(st_path), metadata={"format": "pt", "model": name})
+    json_path.write_text(text + "\n", encoding="utf-8")
+    return st_path, json_path
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model saved by :func:`save_checkpoint` from its prefix, .json or .safetensors."""
+    from safetensors.torch import load_file
+
+    st_path, json_path = _paths(path)
+    if not json_path.is_file():
+        raise FileNotFoundError(f"checkpoint metadata {json_path} not found")
+    if not st_path.is_file():
+        raise FileNotFoundError(f"checkpoint weights {st_path} not found")
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{json_path} is not valid JSON: {err}") from None
+    if not isinstance(meta, dict) or "model" not in meta or "config" not in meta:
+        raise ValueError(f"{json_path} is not a shapprune checkpoint (needs 'model' and 'config')")
+    try:
+        state = load_file(str(st_path), device="cpu")
+    except Exception as err:  # safetensors raises its own error type for malformed files
+        raise ValueError(f"{st_path} is not a valid safetensors file: {err}") from None
+    model = build_model(meta["model"], **meta["config"])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{st_path} does not fit model {meta['model']!r} built from {json_path}: {err}"
+        ) from None
+    return model.eval(), meta
+
+
+# --- pretrained zoo models -------------------------------------------------------------------
+
+
+def recipe_for(name: str, dataset: str) -> dict[str, Any]:
+    """The default training recipe for ``name`` on ``dataset`` (a copy, with defaults filled)."""
+    recipe = RECIPES.get((name, dataset)) or RECIPES.get((name, "*"))
+    if recipe is None:
+        known = sorted({m for m, _ in RECIPES})
+        raise ValueError(f"no training recipe for model {name!r}; models with recipes: {known}")
+    out: dict[str, Any] = {
+        "batch_size": 128,
+        "optimizer": "adamw",
+        "schedule": "onecycle",
+        "weight_decay": 5e-4,
+        "augment": list(_CIFAR_AUGMENT) if dataset == "cifar10" else [],
+        "model": {},
+        "image_size": 32,
+    }
+    out.update(json.loads(json.dumps(recipe)))
+    return out
+
+
+def _cache_stem(name: str, dataset: str, seed: int, recipe: Mapping[str, Any]) -> str:
+    key = json.dumps({"recipe": recipe, "data_seed": DATA_SEED, "dataset": dataset}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset).strip("_")[-40:]
+    return f"{name}-{slug}-seed{seed}-{digest}"
+
+
+def pretrained(
+    name: str,
+    dataset: str,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    root: str | Path | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Zoo model ``name`` trained on ``dataset`` by its default recipe, cached on disk.
+
+    The first call trains and saves to :func:`cache_dir`; later calls load the cached file.
+    """
+    recipe = recipe_for(name, dataset)
+    folder = cache_dir()
+    final = folder / _cache_stem(name, dataset, seed, recipe)
+    st_final, json_final = _paths(final)
+    if st_final.is_file() and json_final.is_file():
+        try:
+            return load_checkpoint(final)
+        except ValueError as err:
+            warnings.warn(f"retraining: cached checkpoint is unusable ({err})", stacklevel=2)
+
+    data = load_dataset(dataset, root=root, seed=DATA_SEED, image_size=recipe["image_size"])
+    config = {
+        "in_channels": data.in_channels,
+        "image_size": data.image_size,
+        "num_classes": data.num_classes,
+        "seed": seed,
+        **recipe["model"],
+    }
+    model = build_model(name, **config)
+    train_kwargs = {k: recipe[k] for k in _TRAIN_KEYS}
+    metrics = train_model(model, data, seed=seed, progress=progress, **train_kwargs)
+
+    tmp = folder / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp_paths = _paths(tmp)
+    try:
+        save_checkpoint(
+            tmp,
+            model,
+            name=name,
+            config=config,
+            metrics=metrics,
+            dataset=data.name,
+            extra={"recipe": recipe, "data_seed": DATA_SEED},
+        )
+        os.replace(tmp_paths[0], st_final)
+        os.replace(tmp_paths[1], json_final)  # the JSON lands last: it marks the pair complete
+    finally:
+        for p in tmp_paths:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+    return model, json.loads(json_final.read_text(encoding="utf-8"))
