@@ -64,7 +64,9 @@ def test_masking_equals_physical_removal(name, layer, shape):
     assert sum(p.numel() for p in pruned.parameters()) < n_params
     torch.testing.assert_close(game.logits(keep), expected, atol=1e-5, rtol=1e-5)
     value = game.value(keep).item()
-    assert value == pytest.approx(metric_sums(expected[None], y, "margin").item() / len(y), abs=1e-5)
+    assert value == pytest.approx(
+        metric_sums(expected[None], y, "margin").item() / len(y), abs=1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -92,7 +94,9 @@ def test_torchvision_vit_heads_are_players():
     assert game.n_players == 4 and game.cached
     with torch.no_grad():
         full = model(x)
-    torch.testing.assert_close(game.logits(torch.ones(4, dtype=torch.bool)), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        game.logits(torch.ones(4, dtype=torch.bool)), full, atol=1e-5, rtol=0
+    )
     # removing head 2 by hand: zero its slice of the concatenated heads before out_proj
     attn = model.encoder.layers.encoder_layer_1.self_attention
     handle = attn.out_proj.register_forward_pre_hook(
@@ -153,9 +157,7 @@ def test_metrics_by_hand():
     y = torch.tensor([0, 2])
     assert metric_sums(logits, y, "accuracy").item() == 1.0
     assert metric_sums(logits, y, "margin").item() == pytest.approx((2.0 - 0.0) + (1.0 - 3.0))
-    expected = -(
-        nn.functional.cross_entropy(logits[0], y, reduction="sum").item()
-    )
+    expected = -(nn.functional.cross_entropy(logits[0], y, reduction="sum").item())
     assert metric_sums(logits, y, "loss").item() == pytest.approx(expected)
 
 

@@ -51,10 +51,7 @@ def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> 
     width = qkv.out_features // 3
     head_dim = width // n_heads
     rows = [
-        part * width + h * head_dim + j
-        for part in range(3)
-        for h in heads
-        for j in range(head_dim)
+        part * width + h * head_dim + j for part in range(3) for h in heads for j in range(head_dim)
     ]
     dg.get_pruning_group(qkv, tp.prune_linear_out_channels, idxs=rows).prune()
     attn.num_heads = n_heads - len(heads)

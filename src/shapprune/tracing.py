@@ -38,7 +38,11 @@ def explicit_mha(
         query, key, value = (t.transpose(0, 1) for t in (query, key, value))
     e, h = mha.embed_dim, mha.num_heads
     if mha._qkv_same_embed_dim:
-        w_q, w_k, w_v = mha.in_proj_weight[:e], mha.in_proj_weight[e : 2 * e], mha.in_proj_weight[2 * e :]
+        w_q, w_k, w_v = (
+            mha.in_proj_weight[:e],
+            mha.in_proj_weight[e : 2 * e],
+            mha.in_proj_weight[2 * e :],
+        )
     else:
         w_q, w_k, w_v = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
     b = mha.in_proj_bias

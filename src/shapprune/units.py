@@ -126,9 +126,7 @@ def _channel_units(model: nn.Module, layer: str, module: nn.Module, example) -> 
         target, handler = item.dep.target.module, item.dep.handler
         if not isinstance(target, nn.Module) or target not in names:
             continue
-        if isinstance(target, _NORMS_ACROSS_CHANNELS) or isinstance(
-            target, nn.MultiheadAttention
-        ):
+        if isinstance(target, _NORMS_ACROSS_CHANNELS + (nn.MultiheadAttention,)):
             raise ValueError(
                 f"the units of {layer!r} are coupled to {names[target]!r} "
                 f"({type(target).__name__}), which mixes them with other units, so masking "

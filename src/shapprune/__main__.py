@@ -1,0 +1,3 @@
+from shapprune.cli import main
+
+main()
