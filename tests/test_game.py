@@ -127,7 +127,10 @@ def test_cache_and_stacking_change_nothing(layer):
     a, b, c = fast.value(masks), one_at_a_time.value(masks), uncached.value(masks)
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     torch.testing.assert_close(a, c, atol=1e-6, rtol=0)
-    assert not fast.cached or fast.stack_size() > 1
+    assert fast.stack_size() > 1 and fast.decomposed > 0
+    undecomposed = PruningGame(model, layer, (x, y), memory_mb=1e-3)
+    assert undecomposed.decomposed == 0 and undecomposed.stack_size() == 1
+    torch.testing.assert_close(a, undecomposed.value(masks), atol=1e-6, rtol=0)
     assert uncached.n_evals == 7 and not uncached.cached
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .split import SplitModel
+from .split import SplitModel, channel_mask
 from .tracing import trace
 from .units import MaskPoint, Units, find_units
 
@@ -62,7 +62,8 @@ class PruningGame:
         data: ``(x, y)`` tensors, or an object with ``.x`` and ``.y``.
         metric: "loss" (minus mean cross-entropy), "accuracy" or "margin".
         batch_size: examples per prefix batch (the cache holds all of them).
-        memory_mb: bound on the activation memory of one stacked evaluation.
+        memory_mb: bound on the activation memory of one stacked evaluation, and on the
+            per-player output tables kept for the layer's first consumers.
         max_stack: most coalitions evaluated in one forward pass (1 = no stacking).
         cache: keep the activations that enter the layer's consumers (prefix caching).
     """
@@ -91,7 +92,6 @@ class PruningGame:
         self.memory_bytes = memory_mb * 2**20
         self.max_stack = max_stack
         self.n_evals = 0
-        self._owners = [p.player_of_channel for p in self.units.mask_points]
         self._chunks = [
             (self.x[i : i + batch_size], self.y[i : i + batch_size])
             for i in range(0, len(self.x), batch_size)
@@ -99,7 +99,13 @@ class PruningGame:
         self._split: SplitModel | None = None
         if cache:
             try:
-                self._split = SplitModel(trace(self.model), self.units.mask_points, self.x)
+                self._split = SplitModel(
+                    trace(self.model),
+                    self.units.mask_points,
+                    self.x,
+                    self.n_players,
+                    table_bytes=self.memory_bytes / len(self.x),
+                )
             except Exception as err:  # untraceable model: fall back to full forward passes
                 warnings.warn(
                     f"prefix caching is off for this model ({type(err).__name__}: {err}); "
@@ -130,6 +136,12 @@ class PruningGame:
         """Whether the prefix activations are cached (the model could be traced)."""
         return self._split is not None
 
+    @property
+    def decomposed(self) -> int:
+        """How many masked consumers are evaluated from per-player output tables: a linear
+        layer's output for any coalition is the sum of its kept players' contributions."""
+        return sum(e.decomposed for e in self._split.edges) if self._split is not None else 0
+
     def stack_size(self) -> int:
         """Coalitions evaluated per forward pass, within the memory budget."""
         fit = max(1, int(self.memory_bytes // self._per_coalition))
@@ -152,7 +164,7 @@ class PruningGame:
         for c, (_, y) in enumerate(self._chunks):
             for start in range(0, masks.shape[0], step):
                 sub = masks[start : start + step]
-                logits = self._logits(c, self._channel_masks(sub))
+                logits = self._logits(c, sub)
                 totals[start : start + len(sub)] += metric_sums(logits, y, self.metric)
         self.n_evals += masks.shape[0]
         values = totals / len(self.x)
@@ -161,20 +173,12 @@ class PruningGame:
     def logits(self, mask: torch.Tensor) -> torch.Tensor:
         """The network's outputs (N, K) on the game's data with only ``mask``'s units kept."""
         mask = torch.as_tensor(mask, dtype=torch.bool).reshape(1, self.n_players)
-        channel_masks = self._channel_masks(mask)
-        return torch.cat([self._logits(c, channel_masks)[0] for c in range(len(self._chunks))])
+        return torch.cat([self._logits(c, mask)[0] for c in range(len(self._chunks))])
 
-    def _channel_masks(self, masks: torch.Tensor) -> list[torch.Tensor]:
-        """Per mask point, the (m, C) float mask of its channels (unowned channels kept)."""
-        keep_all = torch.ones(masks.shape[0], 1, dtype=torch.bool)
-        padded = torch.cat([masks, keep_all], dim=1)  # owner -1 indexes the last column
-        return [padded[:, owner].float() for owner in self._owners]
-
-    def _logits(self, chunk: int, channel_masks: list[torch.Tensor]) -> torch.Tensor:
+    def _logits(self, chunk: int, masks: torch.Tensor) -> torch.Tensor:
         if self._split is not None:
-            return self._split.run(self._caches[chunk], channel_masks)
-        x = self._chunks[chunk][0]
-        return self._hooks.run(self.model, x, channel_masks)
+            return self._split.run(self._caches[chunk], masks)
+        return self._hooks.run(self.model, self._chunks[chunk][0], masks)
 
 
 class _Hooks:
@@ -189,11 +193,11 @@ class _Hooks:
         ):
             raise ValueError("masking nn.MultiheadAttention heads needs a traceable model")
 
-    def run(self, model: nn.Module, x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
-        m, batch = masks[0].shape[0], x.shape[0]
+    def run(self, model: nn.Module, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        m, batch = masks.shape[0], x.shape[0]
         handles = []
-        for module, point, mask in zip(self.modules, self.points, masks, strict=True):
-            full = mask.repeat_interleave(batch, dim=0)
+        for module, point in zip(self.modules, self.points, strict=True):
+            full = channel_mask(masks, point.player_of_channel).repeat_interleave(batch, dim=0)
 
             def hook(_mod, args, full=full, point=point):
                 inp = args[0]

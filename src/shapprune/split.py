@@ -19,11 +19,12 @@ from .units import MaskPoint
 
 @dataclass(frozen=True)
 class _Edge:
-    """A masked input: ``consumer``'s first argument, zeroed per the mask point."""
+    """A masked input: ``consumer``'s first argument, zeroed per mask point ``point``."""
 
     consumer: fx.Node
-    point: MaskPoint
+    point: int  # index into the split's mask points
     frontier: bool  # its source is computed in the prefix (then masked outside the graph)
+    decomposed: bool = False  # the consumer's output is a precomputed sum over players
 
 
 class _Recorder(Interpreter):
@@ -61,14 +62,26 @@ def _batch_dim(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> int | No
 class SplitModel:
     """A traced model cut into a cached prefix and a coalition-stacked suffix."""
 
-    def __init__(self, gm: fx.GraphModule, points: tuple[MaskPoint, ...], example: torch.Tensor):
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        points: tuple[MaskPoint, ...],
+        example: torch.Tensor,
+        n_players: int,
+        table_bytes: float = 0.0,
+    ):
+        """Split ``gm`` at ``points``; consumers whose per-player table of outputs fits in
+        ``table_bytes`` per example are evaluated by decomposition (see ``_table``)."""
         graph = gm.graph
+        self.points = points
+        self.n_players = n_players
+        modules = dict(gm.named_modules())
         consumers = []
-        for point in points:
+        for j, point in enumerate(points):
             calls = [n for n in graph.nodes if n.op == "call_module" and n.target == point.module]
             if not calls:
                 raise ValueError(f"module {point.module!r} is never called in the traced model")
-            consumers += [(c, point) for c in calls]
+            consumers += [(c, j) for c in calls]
         for c, _ in consumers:
             if not isinstance(c.args[0], fx.Node):
                 raise ValueError(f"cannot mask the input of {c.target!r}: it is not a tensor")
@@ -102,12 +115,16 @@ class SplitModel:
         for node in graph.nodes:
             if node not in dependent:
                 continue
-            masked = next((p for c, p in consumers if c is node), None)
+            masked = next((j for c, j in consumers if c is node), None)
             for i, a in enumerate(_inputs(node)):
                 is_edge = masked is not None and i == 0 and a is node.args[0]
                 need(a, plain=not is_edge)
             if masked is not None:
-                edges.append(_Edge(node, masked, node.args[0] not in dependent))
+                frontier_source = node.args[0] not in dependent
+                decomposed = frontier_source and _decomposable(
+                    modules[node.target], node, s2, s3, n_players, table_bytes
+                )
+                edges.append(_Edge(node, masked, frontier_source, decomposed))
 
         self.frontier = [n for n in graph.nodes if n in set(frontier)]
         self.plain = [n for n in self.frontier if n in plain_use]
@@ -122,10 +139,11 @@ class SplitModel:
             bd = _batch_dim(shape, s3[src.name])
             if bd is None:
                 raise ValueError(f"the input of {e.consumer.target!r} has no batch dimension")
-            cd = e.point.channel_dim % len(shape)
+            cd = points[e.point].channel_dim % len(shape)
             self.edge_dims.append((bd, cd))
             self.edge_source_index.append(self.frontier.index(src) if e.frontier else -1)
         self.edge_ndims = [len(s2[e.consumer.args[0].name]) for e in edges]
+        self.edge_modules = [modules[e.consumer.target] for e in edges]
         self.prefix = _prefix_module(gm, self.frontier)
         self.suffix = _suffix_module(gm, dependent, recompute, self.plain, edges)
         self.bytes_per_example = _bytes_per_example(s2, s3, dependent)
@@ -133,23 +151,38 @@ class SplitModel:
     def prepare(self, x: torch.Tensor) -> Cache:
         """The prefix's outputs for one batch of examples (computed once, then reused)."""
         with torch.inference_mode():
-            out = self.prefix(x)
-        return Cache(list(out), x.shape[0])
+            out = list(self.prefix(x))
+            tables = [
+                _table(out[src], self.edge_modules[j], self.points[e.point], *self._table_dims(j))
+                if e.decomposed
+                else None
+                for j, (e, src) in enumerate(zip(self.edges, self.edge_source_index, strict=True))
+            ]
+        return Cache(out, x.shape[0], tables)
 
-    def run(self, cache: Cache, channel_masks: list[torch.Tensor]) -> torch.Tensor:
-        """Logits (m, B, K) of m coalitions; ``channel_masks[j]`` is (m, C_j) for edge j."""
-        m = channel_masks[0].shape[0]
+    def _table_dims(self, j: int) -> tuple[int, int]:
+        return self.edge_dims[j][1], self.n_players
+
+    def run(self, cache: Cache, masks: torch.Tensor) -> torch.Tensor:
+        """Logits (m, B, K) of the m coalitions in the bool matrix ``masks`` (m, n)."""
+        m = masks.shape[0]
+        channel = [channel_mask(masks, p.player_of_channel) for p in self.points]
         args = []
         for n, bd in zip(self.plain, self.plain_dims, strict=True):
             value = cache.tensors[self.frontier.index(n)]
             args.append(value if bd is None else _tile(value, bd, m))
-        for mask, (bd, cd), src, ndim in zip(
-            channel_masks, self.edge_dims, self.edge_source_index, self.edge_ndims, strict=True
-        ):
-            if src >= 0:  # mask and stack the cached tensor in one broadcast multiply
-                args.append(_masked_stack(cache.tensors[src], mask, bd, cd))
+        for j, e in enumerate(self.edges):
+            (bd, cd), src = self.edge_dims[j], self.edge_source_index[j]
+            if e.decomposed:  # the consumer's output: a weighted sum of per-player outputs
+                weights = torch.cat([masks.float(), torch.ones(m, 1)], dim=1)
+                table = cache.tables[j]
+                out = weights @ table.reshape(table.shape[0], -1)
+                args.append(out.reshape(m * table.shape[1], *table.shape[2:]))
+            elif src >= 0:  # mask and stack the cached tensor in one broadcast multiply
+                args.append(_masked_stack(cache.tensors[src], channel[e.point], bd, cd))
             else:
-                args.append(_graph_mask(mask, cache.batch, bd, cd, ndim))
+                mask = channel[e.point]
+                args.append(_graph_mask(mask, cache.batch, bd, cd, self.edge_ndims[j]))
         with torch.inference_mode():
             logits = self.suffix(*args)
         if self.out_batch_dim != 0 or logits.dim() != 2:
@@ -157,12 +190,61 @@ class SplitModel:
         return logits.reshape(m, cache.batch, logits.shape[-1])
 
 
+def channel_mask(masks: torch.Tensor, player_of_channel: torch.Tensor) -> torch.Tensor:
+    """(m, n) player masks -> (m, C) float channel masks; unowned channels (-1) are kept."""
+    keep_all = torch.ones(masks.shape[0], 1, dtype=torch.bool)
+    return torch.cat([masks, keep_all], dim=1)[:, player_of_channel].float()
+
+
+_LINEAR_CONSUMERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+def _decomposable(module, node: fx.Node, s2: dict, s3: dict, n: int, table_bytes: float) -> bool:
+    """Whether the consumer is linear in its input and its per-player table is affordable."""
+    if not isinstance(module, _LINEAR_CONSUMERS) or len(node.args) != 1 or node.kwargs:
+        return False
+    if getattr(module, "groups", 1) != 1:
+        return False
+    if _batch_dim(s2[node.name], s3[node.name]) != 0:
+        return False
+    per_example = _numel(s3[node.name]) - _numel(s2[node.name])
+    return 4 * (n + 1) * per_example <= table_bytes
+
+
+def _table(x: torch.Tensor, module, point: MaskPoint, cd: int, n: int) -> torch.Tensor:
+    """Per-player outputs of a linear consumer: row p is its output from player p's
+    channels alone (no bias); the last row is the output from the unowned channels plus
+    the bias. For any coalition, the consumer's output is the sum of its players' rows
+    and the last row: the layer is linear in its input channels."""
+    owner = point.player_of_channel
+
+    def part(channels: torch.Tensor) -> torch.Tensor:
+        if len(channels) == 0:
+            channels = torch.zeros(1, dtype=torch.long)  # an empty part: its output times 0
+            return 0 * part(channels)
+        xs = x.index_select(cd, channels)
+        w = module.weight.index_select(1, channels)
+        if isinstance(module, torch.nn.Linear):
+            return torch.nn.functional.linear(xs, w)
+        return module._conv_forward(xs, w, None)
+
+    rows = [part((owner == p).nonzero().flatten()) for p in range(n)]
+    last = part((owner < 0).nonzero().flatten())
+    if module.bias is not None:
+        shape = [1] * last.dim()
+        shape[1 if not isinstance(module, torch.nn.Linear) else -1] = -1
+        last = last + module.bias.reshape(shape)
+    return torch.stack(rows + [last])
+
+
 @dataclass
 class Cache:
-    """The prefix's outputs for one batch of ``batch`` examples."""
+    """The prefix's outputs for one batch of ``batch`` examples, and the per-player
+    output tables of decomposed consumers (None for the others)."""
 
     tensors: list[torch.Tensor]
     batch: int
+    tables: list[torch.Tensor | None]
 
 
 def _inputs(node: fx.Node) -> list[fx.Node]:
@@ -248,6 +330,9 @@ def _suffix_module(
             j = edge_of.get(node)
             if j is None:
                 env[node] = graph.node_copy(node, lambda a: env[a])
+                continue
+            if edges[j].decomposed:
+                env[node] = edge_inputs[j]  # the consumer's output itself
                 continue
             if edges[j].frontier:
                 masked = edge_inputs[j]  # already masked and stacked

@@ -42,14 +42,25 @@ DATA_SEED = 0
 # Default training recipes per (model, dataset); dataset "*" is the fallback for a model.
 # Keys: epochs, lr, batch_size, optimizer, schedule, weight_decay, augment, model (build kwargs).
 RECIPES: dict[tuple[str, str], dict[str, Any]] = {
-    ("lenet5", "mnist5k"): {"epochs": 8, "lr": 2e-3, "batch_size": 64, "optimizer": "adamw"},
-    ("vgg", "mnist5k"): {"epochs": 6, "lr": 3e-3, "batch_size": 64, "optimizer": "adamw"},
-    ("resnet20", "mnist5k"): {"epochs": 5, "lr": 3e-3, "batch_size": 64, "optimizer": "adamw"},
-    ("vit", "mnist5k"): {"epochs": 15, "lr": 2e-3, "batch_size": 64, "optimizer": "adamw"},
-    ("lenet5", "*"): {"epochs": 10, "lr": 2e-3, "batch_size": 128, "optimizer": "adamw"},
-    ("vgg", "*"): {"epochs": 15, "lr": 3e-3, "batch_size": 128, "optimizer": "adamw"},
-    ("resnet20", "*"): {"epochs": 30, "lr": 0.1, "batch_size": 128, "optimizer": "sgd"},
-    ("vit", "*"): {"epochs": 30, "lr": 1e-3, "batch_size": 128, "optimizer": "adamw"},
+    # measured on 2 CPU cores (test accuracy for seeds 0/1/2, training time):
+    # lenet5 97.3/97.5/97.8% ~10 s; vgg 97.5% ~17 s; resnet20 97.7% ~40 s;
+    # vit 95.8/95.2/96.2% ~60-80 s
+    ("lenet5", "mnist5k"): {"epochs": 10, "lr": 2e-3, "batch_size": 64},
+    ("vgg", "mnist5k"): {"epochs": 6, "lr": 3e-3, "batch_size": 64},
+    ("resnet20", "mnist5k"): {"epochs": 5, "lr": 3e-3, "batch_size": 64},
+    ("vit", "mnist5k"): {
+        "epochs": 60,
+        "lr": 1e-3,
+        "batch_size": 64,
+        "weight_decay": 0.05,
+        "augment": ["crop:2"],
+        "model": {"patch_size": 7},  # 16 tokens: 3x faster than patch 4 and more accurate here
+    },
+    # untested fallbacks for the larger datasets
+    ("lenet5", "*"): {"epochs": 10, "lr": 2e-3},
+    ("vgg", "*"): {"epochs": 15, "lr": 3e-3},
+    ("resnet20", "*"): {"epochs": 30, "lr": 0.1, "optimizer": "sgd"},
+    ("vit", "*"): {"epochs": 30, "lr": 1e-3, "weight_decay": 0.05},
 }
 _CIFAR_AUGMENT = ("crop", "flip")
 _TRAIN_KEYS = ("epochs", "lr", "batch_size", "optimizer", "schedule", "weight_decay", "augment")
@@ -95,22 +106,33 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 512) -> dict[str,
         model.train(was_training)
 
 
-def _augment(x: torch.Tensor, kinds: Sequence[str], gen: torch.Generator) -> torch.Tensor:
-    """Random 4-pixel-padded crops and/or horizontal flips, drawn from ``gen``."""
-    b, _, h, w = x.shape
-    if "crop" in kinds:
-        pad = 4
+def _parse_augment(augment: Sequence[str]) -> dict[str, int]:
+    """Validate augmentation names: "crop" (pad 4), "crop:<pad>" and "flip"."""
+    out: dict[str, int] = {}
+    for item in augment:
+        kind, _, arg = item.partition(":")
+        if kind == "crop" and (not arg or arg.isdigit()):
+            out["crop"] = int(arg or 4)
+        elif item == "flip":
+            out["flip"] = 1
+        else:
+            raise ValueError(
+                f"unknown augmentation {item!r}; expected 'crop', 'crop:<pad>', 'flip'"
+            )
+    return out
+
+
+def _augment(x: torch.Tensor, kinds: Mapping[str, int], gen: torch.Generator) -> torch.Tensor:
+    """Random padded crops (random shifts) and/or horizontal flips, drawn from ``gen``."""
+    b, c, h, w = x.shape
+    pad = kinds.get("crop", 0)
+    if pad:
         xp = F.pad(x, (pad, pad, pad, pad))
         oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
         ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
         rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-        x = xp[
-            torch.arange(b)[:, None, None, None],
-            torch.arange(x.shape[1])[:, None, None],
-            rows,
-            cols,
-        ]
+        x = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[:, None, None], rows, cols]
     if "flip" in kinds:
         flip = torch.rand(b, generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -182,15 +204,14 @@ def train_model(
     """Train ``model`` in place on ``data.train``; return loss/accuracy metrics.
 
     Shuffling and augmentation come from a generator seeded by ``seed``; the global RNG
-    state is restored afterwards. ``augment`` may contain "crop" and "flip".
+    state is restored afterwards. ``augment`` may hold "crop" (4-pixel padded random crop),
+    "crop:<pad>" and "flip".
     """
     if epochs < 1 or lr <= 0 or batch_size < 1:
         raise ValueError(
             f"need epochs >= 1, lr > 0, batch_size >= 1; got {epochs}, {lr}, {batch_size}"
         )
-    unknown = set(augment) - {"crop", "flip"}
-    if unknown:
-        raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; expected 'crop', 'flip'")
+    aug = _parse_augment(augment)
     train = data.train
     n = len(train)
     # drop a trailing batch of a single example: BatchNorm cannot train on it
@@ -214,8 +235,8 @@ def train_model(
             for i in range(steps):
                 idx = perm[i * batch_size : (i + 1) * batch_size]
                 x = train.x[idx]
-                if augment:
-                    x = _augment(x, augment, gen)
+                if aug:
+                    x = _augment(x, aug, gen)
                 x, y = x.to(device), train.y[idx].to(device)
                 loss = F.cross_entropy(model(x), y)
                 if not torch.isfinite(loss):
