@@ -120,7 +120,7 @@ def test_torchvision_vit_heads_are_players():
 def test_cache_and_stacking_change_nothing(layer):
     model = _randomise_norms(build_model("resnet20", in_channels=3, image_size=32, seed=2))
     x, y = _data((3, 32, 32), n=20)
-    fast = PruningGame(model, layer, (x, y), batch_size=8)
+    fast = PruningGame(model, layer, (x, y), batch_size=8, max_stack=4)
     one_at_a_time = PruningGame(model, layer, (x, y), max_stack=1)
     uncached = PruningGame(model, layer, (x, y), cache=False)
     masks = torch.rand(7, fast.n_players, generator=torch.Generator().manual_seed(0)) > 0.5
@@ -227,3 +227,18 @@ def test_estimators_on_a_trained_layer_approach_exact(mnist5k, tiny_cnn):
     e1, e3 = (np.abs(e.values - exact.values).max() for e in (shallow, deep))
     assert e3 < e1
     np.testing.assert_allclose(full.values, exact.values, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "name,layer",
+    [("resnet18", "layer2.1.conv1"), ("vit_tiny_patch16_224", "blocks.1.attn")],
+)
+def test_timm_models_mask_as_they_are_pruned(name, layer):
+    import timm
+
+    kwargs = {"img_size": 32, "patch_size": 4, "depth": 3} if "vit" in name else {}
+    torch.manual_seed(0)
+    model = _randomise_norms(timm.create_model(name, num_classes=10, **kwargs))
+    game, keep, expected, _, _, _ = _removal_case(model, layer, (3, 32, 32))
+    assert game.cached
+    torch.testing.assert_close(game.logits(keep), expected, atol=1e-4, rtol=1e-4)

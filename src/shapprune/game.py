@@ -23,6 +23,7 @@ from .tracing import trace
 from .units import MaskPoint, Units, find_units
 
 METRICS = ("loss", "accuracy", "margin")
+WORKING_SET_BYTES = 16 * 2**20  # activations per stacked pass, by default
 
 
 def metric_sums(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
@@ -64,8 +65,10 @@ class PruningGame:
         batch_size: examples per prefix batch (the cache holds all of them).
         memory_mb: bound on the activation memory of one stacked evaluation, and on the
             per-player output tables kept for the layer's first consumers.
-        max_stack: most coalitions evaluated in one forward pass (1 = no stacking).
+        max_stack: most coalitions evaluated in one forward pass (1 = no stacking); by
+            default as many as fit in ``WORKING_SET_BYTES`` of activations.
         cache: keep the activations that enter the layer's consumers (prefix caching).
+        decompose: evaluate linear first consumers from per-player output tables.
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class PruningGame:
         memory_mb: float = 512.0,
         max_stack: int | None = None,
         cache: bool = True,
+        decompose: bool = True,
     ) -> None:
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
@@ -104,7 +108,7 @@ class PruningGame:
                     self.units.mask_points,
                     self.x,
                     self.n_players,
-                    table_bytes=self.memory_bytes / len(self.x),
+                    table_bytes=self.memory_bytes / len(self.x) if decompose else 0.0,
                 )
             except Exception as err:  # untraceable model: fall back to full forward passes
                 warnings.warn(
@@ -143,9 +147,15 @@ class PruningGame:
         return sum(e.decomposed for e in self._split.edges) if self._split is not None else 0
 
     def stack_size(self) -> int:
-        """Coalitions evaluated per forward pass, within the memory budget."""
+        """Coalitions evaluated per forward pass, within the memory budget.
+
+        By default a pass works on about ``WORKING_SET_BYTES`` of activations: on a CPU,
+        larger stacks fall out of cache and run slower per coalition, not faster.
+        """
         fit = max(1, int(self.memory_bytes // self._per_coalition))
-        return min(fit, self.max_stack) if self.max_stack else fit
+        if self.max_stack:
+            return min(fit, self.max_stack)
+        return min(fit, max(1, int(WORKING_SET_BYTES // self._per_coalition)))
 
     def value(self, masks: torch.Tensor) -> torch.Tensor:
         """Value of each coalition: masks (n,) or (m, n), True = kept -> () or (m,) float64."""
