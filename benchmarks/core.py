@@ -8,16 +8,19 @@ Prints Markdown tables of figures measured in this one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import platform
+import re
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from shapprune.data import load_dataset, reference_set
 from shapprune.estimators import estimate
@@ -38,30 +41,33 @@ def throughput(game: PruningGame, n_coalitions: int, repeats: int) -> tuple[floa
     return statistics.median(rates), min(rates), max(rates)
 
 
-def tiny_cnn(data) -> nn.Module:
-    """The 8-filter CNN of the test suite, trained for two epochs on MNIST 5k."""
-    g = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = nn.Sequential(
-            nn.Conv2d(1, 8, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(256, 10),
-        )  # fmt: skip
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = data.train.x, data.train.y
-    for _ in range(2):
-        for idx in torch.randperm(len(x), generator=g).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
-
-
 def main() -> None:
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(buffer)):
+        args = _run()
+    if args.readme is not None:
+        text = args.readme.read_text()
+        block = "<!-- results:core -->\n" + buffer.getvalue().strip() + "\n<!-- /results:core -->"
+        pattern = r"<!-- results:core -->.*?<!-- /results:core -->"
+        args.readme.write_text(re.sub(pattern, lambda _: block, text, flags=re.S))
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the real stdout and keeps a copy."""
+
+    def __init__(self, copy: io.StringIO) -> None:
+        self.copy, self.real = copy, sys.stdout
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.real.write(text)
+
+
+def _run() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/core.json"))
+    parser.add_argument("--readme", type=Path, help="replace the results block of this README")
     args = parser.parse_args()
     n_coal, repeats, seeds = (20, 1, 2) if args.quick else (400, 3, 5)
 
@@ -81,7 +87,7 @@ def main() -> None:
         med, lo, hi = throughput(game, n, repeats)
         rows.append({"mode": label, "evals_per_s": med, "min": lo, "max": hi})
     base = rows[0]["evals_per_s"]
-    print("## LeNet-5 conv2, 256 reference images: coalition evaluations per second\n")
+    print("#### LeNet-5 conv2, 256 reference images: coalition evaluations per second\n")
     print("| mode | evals/s (median) | min-max | x naive |\n|---|---|---|---|")
     for r in rows:
         r["speedup"] = r["evals_per_s"] / base
@@ -90,11 +96,11 @@ def main() -> None:
             f"| {r['speedup']:.1f} |"
         )
 
-    net = tiny_cnn(data)
-    game = PruningGame(net, "0", reference_set(data.val, per_class=20, seed=0))
+    net, _ = pretrained("tinycnn", "mnist5k", progress=False)
+    game = PruningGame(net, "conv1", reference_set(data.val, per_class=20, seed=0))
     exact = estimate(game, "exact")
     scale = float(np.abs(exact.values).max())
-    print(f"\n## Error against exact Shapley, 8-filter layer ({exact.n_evals} coalitions)\n")
+    print(f"\n#### Error against exact Shapley, tinycnn conv1, {exact.n_evals} coalitions\n")
     print("max |error| / max |exact value|, mean over seeds\n")
     print("| method | budget | evals used | error | mean stderr / scale |\n|---|---|---|---|---|")
     errors = []
@@ -131,7 +137,8 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"\nLeNet-5 test accuracy: {meta['metrics']['test_accuracy']:.4f}; wrote {args.out}")
+    print(f"\nLeNet-5 test accuracy (default recipe): {meta['metrics']['test_accuracy']:.4f}")
+    return args
 
 
 if __name__ == "__main__":

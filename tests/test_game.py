@@ -206,7 +206,7 @@ def test_estimators_on_a_trained_layer_approach_exact(mnist5k, tiny_cnn):
     from shapprune.data import reference_set
 
     ref = reference_set(mnist5k.val, per_class=20, seed=0)
-    game = PruningGame(tiny_cnn, "0", ref)
+    game = PruningGame(tiny_cnn, "conv1", ref)
     assert game.n_players == 8
     exact = estimate(game, "exact")
     spread = np.ptp(exact.values)

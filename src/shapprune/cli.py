@@ -210,34 +210,19 @@ def train(
     force: Annotated[bool, typer.Option(help="replace an existing checkpoint")] = False,
 ) -> None:
     """Train a zoo model and save it as safetensors weights plus a JSON description."""
-    from .data import load_dataset
-    from .models import MODELS, build_model
-    from .train import recipe_for, save_checkpoint, train_model
+    from .models import MODELS
+    from .train import recipe_for, save_checkpoint, train_by_recipe
 
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; known models: {', '.join(sorted(MODELS))}")
+    for path in (out.with_name(out.name + ".safetensors"), out.with_name(out.name + ".json")):
+        if path.exists() and not force:
+            raise FileExistsError(f"{path} exists; choose another --out or pass --force")
     recipe = recipe_for(model, data)
-    splits = load_dataset(data, root=root, seed=0, image_size=recipe["image_size"])
-    config = {
-        "in_channels": splits.in_channels,
-        "image_size": splits.image_size,
-        "num_classes": splits.num_classes,
-        "seed": seed,
-        **recipe["model"],
-    }
-    net = build_model(model, **config)
-    kwargs = {k: recipe[k] for k in ("batch_size", "optimizer", "schedule", "weight_decay")}
-    kwargs["augment"] = recipe["augment"]
-    metrics = train_model(
-        net,
-        splits,
-        epochs=epochs if epochs is not None else recipe["epochs"],
-        lr=lr if lr is not None else recipe["lr"],
-        seed=seed,
-        **kwargs,
-    )
+    recipe.update({k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None})
+    net, config, metrics, data_name = train_by_recipe(model, data, recipe, seed=seed, root=root)
     paths = save_checkpoint(
-        out, net, name=model, config=config, metrics=metrics, dataset=splits.name, overwrite=force
+        out, net, name=model, config=config, metrics=metrics, dataset=data_name, overwrite=force
     )
     console.print(
         f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f} "

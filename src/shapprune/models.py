@@ -22,10 +22,12 @@ __all__ = [
     "Mlp",
     "PatchEmbed",
     "ResNetCifar",
+    "TinyCNN",
     "VisionTransformer",
     "build_model",
     "lenet5",
     "resnet20",
+    "tinycnn",
     "vgg",
     "vit",
 ]
@@ -54,6 +56,28 @@ class LeNet5(nn.Module):
         x = self.pool2(self.relu2(self.conv2(x)))
         x = torch.flatten(x, 1)
         return self.fc2(self.relu3(self.fc1(x)))
+
+
+class TinyCNN(nn.Module):
+    """A CNN small enough for exact Shapley values: conv 8 -> pool -> conv 16 -> pool -> fc."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> None:
+        super().__init__()
+        side = ((image_size - 4) // 2 - 4) // 2
+        if side < 1:
+            raise ValueError(f"tinycnn needs image_size >= 16, got {image_size}")
+        self.conv1 = nn.Conv2d(in_channels, 8, kernel_size=5)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 16, kernel_size=5)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * side * side, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))
 
 
 VGG_DEFAULT_CFG: tuple[int | str, ...] = (32, "M", 64, "M", 128, 128, "M")
@@ -298,6 +322,11 @@ def lenet5(in_channels: int = 1, image_size: int = 28, num_classes: int = 10) ->
     return LeNet5(in_channels, image_size, num_classes)
 
 
+def tinycnn(in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> TinyCNN:
+    """An 8-filter / 16-filter CNN: exact Shapley values and oracle sets are cheap on it."""
+    return TinyCNN(in_channels, image_size, num_classes)
+
+
 def vgg(
     in_channels: int = 1,
     image_size: int = 28,
@@ -345,6 +374,7 @@ def vit(
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": lenet5,
+    "tinycnn": tinycnn,
     "vgg": vgg,
     "resnet20": resnet20,
     "vit": vit,
