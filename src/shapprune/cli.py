@@ -230,6 +230,99 @@ def train(
     )
 
 
+def _criterion_options(name: str, budget: int | None, metric: str, composite: str) -> dict:
+    if name.startswith("shapley-") or name == "loo":
+        return {"budget": budget, "metric": metric}
+    if name == "lrp":
+        return {"composite": composite}
+    return {}
+
+
+def _metrics_table(summary: dict) -> Table:
+    table = Table(title=f"{summary['criterion']}, target {summary['target']}")
+    for col in ("", "before", "after", "after / before"):
+        table.add_column(col, justify="right")
+    before, after = summary["before"], summary["after"]
+    for key in before:
+        ratio = after[key] / before[key] if before[key] else float("nan")
+        fmt = "{:.4f}" if key in ("accuracy", "loss") or "latency" in key else "{:,.0f}"
+        table.add_row(key, fmt.format(before[key]), fmt.format(after[key]), f"{ratio:.3f}")
+    return table
+
+
+@app.command()
+def prune(
+    model: Annotated[str, typer.Option(help="zoo model name or checkpoint path")] = "lenet5",
+    data: Annotated[str, typer.Option(help="dataset name (mnist5k is embedded)")] = "mnist5k",
+    criterion: Annotated[str, typer.Option(help="how units are scored")] = "shapley-permutation",
+    target: Annotated[str, typer.Option(help="channels=F, params=F or macs=F")] = "macs=0.5",
+    layers: Annotated[str | None, typer.Option(help="comma-separated; default: all")] = None,
+    global_: Annotated[bool, typer.Option("--global", help="rank units across layers")] = False,
+    normalisation: Annotated[str, typer.Option(help="per-layer scores for --global")] = "l1",
+    steps: Annotated[int, typer.Option(help="iterative pruning in this many steps")] = 1,
+    mode: Annotated[str, typer.Option(help="remove (physically) or mask")] = "remove",
+    budget: Annotated[int | None, typer.Option(help="Shapley evaluations per layer")] = None,
+    metric: Annotated[str, typer.Option(help="Shapley payoff: loss|accuracy|margin")] = "loss",
+    composite: Annotated[str, typer.Option(help="LRP composite")] = "epsilon-plus-flat",
+    per_class: Annotated[int, typer.Option(help="reference examples per class")] = 25,
+    finetune_epochs: Annotated[int, typer.Option(help="0 = the low-data regime")] = 0,
+    finetune_lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    root: Annotated[str | None, typer.Option(help="folder holding local datasets")] = None,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("pruned"),
+    force: Annotated[bool, typer.Option(help="write into a non-empty --out folder")] = False,
+) -> None:
+    """Prune a model: score units, remove them, measure before and after."""
+    from .compress import prune_model
+    from .criteria import get_criterion
+    from .data import load_dataset
+    from .plan import Target
+    from .prune import save_pruned
+
+    parsed = Target.parse(target)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out} is not empty; choose another --out or pass --force")
+    scorer = get_criterion(criterion, **_criterion_options(criterion, budget, metric, composite))
+    net, meta = load_model(model, data, root=root)
+    splits = load_dataset(data, root=root, seed=0)
+    chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
+    with console.status("pruning") as status:
+        pruned, summary = prune_model(
+            net,
+            splits,
+            scorer,
+            parsed,
+            layers=chosen,
+            global_=global_,
+            steps=steps,
+            normalisation=normalisation,
+            mode=mode,
+            per_class=per_class,
+            seed=seed,
+            finetune_epochs=finetune_epochs,
+            finetune_lr=finetune_lr,
+            report=status.update,
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    base = {"model": meta["model"], "config": meta["config"]}
+    save_pruned(
+        out / "model",
+        pruned,
+        base=base,
+        input_shape=tuple(splits.val.x.shape[1:]),
+        metrics=summary["after"],
+        dataset=splits.name,
+        overwrite=force,
+    )
+    summary["source_model"] = model
+    _write_json(out / "summary.json", summary, force=True)
+    console.print(_metrics_table(summary))
+    removed = ", ".join(f"{k}: {v}" for k, v in summary["removed"].items())
+    console.print(
+        f"removed units: {removed}\nwrote {out}/model.safetensors, model.json, summary.json"
+    )
+
+
 @app.command()
 def demo(
     budget: Annotated[int, typer.Option(help="coalition evaluations")] = 5000,

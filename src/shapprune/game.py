@@ -38,7 +38,8 @@ def metric_sums(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Ten
     return (correct - others.max(dim=2).values).sum(dim=1)
 
 
-def _as_data(data) -> tuple[torch.Tensor, torch.Tensor]:
+def as_data(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` from a pair of tensors or an object with ``.x`` and ``.y``, checked."""
     if hasattr(data, "x") and hasattr(data, "y"):
         data = (data.x, data.y)
     if not (isinstance(data, Sequence) and len(data) == 2):
@@ -88,7 +89,7 @@ class PruningGame:
             raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
         if batch_size < 1 or memory_mb <= 0 or (max_stack is not None and max_stack < 1):
             raise ValueError("batch_size and max_stack must be >= 1 and memory_mb > 0")
-        self.x, self.y = _as_data(data)
+        self.x, self.y = as_data(data)
         self.metric = metric
         self.layer = layer
         self.model = copy.deepcopy(model).eval()

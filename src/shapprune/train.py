@@ -352,6 +352,12 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except Exception as err:  # safetensors raises its own error type for malformed files
         raise ValueError(f"{st_path} is not a valid safetensors file: {err}") from None
     model = build_model(meta["model"], **meta["config"])
+    pruning = meta.get("pruning")
+    if pruning:  # rebuild the pruned architecture by replaying its history
+        from .prune import replay
+
+        example = torch.zeros(2, *pruning["input_shape"])
+        replay(model, pruning["history"], example)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

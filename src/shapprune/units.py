@@ -76,10 +76,16 @@ def candidate_layers(model: nn.Module) -> list[str]:
 
 
 def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph of ``model`` (its parameter warnings silenced)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    """torch-pruning's dependency graph of ``model`` (its parameter warnings silenced; the
+    train/eval flags of the modules, which its tracing sets to eval, restored)."""
+    flags = {m: m.training for m in model.modules()}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
 
 
 def find_units(model: nn.Module, layer: str, example_inputs: torch.Tensor) -> Units:
