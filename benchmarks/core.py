@@ -8,19 +8,16 @@ Prints Markdown tables of figures measured in this one run.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import platform
-import re
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from report import run_and_report
 
 from shapprune.data import load_dataset, reference_set
 from shapprune.estimators import estimate
@@ -42,33 +39,19 @@ def throughput(game: PruningGame, n_coalitions: int, repeats: int) -> tuple[floa
 
 
 def main() -> None:
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(_Tee(buffer)):
-        args = _run()
-    if args.readme is not None:
-        text = args.readme.read_text()
-        block = "<!-- results:core -->\n" + buffer.getvalue().strip() + "\n<!-- /results:core -->"
-        pattern = r"<!-- results:core -->.*?<!-- /results:core -->"
-        args.readme.write_text(re.sub(pattern, lambda _: block, text, flags=re.S))
+    args = _arguments()
+    run_and_report("core", lambda: _run(args), args.readme)
 
 
-class _Tee(io.TextIOBase):
-    """Writes to the real stdout and keeps a copy."""
-
-    def __init__(self, copy: io.StringIO) -> None:
-        self.copy, self.real = copy, sys.stdout
-
-    def write(self, text: str) -> int:
-        self.copy.write(text)
-        return self.real.write(text)
-
-
-def _run() -> argparse.Namespace:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/core.json"))
     parser.add_argument("--readme", type=Path, help="replace the results block of this README")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _run(args: argparse.Namespace) -> None:
     n_coal, repeats, seeds = (20, 1, 2) if args.quick else (400, 3, 5)
 
     data = load_dataset("mnist5k")
@@ -138,7 +121,6 @@ def _run() -> argparse.Namespace:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"\nLeNet-5 test accuracy (default recipe): {meta['metrics']['test_accuracy']:.4f}")
-    return args
 
 
 if __name__ == "__main__":

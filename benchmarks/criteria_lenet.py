@@ -13,6 +13,8 @@ import statistics
 import time
 from pathlib import Path
 
+from report import run_and_report
+
 from shapprune.compress import prune_model
 from shapprune.criteria import get_criterion
 from shapprune.data import load_dataset
@@ -39,7 +41,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/criteria_lenet.json"))
+    parser.add_argument("--readme", type=Path, help="replace the results block of this README")
     args = parser.parse_args()
+    run_and_report("criteria_lenet", lambda: _run(args), args.readme)
+
+
+def _run(args: argparse.Namespace) -> None:
     seeds = [0] if args.quick else [0, 1, 2]
     criteria = CRITERIA[:2] if args.quick else CRITERIA
 

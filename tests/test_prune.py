@@ -50,7 +50,7 @@ CASES = [
     ),
     (
         lambda: torchvision.models.vit_b_16(image_size=32, num_classes=10),
-        ["encoder.layers.encoder_layer_3.mlp.0"],
+        ["encoder.layers.encoder_layer_1.self_attention", "encoder.layers.encoder_layer_3.mlp.0"],
         (3, 32, 32),
     ),
 ]
@@ -128,3 +128,20 @@ def test_bad_removals_are_refused():
         apply_removals(model, {"conv3": [0]}, x)
     with pytest.raises(ValueError, match="unknown mode 'zero'"):
         apply_removals(model, {"conv1": [0]}, x, mode="zero")
+
+
+def test_torchvision_vit_heads_round_trip(tmp_path):
+    model = build_model("torchvision:vit_b_16", image_size=32, seed=4)
+    x = torch.randn(2, 3, 32, 32)
+    layer = "encoder.layers.encoder_layer_0.self_attention"
+    pruned = apply_removals(model, {layer: [2, 5]}, x)
+    pruned = apply_removals(pruned, {layer: [0]}, x)  # heads of the already slimmed module
+    assert pruned.get_submodule(layer).num_heads == 9
+    config = {"image_size": 32, "seed": 4}
+    save_pruned(tmp_path / "v", pruned, base={"model": "torchvision:vit_b_16", "config": config},
+                input_shape=(3, 32, 32))  # fmt: skip
+    loaded, _ = load_checkpoint(tmp_path / "v")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), pruned(x), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="torchvision has no model 'resnet9000'"):
+        build_model("torchvision:resnet9000")

@@ -381,6 +381,22 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def _torchvision_model(
+    name: str, image_size: int, num_classes: int, seed: int, config: dict[str, Any]
+) -> nn.Module:
+    """A torchvision architecture with random weights (nothing is downloaded)."""
+    import torchvision
+
+    if name not in torchvision.models.list_models():
+        raise ValueError(f"torchvision has no model {name!r}")
+    if name.startswith("vit_"):
+        config = {"image_size": image_size, **config}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **config)
+    return model.eval()
+
+
 def build_model(
     name: str,
     *,
@@ -391,11 +407,14 @@ def build_model(
     **config: Any,
 ) -> nn.Module:
     """Build zoo model ``name``; the same name, config and seed give identical weights."""
+    if name.startswith("torchvision:"):
+        return _torchvision_model(name.split(":", 1)[1], image_size, num_classes, seed, config)
     try:
         factory = MODELS[name]
     except KeyError:
         raise ValueError(
-            f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}"
+            f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}, "
+            "or torchvision:<name>"
         ) from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -3,8 +3,10 @@
 Physical removal goes through torch-pruning's dependency graph, which removes every
 coupled producer and consumer of a unit (residual additions, concatenations, flattening).
 Attention heads are cut from the fused ``qkv`` projection and the output projection, and
-the module's ``num_heads`` is updated. Every removal is recorded in the model's pruning
-history, which replays on a freshly built model: the way a pruned model is saved.
+the module's ``num_heads`` is updated; ``nn.MultiheadAttention`` is first swapped for an
+equivalent ``SlimMultiheadAttention``, whose heads can be cut. Every removal is recorded
+in the model's pruning history, which replays on a freshly built model: the way a pruned
+model is saved.
 Masking keeps the model's shape and zeroes each removed unit's input columns in every
 consumer, which computes exactly what removal computes.
 """
@@ -18,6 +20,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .attention import SlimMultiheadAttention
 from .units import build_graph, find_units
 
 MODES = ("remove", "mask")
@@ -116,8 +119,15 @@ def _zero_inputs(model: nn.Module, points, idxs: list[int]) -> None:
 
 
 def _remove(model: nn.Module, layer: str, kind: str, idxs: list[int], example) -> None:
-    dg = build_graph(model, example)
     module = dict(model.named_modules())[layer]
+    if isinstance(module, nn.MultiheadAttention):  # heads tied to the width: swap it first
+        module = SlimMultiheadAttention.from_torch(module)
+        parent, _, child = layer.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, module)
+    if isinstance(module, SlimMultiheadAttention):
+        module.remove_heads(idxs)
+        return
+    dg = build_graph(model, example)
     if kind == "heads":
         _remove_heads(dg, module, idxs)
     else:

@@ -1,0 +1,45 @@
+"""Shared by the benchmark scripts: print as usual, and optionally write what was printed
+into a marked block of a Markdown file (``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``),
+so that the numbers in the README come from a run."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the real stdout and keeps a copy."""
+
+    def __init__(self, copy: io.StringIO) -> None:
+        self.copy, self.real = copy, sys.stdout
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.real.write(text)
+
+
+def run_and_report(name: str, run: Callable[[], object], markdown: Path | None) -> None:
+    """Run ``run()``; if ``markdown`` is given, replace its ``name`` block with the output."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(buffer)):
+        run()
+    if markdown is None:
+        return
+    text = markdown.read_text()
+    begin, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+    if begin not in text:
+        raise SystemExit(f"{markdown} has no {begin} block")
+    block = begin + "\n" + _results_only(buffer.getvalue()) + "\n" + end
+    pattern = re.escape(begin) + ".*?" + re.escape(end)
+    markdown.write_text(re.sub(pattern, lambda _: block, text, flags=re.S))
+
+
+def _results_only(output: str) -> str:
+    """The output from its first Markdown heading on (progress lines before it dropped)."""
+    start = output.find("####")
+    return output[start if start >= 0 else 0 :].strip()

@@ -1,0 +1,92 @@
+"""Multi-head attention whose heads can be removed.
+
+``torch.nn.MultiheadAttention`` ties its number of heads to its embedding width, so a
+head cannot be cut out of it. ``SlimMultiheadAttention`` computes the same function with
+separate q/k/v projections of width ``num_heads * head_dim`` (which may be less than the
+embedding width), so heads can be removed; it is built from a torch module with
+:meth:`from_torch` and answers the same call signature (attention weights are not
+returned).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SlimMultiheadAttention(nn.Module):
+    """Attention with ``num_heads`` heads of width ``head_dim`` over ``embed_dim`` features."""
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, batch_first: bool) -> None:
+        super().__init__()
+        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
+        self.batch_first = batch_first
+        width = num_heads * head_dim
+        self.q_proj = nn.Linear(embed_dim, width)
+        self.k_proj = nn.Linear(embed_dim, width)
+        self.v_proj = nn.Linear(embed_dim, width)
+        self.out_proj = nn.Linear(width, embed_dim)
+
+    @classmethod
+    def from_torch(cls, mha: nn.MultiheadAttention) -> SlimMultiheadAttention:
+        """The same function as ``mha`` (eval mode, no masks), with separable heads."""
+        if mha.bias_k is not None or mha.add_zero_attn or not mha._qkv_same_embed_dim:
+            raise NotImplementedError("bias_k, add_zero_attn and kdim/vdim are not supported")
+        e = mha.embed_dim
+        slim = cls(e, mha.num_heads, e // mha.num_heads, mha.batch_first)
+        with torch.no_grad():
+            for i, proj in enumerate((slim.q_proj, slim.k_proj, slim.v_proj)):
+                proj.weight.copy_(mha.in_proj_weight[i * e : (i + 1) * e])
+                if mha.in_proj_bias is not None:
+                    proj.bias.copy_(mha.in_proj_bias[i * e : (i + 1) * e])
+                else:
+                    proj.bias.zero_()
+            slim.out_proj.weight.copy_(mha.out_proj.weight)
+            if mha.out_proj.bias is not None:
+                slim.out_proj.bias.copy_(mha.out_proj.bias)
+            else:
+                slim.out_proj.bias.zero_()
+        return slim
+
+    def remove_heads(self, heads: list[int]) -> None:
+        """Cut the given heads out of the projections."""
+        keep = torch.tensor(
+            [h * self.head_dim + j for h in range(self.num_heads) if h not in set(heads)
+             for j in range(self.head_dim)]
+        )  # fmt: skip
+        with torch.no_grad():
+            for proj in (self.q_proj, self.k_proj, self.v_proj):
+                proj.weight = nn.Parameter(proj.weight[keep].clone())
+                proj.bias = nn.Parameter(proj.bias[keep].clone())
+                proj.out_features = len(keep)
+            self.out_proj.weight = nn.Parameter(self.out_proj.weight[:, keep].clone())
+            self.out_proj.in_features = len(keep)
+        self.num_heads -= len(set(heads))
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, None]:
+        if key_padding_mask is not None or attn_mask is not None or is_causal:
+            raise NotImplementedError("attention masks are not supported")
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+
+        def heads(x: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
+            y = proj(x)
+            return y.reshape(y.shape[0], y.shape[1], -1, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(query, self.q_proj), heads(key, self.k_proj), heads(value, self.v_proj)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = self.out_proj(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1))
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, None
