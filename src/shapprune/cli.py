@@ -27,7 +27,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotImplementedErr
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # Ctrl-C comes back as the code 130
+        sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.Abort:
@@ -321,6 +322,71 @@ def prune(
     console.print(
         f"removed units: {removed}\nwrote {out}/model.safetensors, model.json, summary.json"
     )
+
+
+@app.command()
+def compare(
+    config: Annotated[Path, typer.Option(help="experiment YAML (see examples/)")],
+    out: Annotated[Path, typer.Option(help="output folder (rerun to resume)")] = Path(
+        "runs/compare"
+    ),
+) -> None:
+    """Compare criteria on layers, rates and seeds: JSON, CSV, plots and a Markdown report.
+
+    Finished cells are saved as they complete; the same command again resumes.
+    """
+    from .compare import check_resumable, run_compare
+    from .config import load_config
+    from .report import write_outputs
+
+    experiment = load_config(config)
+    check_resumable(experiment, out)
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("compare", total=None)
+
+        def update(label: str, done: int, total: int) -> None:
+            bar.update(task, description=label, completed=done, total=total)
+
+        results = run_compare(experiment, out, progress=update)
+    report = write_outputs(experiment, results, out)
+    console.print(f"{results['cells_computed']} cells computed; wrote {report} and plots in {out}")
+
+
+@app.command()
+def oracle(
+    model: Annotated[str, typer.Option(help="zoo model name or checkpoint path")] = "tinycnn",
+    data: Annotated[str, typer.Option(help="dataset name")] = "mnist5k",
+    layer: Annotated[str, typer.Option(help="module name")] = "conv1",
+    ks: Annotated[str, typer.Option(help="set sizes, comma-separated")] = "1,2,3,4,5",
+    per_class: Annotated[int, typer.Option(help="reference examples per class")] = 25,
+    max_subsets: Annotated[int, typer.Option(help="beyond this, beam search")] = 20_000,
+    beam_width: Annotated[int, typer.Option(help="beam width")] = 8,
+    root: Annotated[str | None, typer.Option(help="folder holding local datasets")] = None,
+    out: Annotated[Path, typer.Option(help="JSON file")] = Path("oracle.json"),
+    force: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+) -> None:
+    """Oracle sets of a layer: for each k, the k units whose joint removal hurts least."""
+    from .data import load_dataset, reference_set
+    from .game import PruningGame
+    from .oracle import oracle_rank, oracle_sets
+
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
+    sizes = [int(k) for k in ks.split(",") if k.strip()]
+    net, _ = load_model(model, data, root=root)
+    ref = reference_set(load_dataset(data, root=root).val, per_class=per_class, seed=0)
+    game = PruningGame(net, layer, (ref.x, ref.y))
+    found = oracle_sets(game, sizes, max_subsets=max_subsets, beam_width=beam_width)
+    record = {"model": model, "data": data, "layer": layer, **found.to_dict()}
+    record["rank"] = oracle_rank(found, game.n_players).tolist()
+    _write_json(out, record, force)
+    for k in sizes:
+        how = "exhaustive" if found.exhaustive[k] else "beam search"
+        console.print(f"k={k}: remove {found.sets[k]} -> value {found.values[k]:.5f} ({how})")
+    console.print(f"{found.n_evals} evaluations; wrote {out}")
 
 
 @app.command()

@@ -1,0 +1,137 @@
+"""Experiment configurations: a YAML file, checked key by key before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXPERIMENTS = ("robustness", "rates", "oracle", "cost_benefit")
+
+
+@dataclass
+class CriterionSpec:
+    """A criterion by name, with its options (e.g. budget for the Shapley family)."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.name}[{extra}]" if extra else self.name
+
+
+@dataclass
+class ExperimentConfig:
+    """What ``shapprune compare`` runs: criteria x layers x rates x seeds."""
+
+    model: str = "lenet5"
+    data: str = "mnist5k"
+    layers: list[str] = field(default_factory=list)
+    criteria: list[CriterionSpec] = field(default_factory=list)
+    experiments: list[str] = field(default_factory=lambda: ["robustness", "rates"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    per_class: int = 25
+    heldout: int = 1000
+    rates: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    global_: bool = False
+    oracle_ks: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    oracle_max_subsets: int = 20_000
+    oracle_beam_width: int = 8
+    cost_methods: list[str] = field(default_factory=lambda: ["permutation", "kernel", "partial"])
+    cost_budgets: list[int] = field(default_factory=lambda: [100, 300, 1000, 3000])
+    cost_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    root: str | None = None
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "data": (str,),
+    "layers": (list,),
+    "criteria": (list,),
+    "experiments": (list,),
+    "seeds": (list,),
+    "per_class": (int,),
+    "heldout": (int,),
+    "rates": (list,),
+    "global": (bool,),
+    "oracle_ks": (list,),
+    "oracle_max_subsets": (int,),
+    "oracle_beam_width": (int,),
+    "cost_methods": (list,),
+    "cost_budgets": (list,),
+    "cost_seeds": (list,),
+    "root": (str, type(None)),
+}
+_ITEMS = {
+    "layers": str,
+    "experiments": str,
+    "seeds": int,
+    "rates": (int, float),
+    "oracle_ks": int,
+    "cost_methods": str,
+    "cost_budgets": int,
+    "cost_seeds": int,
+}
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and check an experiment YAML file; errors name the offending key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment config {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from None
+    return parse_config(raw, str(path))
+
+
+def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
+    """Check a mapping of settings and turn it into an ``ExperimentConfig``."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: expected a mapping of settings at the top level")
+    for key, value in raw.items():
+        if key not in _TYPES:
+            raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(_TYPES)}")
+        if not isinstance(value, _TYPES[key]) or (
+            isinstance(value, bool) and bool not in _TYPES[key]
+        ):
+            want = " or ".join(t.__name__ for t in _TYPES[key])
+            raise ValueError(f"{source}: key {key!r} must be {want}, got {value!r}")
+        item = _ITEMS.get(key)
+        if item is not None and not all(
+            isinstance(v, item) and not isinstance(v, bool) for v in value
+        ):
+            raise ValueError(f"{source}: every entry of {key!r} must be {_name(item)}")
+    settings = {("global_" if k == "global" else k): v for k, v in raw.items()}
+    settings["criteria"] = [_criterion(c, source) for c in raw.get("criteria", [])]
+    config = ExperimentConfig(**settings)
+    unknown = [e for e in config.experiments if e not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(
+            f"{source}: key 'experiments' has unknown {unknown}; use {', '.join(EXPERIMENTS)}"
+        )
+    if not config.criteria and set(config.experiments) & {"robustness", "rates"}:
+        raise ValueError(f"{source}: key 'criteria' must list at least one criterion")
+    if any(not 0 <= r < 1 for r in config.rates):
+        raise ValueError(f"{source}: every entry of 'rates' must lie in [0, 1)")
+    return config
+
+
+def _criterion(entry: Any, source: str) -> CriterionSpec:
+    if isinstance(entry, str):
+        return CriterionSpec(entry)
+    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+        return CriterionSpec(entry["name"], {k: v for k, v in entry.items() if k != "name"})
+    raise ValueError(
+        f"{source}: key 'criteria' entries must be a name or a mapping with 'name', got {entry!r}"
+    )
+
+
+def _name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
