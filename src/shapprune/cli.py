@@ -389,12 +389,40 @@ def oracle(
     console.print(f"{found.n_evals} evaluations; wrote {out}")
 
 
+DEMO_EXPERIMENT = {
+    "model": "lenet5",
+    "data": "mnist5k",
+    "layers": ["conv1", "conv2"],
+    "experiments": ["robustness", "rates", "oracle"],
+    "criteria": [
+        "random",
+        "weight-l1",
+        "taylor",
+        "sensitivity",
+        "apoz",
+        "lrp",
+        {"name": "shapley-permutation", "budget": 1000},
+    ],
+    "seeds": [0],
+    "rates": [0.0, 0.2, 0.4, 0.6, 0.8],
+    "oracle_ks": [1, 2, 3],
+}
+
+
 @app.command()
 def demo(
-    budget: Annotated[int, typer.Option(help="coalition evaluations")] = 5000,
+    budget: Annotated[int, typer.Option(help="coalition evaluations for the ranking")] = 5000,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    out: Annotated[Path, typer.Option(help="report folder (rerun to resume)")] = Path(
+        "shapprune-demo"
+    ),
 ) -> None:
-    """LeNet-5 on the embedded MNIST 5k: the Shapley ranking of its conv2 filters."""
+    """LeNet-5 on the embedded MNIST 5k: Shapley ranking of conv2, then criteria compared
+    (layer-wise robustness, oracle sets, accuracy vs pruning rate) in a report with plots."""
+    from .compare import check_resumable, run_compare
+    from .config import parse_config
+    from .report import summarise, write_outputs
+
     start = time.perf_counter()
     record = rank_layer(
         "lenet5", "mnist5k", "conv2", "permutation", budget, seed, progress=_evaluation_progress
@@ -404,8 +432,28 @@ def demo(
         f"LeNet-5 on MNIST 5k: test accuracy {acc:.4f}; game on "
         f"{record['reference_examples']} validation images, metric = -cross-entropy"
     )
-    console.print(_ranking_table(record))
-    console.print(
-        f"{record['n_evals']} coalition evaluations in {record['seconds']:.2f} s; "
-        f"demo wall time {time.perf_counter() - start:.1f} s"
-    )
+    console.print(_ranking_table(record, show=5))
+    console.print(f"{record['n_evals']} coalition evaluations in {record['seconds']:.2f} s")
+
+    experiment = parse_config(DEMO_EXPERIMENT, "demo")
+    check_resumable(experiment, out)
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("comparing criteria", total=None)
+
+        def update(label: str, done: int, total: int) -> None:
+            bar.update(task, description=label, completed=done, total=total)
+
+        results = run_compare(experiment, out, progress=update)
+    report = write_outputs(experiment, results, out)
+    summary = summarise(experiment, results)
+    table = Table(title="Layer-wise robustness AUC (lower is better) and mean accuracy vs rate")
+    for col in ("criterion", *summary["robustness"], "accuracy AUC"):
+        table.add_column(col, justify="right" if col != "criterion" else "left")
+    for label, by_rate in summary["rates"].items():
+        cells = [f"{summary['robustness'][layer][label][0]:.3f}" for layer in summary["robustness"]]
+        table.add_row(label, *cells, f"{by_rate['auc'][0]:.3f}")
+    console.print(table)
+    console.print(f"report: {report}; demo wall time {time.perf_counter() - start:.1f} s")

@@ -55,6 +55,7 @@ def check_resumable(config: ExperimentConfig, out: Path) -> None:
         "cost_budgets": config.cost_budgets,
         "cost_methods": config.cost_methods,
         "cost_seeds": config.cost_seeds,
+        "cost_reference_budget": config.cost_reference_budget,
     }
     path = out / "experiment.json"
     if path.is_file():
@@ -202,7 +203,7 @@ def _oracle_and_cost(config, model, layers, data, store, results, step) -> None:
                 if n <= 14:
                     reference = estimate(game, "exact")
                 else:
-                    budget = 100 * max(config.cost_budgets)
+                    budget = config.cost_reference_budget
                     reference = estimate(game, "permutation", budget=budget, seed=12345)
                 oracle = results.get("oracle", {}).get(layer)
                 rank = np.asarray(oracle["rank"]) if oracle else None

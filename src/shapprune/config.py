@@ -44,6 +44,7 @@ class ExperimentConfig:
     cost_methods: list[str] = field(default_factory=lambda: ["permutation", "kernel", "partial"])
     cost_budgets: list[int] = field(default_factory=lambda: [100, 300, 1000, 3000])
     cost_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    cost_reference_budget: int = 20_000  # permutation run used as reference above 14 units
     root: str | None = None
 
 
@@ -64,6 +65,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "cost_methods": (list,),
     "cost_budgets": (list,),
     "cost_seeds": (list,),
+    "cost_reference_budget": (int,),
     "root": (str, type(None)),
 }
 _ITEMS = {
