@@ -4,25 +4,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import randomise_norms
 from torch import nn
 
 from shapprune.estimators import estimate
 from shapprune.game import PruningGame, metric_sums
 from shapprune.models import build_model
 from shapprune.prune import remove_units
-
-
-def _randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give BatchNorms non-trivial statistics, so that masking before/after them differs."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=g) * 0.3)
-    return model.eval()
 
 
 def _data(shape, n=24, seed=0):
@@ -57,7 +45,7 @@ def _removal_case(model, layer, shape, seed=0):
 @pytest.mark.parametrize("name,layer,shape", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_masking_equals_physical_removal(name, layer, shape):
     model = build_model(name, in_channels=shape[0], image_size=shape[1], seed=1)
-    model = _randomise_norms(model)
+    model = randomise_norms(model)
     game, keep, expected, pruned, _, y = _removal_case(model, layer, shape)
     assert game.cached
     n_params = sum(p.numel() for p in model.parameters())
@@ -79,7 +67,7 @@ def test_masking_equals_physical_removal(name, layer, shape):
 )
 def test_masking_equals_removal_on_torchvision_models(builder, layer):
     torch.manual_seed(0)
-    model = _randomise_norms(builder())
+    model = randomise_norms(builder())
     game, keep, expected, _, _, _ = _removal_case(model, layer, (3, 32, 32))
     torch.testing.assert_close(game.logits(keep), expected, atol=1e-4, rtol=1e-4)
 
@@ -118,7 +106,7 @@ def test_torchvision_vit_heads_are_players():
 
 @pytest.mark.parametrize("layer", ["layer1.0.conv2", "layer3.1.conv1", "conv1"])
 def test_cache_and_stacking_change_nothing(layer):
-    model = _randomise_norms(build_model("resnet20", in_channels=3, image_size=32, seed=2))
+    model = randomise_norms(build_model("resnet20", in_channels=3, image_size=32, seed=2))
     x, y = _data((3, 32, 32), n=20)
     fast = PruningGame(model, layer, (x, y), batch_size=8, max_stack=4)
     one_at_a_time = PruningGame(model, layer, (x, y), max_stack=1)
@@ -238,7 +226,7 @@ def test_timm_models_mask_as_they_are_pruned(name, layer):
 
     kwargs = {"img_size": 32, "patch_size": 4, "depth": 3} if "vit" in name else {}
     torch.manual_seed(0)
-    model = _randomise_norms(timm.create_model(name, num_classes=10, **kwargs))
+    model = randomise_norms(timm.create_model(name, num_classes=10, **kwargs))
     game, keep, expected, _, _, _ = _removal_case(model, layer, (3, 32, 32))
     assert game.cached
     torch.testing.assert_close(game.logits(keep), expected, atol=1e-4, rtol=1e-4)

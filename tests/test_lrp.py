@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from helpers import randomise_norms
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
 
@@ -18,19 +19,6 @@ from shapprune.units import find_units
 def _data(shape, n=6, seed=0, classes=10):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
-
-
-def _randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics, so that merging them into convolutions matters."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=g) * 0.3)
-    return model.eval()
 
 
 def _tv_vit() -> nn.Module:
@@ -112,7 +100,7 @@ def test_two_layer_linear_network_by_hand():
     ],
 )
 def test_lrp0_equals_gradient_times_input(name, layer, shape):
-    model = _randomise_norms(build_model(name, image_size=shape[-1]))
+    model = randomise_norms(build_model(name, image_size=shape[-1]))
     x, y = _data(shape)
     scores = LRPCriterion("epsilon", epsilon=1e-9).score(model, layer, (x, y))
     np.testing.assert_allclose(scores, _grad_times_input(model, layer, x, y), rtol=2e-3)
@@ -130,7 +118,7 @@ def test_lrp0_equals_gradient_times_input(name, layer, shape):
     ],
 )
 def test_one_finite_nonnegative_score_per_unit(name, layer, shape):
-    model = _randomise_norms(build_model(name, image_size=shape[-1]))
+    model = randomise_norms(build_model(name, image_size=shape[-1]))
     x, y = _data(shape)
     before = _snapshot(model)
     scores = LRPCriterion().score(model, layer, (x, y))
@@ -172,8 +160,8 @@ def test_torchvision_multihead_attention_heads(canonize):
 @pytest.mark.parametrize(
     ("build", "shape"),
     [
-        (lambda: _randomise_norms(build_model("vgg", image_size=16)), (1, 16, 16)),
-        (lambda: _randomise_norms(build_model("resnet20", image_size=16)), (1, 16, 16)),
+        (lambda: randomise_norms(build_model("vgg", image_size=16)), (1, 16, 16)),
+        (lambda: randomise_norms(build_model("resnet20", image_size=16)), (1, 16, 16)),
         (lambda: build_model("vit", image_size=16), (1, 16, 16)),
         (_tv_vit, (3, 16, 16)),
     ],
@@ -196,7 +184,7 @@ def test_canonized_model_computes_the_same_and_is_restored(build, shape):
 
 
 def test_deterministic_batch_invariant_and_model_unchanged():
-    model = _randomise_norms(build_model("vgg", image_size=16)).train()
+    model = randomise_norms(build_model("vgg", image_size=16)).train()
     x, y = _data((1, 16, 16), n=7)
     before = _snapshot(model)
     first = LRPCriterion(batch_size=3).score(model, "features.4", (x, y))

@@ -5,22 +5,11 @@ import json
 import pytest
 import torch
 import torchvision
-from torch import nn
+from helpers import randomise_norms
 
 from shapprune.models import build_model
 from shapprune.prune import apply_removals, history, save_pruned
 from shapprune.train import load_checkpoint
-
-
-def _randomise_norms(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-    return model.eval()
 
 
 def _half(model, layers, x):
@@ -63,7 +52,7 @@ CASES = [
 )
 def test_masked_equals_physically_pruned(build, layers, shape):
     torch.manual_seed(0)
-    model = _randomise_norms(build())
+    model = randomise_norms(build())
     x = torch.randn(4, *shape)
     removals = _half(model, layers, x[:2])
     masked = apply_removals(model, removals, x[:2], mode="mask")

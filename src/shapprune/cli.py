@@ -77,6 +77,21 @@ def _evaluation_progress(label: str, total: int):
             bar.stop()
 
 
+@contextmanager
+def _cell_progress(label: str):
+    """A rich progress bar fed by ``run_compare``'s ``progress(label, done, total)``."""
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(label, total=None)
+
+        def update(description: str, done: int, total: int) -> None:
+            bar.update(task, description=description, completed=done, total=total)
+
+        yield update
+
+
 def load_model(model: str, data: str, seed: int = 0, root: str | None = None):
     """A zoo model trained on ``data`` (cached), or a checkpoint file given by path."""
     from .models import MODELS
@@ -341,15 +356,7 @@ def compare(
 
     experiment = load_config(config)
     check_resumable(experiment, out)
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=True,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("compare", total=None)
-
-        def update(label: str, done: int, total: int) -> None:
-            bar.update(task, description=label, completed=done, total=total)
-
+    with _cell_progress("compare") as update:
         results = run_compare(experiment, out, progress=update)
     report = write_outputs(experiment, results, out)
     console.print(f"{results['cells_computed']} cells computed; wrote {report} and plots in {out}")
@@ -437,15 +444,7 @@ def demo(
 
     experiment = parse_config(DEMO_EXPERIMENT, "demo")
     check_resumable(experiment, out)
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=True,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("comparing criteria", total=None)
-
-        def update(label: str, done: int, total: int) -> None:
-            bar.update(task, description=label, completed=done, total=total)
-
+    with _cell_progress("comparing criteria") as update:
         results = run_compare(experiment, out, progress=update)
     report = write_outputs(experiment, results, out)
     summary = summarise(experiment, results)

@@ -1,0 +1,18 @@
+"""Helpers shared by the tests (imported as ``from helpers import ...``)."""
+
+import torch
+from torch import nn
+
+
+def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give BatchNorms non-trivial statistics and affine parameters, so that where a unit is
+    masked (before or after its BatchNorm) matters; returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.3)
+    return model.eval()
