@@ -76,6 +76,7 @@ def test_compare_writes_everything_and_resumes(setup, monkeypatch, capsys):
     assert (out / "rates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "Layer-wise robustness" in report and "Overlap with the oracle" in report
+    assert "Regret" in report and "| Spearman | Kendall |" in report
     results = json.loads((out / "results.json").read_text())
     assert results["results"]["cells_computed"] == total - 3
     # a third run computes nothing and evaluates no coalition

@@ -129,6 +129,8 @@ def _n_cells(config: ExperimentConfig, layers: list[str]) -> int:
     if "rates" in config.experiments:
         total += len(config.criteria) * len(config.seeds)
     per_layer = ("oracle" in config.experiments) + ("cost_benefit" in config.experiments)
+    if "oracle" in config.experiments:  # the criteria's regrets and correlations
+        per_layer += len(config.criteria) * len(config.seeds)
     return total + len(layers) * per_layer
 
 
@@ -172,6 +174,32 @@ def _rates(config, model, layers, test, example, store, results, step) -> None:
             step(f"rates {spec.label}")
 
 
+def _quality(config, game, layer: str, results: dict, store: CellStore, step) -> None:
+    """Each criterion's regret against the oracle sets (one batched game call) and its rank
+    correlation with the Oracle rank."""
+    from .oracle import OracleSets, rank_correlation, ranking_from_scores, regrets
+
+    record = results["oracle"][layer]
+    oracle = OracleSets.from_dict(record)
+    position = np.empty(len(record["rank"]))
+    position[np.asarray(record["rank"])] = np.arange(len(record["rank"]))  # 0 = least important
+    results.setdefault("quality", {})
+    for spec in config.criteria:
+        for seed in config.seeds:
+            key = f"quality/{spec.label}/{layer}/{seed}"
+            scores = _scores_of(results, spec, layer, seed)
+
+            def compute(scores=scores) -> dict:
+                lost = regrets(game, ranking_from_scores(scores), oracle)
+                return {
+                    "regret": {str(k): float(v) for k, v in lost.items()},
+                    **rank_correlation(scores, position),
+                }
+
+            results["quality"][key] = store.get(key, compute)
+            step(f"regret {spec.label} {layer}")
+
+
 def _oracle_and_cost(config, model, layers, data, store, results, step) -> None:
     from .estimators import estimate
     from .experiments import cost_benefit
@@ -197,6 +225,7 @@ def _oracle_and_cost(config, model, layers, data, store, results, step) -> None:
 
             results["oracle"][layer] = store.get(f"oracle/{layer}", compute_oracle)
             step(f"oracle {layer}")
+            _quality(config, game, layer, results, store, step)
         if "cost_benefit" in config.experiments:
 
             def compute_cost(game=game, n=n, layer=layer) -> dict:

@@ -43,6 +43,22 @@ def summarise(config: ExperimentConfig, results: dict) -> dict:
                 label: _mean_std([robustness_auc(curves[label, s], shared) for s in config.seeds])
                 for label in labels
             }
+        quality = {
+            label: [results["quality"][f"quality/{label}/{layer}/{s}"] for s in config.seeds]
+            for label in labels
+            if f"quality/{label}/{layer}/{config.seeds[0]}" in results.get("quality", {})
+        }
+        if quality:
+            out.setdefault("quality", {})[layer] = {
+                label: {
+                    "regret": {
+                        k: _mean_std([r["regret"][k] for r in runs]) for k in runs[0]["regret"]
+                    },
+                    "spearman": _mean_std([r["spearman"] for r in runs]),
+                    "kendall": _mean_std([r["kendall"] for r in runs]),
+                }
+                for label, runs in quality.items()
+            }
         oracle = results.get("oracle", {}).get(layer)
         if oracle:
             sets = {int(k): v for k, v in oracle["sets"].items()}
@@ -170,6 +186,22 @@ def write_outputs(config: ExperimentConfig, results: dict, out: Path) -> Path:
         for label, by_k in per_label.items():
             lines.append(f"| {label} | " + " | ".join(_fmt(*by_k[k]) for k in ks) + " |")
         lines.append("")
+        quality = summary.get("quality", {}).get(layer)
+        if quality:
+            lines += [
+                f"Regret (value of the oracle's kept set minus the criterion's, {layer}; lower "
+                "is better) and rank correlation with the Oracle rank:",
+                "",
+                "| criterion | "
+                + " | ".join(f"regret k={k}" for k in ks)
+                + " | Spearman | Kendall |",
+                "|---" * (len(ks) + 3) + "|",
+            ]
+            for label, q in quality.items():
+                cells = [_fmt(*q["regret"][str(k)]) for k in ks]
+                cells += [_fmt(*q["spearman"]), _fmt(*q["kendall"])]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append("")
     for layer, rows in summary["cost_benefit"].items():
         lines += [
             f"## Cost-benefit of the estimators, {layer}",
