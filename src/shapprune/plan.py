@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .measure import count_macs, count_params
-from .units import Units, candidate_layers, find_units, is_attention
+from .units import Units, build_graph, candidate_layers, find_units, is_attention
 
 TARGET_KINDS = ("channels", "params", "macs")
 NORMALISATIONS = ("l1", "l2", "max", "rank", "none")
@@ -83,13 +83,14 @@ def prunable_layers(model: nn.Module, example: torch.Tensor) -> dict[str, Units]
     attention = [n for n, m in model.named_modules() if n and is_attention(m)]
     out: dict[str, Units] = {}
     seen: set[frozenset[str]] = set()
+    graph = build_graph(model, example)  # built once, shared by every layer
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in candidate_layers(model):
             if any(name.startswith(a + ".") for a in attention):
                 continue
             try:
-                units = find_units(model, name, example)
+                units = find_units(model, name, example, graph)
             except ValueError:  # the classifier, or units mixed by a LayerNorm
                 continue
             key = frozenset(units.coupled) if units.kind != "heads" else frozenset([name])

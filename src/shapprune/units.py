@@ -88,8 +88,14 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Dependency
             m.training = flag
 
 
-def find_units(model: nn.Module, layer: str, example_inputs: torch.Tensor) -> Units:
-    """The players of ``layer`` in ``model`` and where each is masked."""
+def find_units(
+    model: nn.Module,
+    layer: str,
+    example_inputs: torch.Tensor,
+    graph: tp.DependencyGraph | None = None,
+) -> Units:
+    """The players of ``layer`` in ``model`` and where each is masked (``graph``: the
+    model's dependency graph, if already built)."""
     modules = dict(model.named_modules())
     if layer not in modules:
         raise ValueError(
@@ -104,7 +110,7 @@ def find_units(model: nn.Module, layer: str, example_inputs: torch.Tensor) -> Un
             f"layer {layer!r} ({type(module).__name__}) has no prunable units; choose a "
             "convolution, linear or attention layer: " + ", ".join(candidate_layers(model))
         )
-    return _channel_units(model, layer, module, example_inputs)
+    return _channel_units(model, layer, module, graph or build_graph(model, example_inputs))
 
 
 def _head_units(layer: str, module: nn.Module) -> Units:
@@ -120,8 +126,9 @@ def _head_units(layer: str, module: nn.Module) -> Units:
     return Units(layer, "heads", n_heads, (point,), (layer,))
 
 
-def _channel_units(model: nn.Module, layer: str, module: nn.Module, example) -> Units:
-    dg = build_graph(model, example)
+def _channel_units(
+    model: nn.Module, layer: str, module: nn.Module, dg: tp.DependencyGraph
+) -> Units:
     is_conv = isinstance(module, _CONV)
     fn = tp.prune_conv_out_channels if is_conv else tp.prune_linear_out_channels
     n = module.out_channels if is_conv else module.out_features
