@@ -77,6 +77,8 @@ def test_compare_writes_everything_and_resumes(setup, monkeypatch, capsys):
     report = (out / "report.md").read_text()
     assert "Layer-wise robustness" in report and "Overlap with the oracle" in report
     assert "Regret" in report and "| Spearman | Kendall |" in report
+    assert "## Oracle sets, conv1" in report
+
     results = json.loads((out / "results.json").read_text())
     assert results["results"]["cells_computed"] == total - 3
     # a third run computes nothing and evaluates no coalition
@@ -95,3 +97,13 @@ def test_bad_yaml_key_is_named(tmp_path, monkeypatch, capsys):
     path.write_text(yaml.safe_dump({**CONFIG, "budgett": 3}))
     code, err = _run(monkeypatch, capsys, path, tmp_path / "out")
     assert code == 2 and "unknown key 'budgett'" in err and err.startswith("error: ")
+
+
+def test_oracle_and_cost_without_criteria(setup, monkeypatch, capsys):
+    path, out, _ = setup
+    config = {k: v for k, v in CONFIG.items() if k != "criteria"}
+    path.write_text(yaml.safe_dump({**config, "experiments": ["oracle", "cost_benefit"]}))
+    code, err = _run(monkeypatch, capsys, path, out)
+    assert code == 0, err
+    report = (out / "report.md").read_text()
+    assert "## Oracle sets, conv1" in report and "## Cost-benefit" in report

@@ -173,7 +173,17 @@ def write_outputs(config: ExperimentConfig, results: dict, out: Path) -> Path:
             f"accuracy vs pruning rate ({scope})",
         )
         lines += ["", f"![accuracy vs rate]({path.name})", ""]
+    for layer, oracle in results.get("oracle", {}).items():
+        lines += [f"## Oracle sets, {layer}", "",
+                  "For each k, the k units whose joint removal keeps the game's value highest.",
+                  "", "| k | removed units | value | search |", "|---|---|---|---|"]  # fmt: skip
+        for k, units in oracle["sets"].items():
+            how = "exhaustive" if oracle["exhaustive"][k] else "beam (approximate)"
+            lines.append(f"| {k} | {units} | {oracle['values'][k]:.4f} | {how} |")
+        lines.append("")
     for layer, per_label in summary["overlap"].items():
+        if not per_label:
+            continue
         ks = list(next(iter(per_label.values())))
         lines += [
             f"## Overlap with the oracle sets, {layer}",
