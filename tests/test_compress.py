@@ -81,7 +81,7 @@ def _cli(monkeypatch, capsys, *args):
 
 
 def test_cli_prune_writes_model_and_summary(tmp_path, monkeypatch, capsys, lenet):
-    from shapprune.train import load_checkpoint, save_checkpoint
+    from shapprune.checkpoint import load_checkpoint, save_checkpoint
 
     save_checkpoint(tmp_path / "base", lenet, name="lenet5", config={"seed": 0}, metrics={})
     out = tmp_path / "pruned"

@@ -7,9 +7,9 @@ import torch
 import torchvision
 from helpers import randomise_norms
 
+from shapprune.checkpoint import load_checkpoint
 from shapprune.models import build_model
 from shapprune.prune import apply_removals, history, save_pruned
-from shapprune.train import load_checkpoint
 
 
 def _half(model, layers, x):

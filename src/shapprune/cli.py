@@ -94,8 +94,9 @@ def _cell_progress(label: str):
 
 def load_model(model: str, data: str, seed: int = 0, root: str | None = None):
     """A zoo model trained on ``data`` (cached), or a checkpoint file given by path."""
+    from .checkpoint import load_checkpoint
     from .models import MODELS
-    from .train import load_checkpoint, pretrained
+    from .train import pretrained
 
     path = Path(model)
     if path.suffix in (".json", ".safetensors") or path.exists() or "/" in model:
@@ -226,8 +227,9 @@ def train(
     force: Annotated[bool, typer.Option(help="replace an existing checkpoint")] = False,
 ) -> None:
     """Train a zoo model and save it as safetensors weights plus a JSON description."""
+    from .checkpoint import save_checkpoint
     from .models import MODELS
-    from .train import recipe_for, save_checkpoint, train_by_recipe
+    from .train import recipe_for, train_by_recipe
 
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; known models: {', '.join(sorted(MODELS))}")

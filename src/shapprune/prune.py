@@ -90,7 +90,7 @@ def save_pruned(
 ):
     """Save a pruned model: safetensors weights plus JSON with the base model's name and
     config and the pruning history that rebuilds its architecture (no pickle)."""
-    from .train import save_checkpoint
+    from .checkpoint import save_checkpoint
 
     pruning = {"history": history(model), "input_shape": list(input_shape)}
     return save_checkpoint(
