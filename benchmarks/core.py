@@ -49,6 +49,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/core.json"))
     parser.add_argument("--readme", type=Path, help="replace the results block of this README")
+    parser.add_argument("--skip-demo", action="store_true", help="do not time `shapprune demo`")
     return parser.parse_args()
 
 
@@ -106,15 +107,17 @@ def _run(args: argparse.Namespace) -> None:
     errors.append({"method": "loo", "budget": r.n_evals, "error": err})
     print(f"| loo | {r.n_evals} | {r.n_evals} | {err:.4f} | 0 |")
 
-    with tempfile.TemporaryDirectory() as folder:  # a fresh report folder: nothing resumed
-        start = time.perf_counter()
-        command = ["shapprune", "demo", "--out", str(Path(folder) / "demo")]
-        subprocess.run(command, check=True, capture_output=True)
-        demo_seconds = time.perf_counter() - start
-    print(
-        f"\n`shapprune demo` wall time (LeNet-5 already cached, comparison from scratch): "
-        f"{demo_seconds:.1f} s"
-    )
+    demo_seconds = None
+    if not args.skip_demo:
+        with tempfile.TemporaryDirectory() as folder:  # a fresh report folder: nothing resumed
+            start = time.perf_counter()
+            command = ["shapprune", "demo", "--out", str(Path(folder) / "demo")]
+            subprocess.run(command, check=True, capture_output=True)
+            demo_seconds = time.perf_counter() - start
+        print(
+            f"\n`shapprune demo` wall time (LeNet-5 already cached, comparison from scratch): "
+            f"{demo_seconds:.1f} s"
+        )
 
     result = {
         "demo_seconds": demo_seconds,
