@@ -122,10 +122,7 @@ class PruningGame:
             per_example = self._split.bytes_per_example
         else:
             self._hooks = _Hooks(self.model, self.units.mask_points)
-            per_example = 4 * sum(
-                p.numel() for p in self.model.parameters()
-            )  # crude: unknown graph
-            per_example = max(per_example // 1000, 4)
+            per_example = _activation_bytes(self.model, self.x[:1])
         self._per_coalition = per_example * min(batch_size, len(self.x))
 
     @property
@@ -190,6 +187,25 @@ class PruningGame:
         if self._split is not None:
             return self._split.run(self._caches[chunk], masks)
         return self._hooks.run(self.model, self._chunks[chunk][0], masks)
+
+
+def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of all module outputs in one forward pass on ``x`` (one example)."""
+    total = 0
+
+    def count(_module, _args, out) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel() * out.element_size()
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total, 4)
 
 
 class _Hooks:
