@@ -5,14 +5,60 @@ head cannot be cut out of it. ``SlimMultiheadAttention`` computes the same funct
 separate q/k/v projections of width ``num_heads * head_dim`` (which may be less than the
 embedding width), so heads can be removed; it is built from a torch module with
 :meth:`from_torch` and answers the same call signature (attention weights are not
-returned).
+returned). ``multihead_attention`` is the one written-out attention the package uses
+wherever the heads must be visible (tracing, LRP, this module).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+Projection = Callable[[torch.Tensor], torch.Tensor]
+
+
+def refuse_masks(key_padding_mask, attn_mask, is_causal: bool, mha=None) -> None:
+    """Written-out attention supports plain calls only: no masks, no extra key/value bias."""
+    if key_padding_mask is not None or attn_mask is not None or is_causal:
+        raise NotImplementedError("attention masks are not supported in written-out attention")
+    if mha is not None and (getattr(mha, "bias_k", None) is not None or mha.add_zero_attn):
+        raise NotImplementedError("bias_k/add_zero_attn are not supported in written-out attention")
+
+
+def multihead_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    projections: tuple[Projection, Projection, Projection],
+    out_proj: nn.Module,
+    *,
+    num_heads: int,
+    batch_first: bool,
+    constant_softmax: bool = False,
+) -> torch.Tensor:
+    """Scaled dot-product attention, head by head: the heads' concatenated output is the
+    input of ``out_proj`` (called as a module, so it can be hooked or masked there).
+
+    ``constant_softmax`` detaches the attention weights (for relevance propagation).
+    """
+    if not batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+
+    def heads(x: torch.Tensor, project: Projection) -> torch.Tensor:
+        y = project(x)
+        return y.reshape(y.shape[0], y.shape[1], num_heads, -1).transpose(1, 2)
+
+    q, k, v = (heads(t, p) for t, p in zip((query, key, value), projections, strict=True))
+    if constant_softmax:
+        attn = ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1).detach()
+        out = attn @ v
+    else:
+        out = F.scaled_dot_product_attention(q, k, v)
+    out = out_proj(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1))
+    return out if batch_first else out.transpose(0, 1)
 
 
 class SlimMultiheadAttention(nn.Module):
@@ -75,18 +121,14 @@ class SlimMultiheadAttention(nn.Module):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, None]:
-        if key_padding_mask is not None or attn_mask is not None or is_causal:
-            raise NotImplementedError("attention masks are not supported")
-        if not self.batch_first:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-
-        def heads(x: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
-            y = proj(x)
-            return y.reshape(y.shape[0], y.shape[1], -1, self.head_dim).transpose(1, 2)
-
-        q, k, v = heads(query, self.q_proj), heads(key, self.k_proj), heads(value, self.v_proj)
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = self.out_proj(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1))
-        if not self.batch_first:
-            out = out.transpose(0, 1)
+        refuse_masks(key_padding_mask, attn_mask, is_causal)
+        out = multihead_attention(
+            query,
+            key,
+            value,
+            (self.q_proj, self.k_proj, self.v_proj),
+            self.out_proj,
+            num_heads=self.num_heads,
+            batch_first=self.batch_first,
+        )
         return out, None

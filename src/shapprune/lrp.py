@@ -45,6 +45,7 @@ from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanoni
 from zennit.types import Linear as LinearType
 
 from . import models
+from .attention import multihead_attention, refuse_masks
 from .tracing import explicit_mha
 from .units import Units, find_units
 
@@ -178,26 +179,19 @@ def _mha_forward(
     is_causal: bool = False,
 ) -> tuple[torch.Tensor, None]:
     """``self(query, key, value)`` in eval mode with projections as modules and constant softmax."""
-    if key_padding_mask is not None or attn_mask is not None or is_causal:
-        raise NotImplementedError("LRP through attention does not support attention masks")
-    if self.bias_k is not None or self.add_zero_attn:
-        raise NotImplementedError("LRP through attention does not support bias_k/add_zero_attn")
-    if not self.batch_first:
-        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-
-    def heads(x: torch.Tensor, proj: nn.Module) -> torch.Tensor:
-        y = proj(x)
-        return y.reshape(y.shape[0], y.shape[1], self.num_heads, -1).transpose(1, 2)
-
-    q, k, v = (
-        heads(query, self.canonizer_q),
-        heads(key, self.canonizer_k),
-        heads(value, self.canonizer_v),
+    refuse_masks(key_padding_mask, attn_mask, is_causal, self)
+    projections = (self.canonizer_q, self.canonizer_k, self.canonizer_v)
+    out = multihead_attention(
+        query,
+        key,
+        value,
+        projections,
+        self.out_proj,
+        num_heads=self.num_heads,
+        batch_first=self.batch_first,
+        constant_softmax=True,
     )
-    attn = ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1).detach()
-    out = (attn @ v).transpose(1, 2)
-    out = self.out_proj(out.reshape(out.shape[0], out.shape[1], -1))
-    return (out if self.batch_first else out.transpose(0, 1)), None
+    return out, None
 
 
 def _linear_sharing(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:

@@ -9,10 +9,14 @@ are a tensor in the graph, right before the output projection.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+
+from .attention import multihead_attention, refuse_masks
 
 
 def explicit_mha(
@@ -30,34 +34,27 @@ def explicit_mha(
 
     Attention weights are not returned (None); masks must be None.
     """
-    if key_padding_mask is not None or attn_mask is not None or is_causal:
-        raise NotImplementedError("attention masks are not supported in explicit attention")
-    if mha.bias_k is not None or mha.add_zero_attn:
-        raise NotImplementedError("bias_k/add_zero_attn are not supported in explicit attention")
-    if not mha.batch_first:
-        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-    e, h = mha.embed_dim, mha.num_heads
+    refuse_masks(key_padding_mask, attn_mask, is_causal, mha)
+    e = mha.embed_dim
     if mha._qkv_same_embed_dim:
-        w_q, w_k, w_v = (
-            mha.in_proj_weight[:e],
-            mha.in_proj_weight[e : 2 * e],
-            mha.in_proj_weight[2 * e :],
-        )
+        weights = [mha.in_proj_weight[i * e : (i + 1) * e] for i in range(3)]
     else:
-        w_q, w_k, w_v = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
+        weights = [mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight]
     b = mha.in_proj_bias
-    b_q, b_k, b_v = (None, None, None) if b is None else (b[:e], b[e : 2 * e], b[2 * e :])
-
-    def heads(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        y = F.linear(x, w, bias)
-        return y.reshape(y.shape[0], y.shape[1], h, -1).transpose(1, 2)
-
-    q, k, v = heads(query, w_q, b_q), heads(key, w_k, b_k), heads(value, w_v, b_v)
-    out = F.scaled_dot_product_attention(q, k, v)
-    out = out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
-    out = mha.out_proj(out)
-    if not mha.batch_first:
-        out = out.transpose(0, 1)
+    biases = [None] * 3 if b is None else [b[i * e : (i + 1) * e] for i in range(3)]
+    projections = tuple(
+        functools.partial(F.linear, weight=w, bias=bias)
+        for w, bias in zip(weights, biases, strict=True)
+    )
+    out = multihead_attention(
+        query,
+        key,
+        value,
+        projections,
+        mha.out_proj,
+        num_heads=mha.num_heads,
+        batch_first=mha.batch_first,
+    )
     return out, None
 
 
