@@ -17,7 +17,7 @@ from torch.fx.interpreter import Interpreter
 from .units import MaskPoint
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Edge:
     """A masked input: ``consumer``'s first argument, zeroed per mask point ``point``."""
 
@@ -25,6 +25,11 @@ class _Edge:
     point: int  # index into the split's mask points
     frontier: bool  # its source is computed in the prefix (then masked outside the graph)
     decomposed: bool = False  # the consumer's output is a precomputed sum over players
+    source: int = -1  # index of the source among the prefix outputs (frontier edges)
+    batch_dim: int = 0  # of the masked tensor
+    channel_dim: int = 1
+    ndim: int = 0
+    module: torch.nn.Module | None = None  # the consumer
 
 
 class _Recorder(Interpreter):
@@ -128,22 +133,24 @@ class SplitModel:
 
         self.frontier = [n for n in graph.nodes if n in set(frontier)]
         self.plain = [n for n in self.frontier if n in plain_use]
-        self.edges = edges
-        bdims = {n: _batch_dim(s2[n.name], s3[n.name]) for n in self.frontier}
-        self.plain_dims = [bdims[n] for n in self.plain]
-        self.edge_source_index: list[int] = []
-        self.edge_dims: list[tuple[int | None, int]] = []
+        # (index among the prefix outputs, batch dim) of each plain suffix input
+        self.plain_inputs = [
+            (self.frontier.index(n), _batch_dim(s2[n.name], s3[n.name])) for n in self.plain
+        ]
         for e in edges:
             src = e.consumer.args[0]
             shape = s2[src.name]
             bd = _batch_dim(shape, s3[src.name])
             if bd is None:
                 raise ValueError(f"the input of {e.consumer.target!r} has no batch dimension")
-            cd = points[e.point].channel_dim % len(shape)
-            self.edge_dims.append((bd, cd))
-            self.edge_source_index.append(self.frontier.index(src) if e.frontier else -1)
-        self.edge_ndims = [len(s2[e.consumer.args[0].name]) for e in edges]
-        self.edge_modules = [modules[e.consumer.target] for e in edges]
+            e.batch_dim, e.channel_dim, e.ndim = (
+                bd,
+                points[e.point].channel_dim % len(shape),
+                len(shape),
+            )
+            e.source = self.frontier.index(src) if e.frontier else -1
+            e.module = modules[e.consumer.target]
+        self.edges = edges
         self.prefix = _prefix_module(gm, self.frontier)
         self.suffix = _suffix_module(gm, dependent, recompute, self.plain, edges)
         self.bytes_per_example = _bytes_per_example(s2, s3, dependent)
@@ -153,36 +160,36 @@ class SplitModel:
         with torch.inference_mode():
             out = list(self.prefix(x))
             tables = [
-                _table(out[src], self.edge_modules[j], self.points[e.point], *self._table_dims(j))
+                _table(out[e.source], e.module, self.points[e.point], e.channel_dim, self.n_players)
                 if e.decomposed
                 else None
-                for j, (e, src) in enumerate(zip(self.edges, self.edge_source_index, strict=True))
+                for e in self.edges
             ]
         return Cache(out, x.shape[0], tables)
-
-    def _table_dims(self, j: int) -> tuple[int, int]:
-        return self.edge_dims[j][1], self.n_players
 
     def run(self, cache: Cache, masks: torch.Tensor) -> torch.Tensor:
         """Logits (m, B, K) of the m coalitions in the bool matrix ``masks`` (m, n)."""
         m = masks.shape[0]
-        channel = [channel_mask(masks, p.player_of_channel) for p in self.points]
-        args = []
-        for n, bd in zip(self.plain, self.plain_dims, strict=True):
-            value = cache.tensors[self.frontier.index(n)]
-            args.append(value if bd is None else _tile(value, bd, m))
-        for j, e in enumerate(self.edges):
-            (bd, cd), src = self.edge_dims[j], self.edge_source_index[j]
+        channel: dict[int, torch.Tensor] = {}  # per mask point, built only if an edge needs it
+        weights = torch.cat([masks.float(), torch.ones(m, 1)], dim=1)  # players + the rest
+        args = [
+            value if bd is None else _tile(value, bd, m)
+            for value, bd in ((cache.tensors[i], bd) for i, bd in self.plain_inputs)
+        ]
+        for e, table in zip(self.edges, cache.tables, strict=True):
             if e.decomposed:  # the consumer's output: a weighted sum of per-player outputs
-                weights = torch.cat([masks.float(), torch.ones(m, 1)], dim=1)
-                table = cache.tables[j]
                 out = weights @ table.reshape(table.shape[0], -1)
                 args.append(out.reshape(m * table.shape[1], *table.shape[2:]))
-            elif src >= 0:  # mask and stack the cached tensor in one broadcast multiply
-                args.append(_masked_stack(cache.tensors[src], channel[e.point], bd, cd))
+                continue
+            if e.point not in channel:
+                channel[e.point] = channel_mask(masks, self.points[e.point].player_of_channel)
+            mask = channel[e.point]
+            if e.source >= 0:  # mask and stack the cached tensor in one broadcast multiply
+                args.append(
+                    _masked_stack(cache.tensors[e.source], mask, e.batch_dim, e.channel_dim)
+                )
             else:
-                mask = channel[e.point]
-                args.append(_graph_mask(mask, cache.batch, bd, cd, self.edge_ndims[j]))
+                args.append(_graph_mask(mask, cache.batch, e.batch_dim, e.channel_dim, e.ndim))
         with torch.inference_mode():
             logits = self.suffix(*args)
         if self.out_batch_dim != 0 or logits.dim() != 2:
