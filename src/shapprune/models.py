@@ -33,51 +33,50 @@ __all__ = [
 ]
 
 
-class LeNet5(nn.Module):
-    """LeNet-5 (Caffe variant): conv 20 -> pool -> conv 50 -> pool -> fc 500 -> fc."""
+class _TwoConvFeatures(nn.Module):
+    """conv(5x5) -> ReLU -> max-pool, twice, then flatten: the trunk of LeNet-5 and TinyCNN."""
 
-    def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> None:
+    def __init__(self, name: str, in_channels: int, image_size: int, widths: tuple[int, int]):
         super().__init__()
         side = ((image_size - 4) // 2 - 4) // 2
         if side < 1:
-            raise ValueError(f"lenet5 needs image_size >= 16, got {image_size}")
-        self.conv1 = nn.Conv2d(in_channels, 20, kernel_size=5)
+            raise ValueError(f"{name} needs image_size >= 16, got {image_size}")
+        self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=5)
         self.relu1 = nn.ReLU()
         self.pool1 = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(20, 50, kernel_size=5)
+        self.conv2 = nn.Conv2d(widths[0], widths[1], kernel_size=5)
         self.relu2 = nn.ReLU()
         self.pool2 = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(50 * side * side, 500)
+        self.flat_features = widths[1] * side * side
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        return torch.flatten(x, 1)
+
+
+class LeNet5(_TwoConvFeatures):
+    """LeNet-5 (Caffe variant): conv 20 -> pool -> conv 50 -> pool -> fc 500 -> fc."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> None:
+        super().__init__("lenet5", in_channels, image_size, (20, 50))
+        self.fc1 = nn.Linear(self.flat_features, 500)
         self.relu3 = nn.ReLU()
         self.fc2 = nn.Linear(500, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self.conv2(x)))
-        x = torch.flatten(x, 1)
-        return self.fc2(self.relu3(self.fc1(x)))
+        return self.fc2(self.relu3(self.fc1(self.features(x))))
 
 
-class TinyCNN(nn.Module):
+class TinyCNN(_TwoConvFeatures):
     """A CNN small enough for exact Shapley values: conv 8 -> pool -> conv 16 -> pool -> fc."""
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> None:
-        super().__init__()
-        side = ((image_size - 4) // 2 - 4) // 2
-        if side < 1:
-            raise ValueError(f"tinycnn needs image_size >= 16, got {image_size}")
-        self.conv1 = nn.Conv2d(in_channels, 8, kernel_size=5)
-        self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(8, 16, kernel_size=5)
-        self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2)
-        self.fc = nn.Linear(16 * side * side, num_classes)
+        super().__init__("tinycnn", in_channels, image_size, (8, 16))
+        self.fc = nn.Linear(self.flat_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self.conv2(x)))
-        return self.fc(torch.flatten(x, 1))
+        return self.fc(self.features(x))
 
 
 VGG_DEFAULT_CFG: tuple[int | str, ...] = (32, "M", 64, "M", 128, 128, "M")
