@@ -9,6 +9,7 @@ met by bisection on the amount removed, measuring each candidate on a pruned cop
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -195,6 +196,7 @@ def make_plan(
     measure = count_params if target.kind == "params" else lambda m: count_macs(m, example)
     original = measure(base)
 
+    @functools.cache  # the bisection revisits its end points: measure each amount once
     def reduction(amount: float) -> float:
         pruned = apply(model, removals_for(amount))
         return 1 - measure(pruned) / original
