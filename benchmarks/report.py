@@ -28,13 +28,17 @@ def run_and_report(name: str, run: Callable[[], object], markdown: Path | None) 
     buffer = io.StringIO()
     with contextlib.redirect_stdout(_Tee(buffer)):
         run()
-    if markdown is None:
-        return
+    if markdown is not None:
+        replace_block(markdown, name, _results_only(buffer.getvalue()))
+
+
+def replace_block(markdown: Path, name: str, content: str) -> None:
+    """Replace the ``name`` results block of the Markdown file with ``content``."""
     text = markdown.read_text()
     begin, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
     if begin not in text:
         raise SystemExit(f"{markdown} has no {begin} block")
-    block = begin + "\n" + _results_only(buffer.getvalue()) + "\n" + end
+    block = begin + "\n" + content + "\n" + end
     pattern = re.escape(begin) + ".*?" + re.escape(end)
     markdown.write_text(re.sub(pattern, lambda _: block, text, flags=re.S))
 

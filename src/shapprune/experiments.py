@@ -156,7 +156,10 @@ def _positions(ranking: np.ndarray) -> np.ndarray:
     return pos
 
 
-def _quality(values: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+def agreement(values: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """How closely estimated values follow reference values: Spearman and Kendall rank
+    correlations, and the RMSE divided by the reference's standard deviation (nRMSE)."""
+    values, reference = np.asarray(values, np.float64), np.asarray(reference, np.float64)
     rmse = float(np.sqrt(np.mean((values - reference) ** 2)))
     std = float(np.std(reference))
     with warnings.catch_warnings():  # a constant estimate has no rank correlation: nan
@@ -202,7 +205,7 @@ def cost_benefit(
                     "seed": int(seed),
                     "n_evals": int(est.n_evals),
                     "seconds": float(est.seconds),
-                    **_quality(np.asarray(est.values, dtype=np.float64), reference),
+                    **agreement(est.values, reference),
                 }
                 if oracle_pos is not None:  # tied estimates stay tied: no index tie-break
                     with warnings.catch_warnings():

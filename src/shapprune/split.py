@@ -203,14 +203,22 @@ def channel_mask(masks: torch.Tensor, player_of_channel: torch.Tensor) -> torch.
     return torch.cat([masks, keep_all], dim=1)[:, player_of_channel].float()
 
 
+DECOMPOSE_GAIN = 2
+"""A consumer is decomposed only if its fan-in is at least this many times n + 1: reading
+the (n + 1)-row table costs about as much per output as a fan-in of n + 1, and more in
+memory traffic, so a linear layer fed one channel per player gains nothing from it."""
+
 _LINEAR_CONSUMERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
 
 def _decomposable(module, node: fx.Node, s2: dict, s3: dict, n: int, table_bytes: float) -> bool:
-    """Whether the consumer is linear in its input and its per-player table is affordable."""
+    """Whether the consumer is linear in its input, its per-player table is affordable, and
+    summing n + 1 table rows per output is cheaper than the consumer's own fan-in."""
     if not isinstance(module, _LINEAR_CONSUMERS) or len(node.args) != 1 or node.kwargs:
         return False
     if getattr(module, "groups", 1) != 1:
+        return False
+    if module.weight[0].numel() < DECOMPOSE_GAIN * (n + 1):  # the table would not pay
         return False
     if _batch_dim(s2[node.name], s3[node.name]) != 0:
         return False

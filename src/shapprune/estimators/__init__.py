@@ -78,6 +78,7 @@ def estimate(
     seed: int = 0,
     *,
     antithetic: bool = True,
+    control: bool = True,
     truncation: float | None = None,
     patience: int = 3,
     k: int | None = None,
@@ -86,9 +87,11 @@ def estimate(
     """Estimate the Shapley value of every player of ``game``.
 
     ``method`` is one of ``METHODS``; ``budget`` caps the coalitions evaluated (default:
-    ``default_budget``). Permutation options: ``antithetic`` pairs (on by default),
-    ``truncation`` tolerance and ``patience``; partial: depth ``k`` (default: the deepest
-    that fits the budget). ``progress(done, budget)`` is called after each evaluation batch.
+    ``default_budget``). Permutation options: ``antithetic`` pairs and the position
+    ``control`` variate (both on by default: together they need several times fewer
+    evaluations than plain sampling for the same error), ``truncation`` tolerance and
+    ``patience``; partial: depth ``k`` (default: the deepest that fits the budget).
+    ``progress(done, budget)`` is called after each evaluation batch.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -121,7 +124,12 @@ def estimate(
         values, stderr, info = exact(view)
     elif method == "permutation":
         values, stderr, info = _permutation.permutation(
-            view, rng, antithetic=antithetic, truncation=truncation, patience=patience
+            view,
+            rng,
+            antithetic=antithetic,
+            control=control,
+            truncation=truncation,
+            patience=patience,
         )
     elif method == "kernel":
         values, stderr, info = _kernel.kernel(view, rng)

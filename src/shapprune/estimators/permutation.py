@@ -1,4 +1,5 @@
-"""Monte Carlo permutation sampling: antithetic pairs, truncated walks, batched rounds."""
+"""Monte Carlo permutation sampling: antithetic pairs, a position control variate,
+truncated walks, batched rounds."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def permutation(
     truncation: float | None = None,
     patience: int = 3,
     walks_per_round: int = 32,
+    control: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Shapley values from random orderings.
 
@@ -36,13 +38,23 @@ def permutation(
     ``antithetic`` every ordering is followed by its reverse and the pair's average is one
     sample. With ``truncation`` a walk stops once |v(S) - v(empty)| has stayed below that
     tolerance for ``patience`` steps, and the rest of its marginals count as zero.
+
+    With ``control`` (the position control variate) each player's marginals are regressed
+    on the mean marginal at the same positions in the other samples' walks, a quantity
+    whose expectation over a random position is known: (v(N) - v(empty)) / n. Much of a
+    marginal's spread is where in the walk it falls (removing the last few units costs
+    far more than removing the first few, whoever they are); the control variate takes
+    that spread out. A null player's marginals are all zero, so its estimate stays exactly
+    zero, an additive game is still estimated exactly, and the values still sum to
+    v(N) - v(empty).
     """
     n = game.n
     v_full, v_empty = game.full_and_empty()
     if n == 1:
         return np.array([v_full - v_empty]), np.zeros(1), {"samples": 0}
     group = 2 if antithetic else 1
-    samples: list[np.ndarray] = []
+    margs: list[np.ndarray] = []  # (walks, n) marginals per round
+    places: list[np.ndarray] = []  # (walks, n) position of each player in its walk
     skipped_steps = 0
     spent = 2  # planned cost so far, as if nothing were memoised: the plan never
     while True:  # depends on what the memo saved, so neither does the result
@@ -60,21 +72,56 @@ def permutation(
         skipped_steps += skipped
         spent += len(orders) * (n - 1) - skipped
         marg = np.zeros((len(orders), n))
+        place = np.zeros((len(orders), n), dtype=np.int64)
         for w, order in enumerate(orders):
             marg[w, order] = walk_values[w, :-1] - walk_values[w, 1:]
-        samples.extend(marg.reshape(-1, group, n).mean(axis=1))
-    if len(samples) < 2:
+            place[w, order] = np.arange(n)
+        margs.append(marg)
+        places.append(place)
+    marg, place = np.concatenate(margs), np.concatenate(places)
+    if len(marg) < 2 * group:
         raise ValueError("budget too small for permutation sampling")  # guarded by caller
-    s = np.asarray(samples)
+    s = marg.reshape(-1, group, n).mean(axis=1)  # one sample per walk (or antithetic pair)
+    if control:
+        c = _position_control(marg, place, group).reshape(-1, group, n).mean(axis=1)
+        beta = _control_coefficient(s, c)
+        s = s - beta * (c - (v_full - v_empty) / n)
+        if beta.sum() > 0:  # efficiency: hand the small imbalance back in proportion to beta
+            s = s + np.outer(v_full - v_empty - s.sum(axis=1), beta / beta.sum())
     stderr = s.std(axis=0, ddof=1) / np.sqrt(len(s))
     info = {
         "samples": len(s),
         "walks": len(s) * group,
         "antithetic": antithetic,
+        "control": control,
         "truncation": truncation,
         "skipped_steps": skipped_steps,
     }
     return s.mean(axis=0), stderr, info
+
+
+def _position_control(marg: np.ndarray, place: np.ndarray, group: int) -> np.ndarray:
+    """For each walk's marginals (W, n), the mean marginal at the same positions in the
+    walks of the *other* samples: independent of the walk itself, so subtracting it and
+    adding back its known expectation leaves the estimator unbiased."""
+    walks = len(marg)
+    by_position = np.take_along_axis(marg, np.argsort(place, axis=1), axis=1)  # (W, n)
+    own = by_position.reshape(-1, group, marg.shape[1]).sum(axis=1)  # per sample
+    others = (by_position.sum(axis=0) - np.repeat(own, group, axis=0)) / (walks - group)
+    return np.take_along_axis(others, place, axis=1)
+
+
+MAX_COEFFICIENT = 2.0
+
+
+def _control_coefficient(s: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Per player, the regression slope of its samples ``s`` on its controls ``c`` (the
+    variance-minimising coefficient), clipped to [0, MAX_COEFFICIENT]: a slope outside
+    that range comes from too few samples, not from the game."""
+    sc, cc = s - s.mean(axis=0), c - c.mean(axis=0)
+    var = (cc**2).sum(axis=0)
+    slope = np.divide((sc * cc).sum(axis=0), var, out=np.zeros_like(var), where=var > 0)
+    return np.clip(slope, 0.0, MAX_COEFFICIENT)
 
 
 def _run_walks(

@@ -1,0 +1,188 @@
+"""Run every benchmark and regenerate ``BENCHMARKS.md`` (and the README's summary block).
+
+Run: ``python benchmarks/run_all.py [--quick] [--only NAME ...]``. Each benchmark runs as
+its own process, one after the other (never two at once: they time things); its tables
+and JSON land in ``benchmarks/results/``. The full run takes about 20 minutes on 2 cores.
+``--only`` reruns some benchmarks and rebuilds the document from the stored results of
+the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import RESULTS, machine
+from report import replace_block
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BENCHMARKS = {  # name -> title, in the order of the document
+    "throughput": "1. Evaluation throughput",
+    "estimators": "2. Estimator efficiency",
+    "captum_vs": "3. Against Captum",
+    "pruned_models": "4. Pruned models",
+    "scale": "5. Scale and memory",
+    "demo": "The demo's wall time",
+}
+
+
+def run_one(name: str, quick: bool, results: Path) -> float:
+    """Run one benchmark; keep its printed tables in ``results/NAME.md``; return seconds."""
+    start = time.perf_counter()
+    if name == "demo":
+        text = _demo()
+    else:
+        command = [sys.executable, str(HERE / f"{name}.py"), "--out", str(results / f"{name}.json")]
+        done = subprocess.run(
+            command + (["--quick"] if quick else []), capture_output=True, text=True, cwd=ROOT
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"benchmarks/{name}.py failed:\n{done.stderr[-3000:]}")
+        text = done.stdout
+    seconds = time.perf_counter() - start
+    (results / f"{name}.md").write_text(_tables(text) + f"\n\n_Ran in {seconds:.0f} s._\n")
+    print(f"{name}: {seconds:.0f} s", flush=True)
+    return seconds
+
+
+def _demo() -> str:
+    """`shapprune demo` from a fresh output folder (LeNet-5 cached by the earlier runs)."""
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "shapprune", "demo", "--out", str(Path(folder) / "demo")],
+            check=True,
+            capture_output=True,
+        )
+        seconds = time.perf_counter() - start
+    return (
+        f"#### `shapprune demo`\n\nWall time with LeNet-5 already trained and cached, "
+        f"ranking and comparison from scratch: {seconds:.1f} s."
+    )
+
+
+def _tables(output: str) -> str:
+    """The printed output from its first Markdown heading on."""
+    start = output.find("####")
+    return output[start if start >= 0 else 0 :].strip()
+
+
+def targets(results: Path) -> list[tuple[str, str, str]]:
+    """(target, measured, met?) rows from the benchmarks' JSON files."""
+    rows = []
+
+    def load(name: str) -> dict | None:
+        path = results / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    if t := load("throughput"):
+        for layer in t["layers"]:
+            by = {r["mode"]: r for r in layer["rows"]}
+            batched = by["prefix-cached + batched"]["x_limit"]
+            default = by["prefix-cached + batched + decomposed (default)"]["x_limit"]
+            label = f"{layer['model']} {layer['layer']}"
+            rows.append(
+                (
+                    f"cached + batched >= 0.8x the plain suffix forward, {label}",
+                    f"{batched:.2f}x (default mode: {default:.2f}x)",
+                    "met" if max(batched, default) >= 0.8 else "missed",
+                )
+            )
+            if layer["model"] == "vgg":
+                x = by["prefix-cached + batched + decomposed (default)"]["x_naive"]
+                rows.append(
+                    (f"default >= 5x naive, {label}", f"{x:.0f}x", "met" if x >= 5 else "missed")
+                )
+    if e := load("estimators"):
+        for key, game in e.items():
+            if key == "machine":
+                continue
+            r = game["equal_error_ratio_median"]
+            rows.append(
+                (
+                    f"default <= 1/3 the evaluations of plain permutation for equal error, {key}",
+                    f"{r:.2f}x",
+                    "met" if r <= 1 / 3 else "missed",
+                )
+            )
+    if c := load("captum_vs"):
+        s = c["methods"]["shapprune default (PruningGame + estimate)"]["speedup"]
+        rows.append(
+            (
+                "shapprune >= 10x faster than Captum to rho >= 0.95",
+                f"{s:.0f}x",
+                "met" if s >= 10 else "missed",
+            )
+        )
+    return rows
+
+
+def summary(results: Path) -> str:
+    """The README's performance block: the targets, and where the rest is."""
+    lines = ["| target | measured | |", "|---|---|---|"]
+    lines += [f"| {t} | {v} | {ok} |" for t, v, ok in targets(results)]
+    demo = results / "demo.md"
+    if demo.exists():
+        lines += ["", _tables(demo.read_text()).split("\n\n", 1)[1].split("\n\n")[0]]
+    return "\n".join(lines)
+
+
+def document(results: Path, quick: bool) -> str:
+    """BENCHMARKS.md from the stored results."""
+    m = machine()
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python benchmarks/run_all.py`; every figure below was measured in "
+        "the run that wrote it. Do not edit by hand.",
+        "",
+        f"- Date: {datetime.date.today().isoformat()}"
+        + (" (quick sizes: smoke run)" if quick else ""),
+        f"- Machine: {m['cpu']}, {m['threads']} torch threads; Python {m['python']}, "
+        f"torch {m['torch']} (CPU)",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {t} | {v} | {ok} |" for t, v, ok in targets(results)]
+    for name, title in BENCHMARKS.items():
+        path = results / f"{name}.md"
+        body = path.read_text().strip() if path.exists() else "_Not run yet._"
+        body = body.replace("#### ", "### ")
+        lines += ["", f"## {title}", "", body]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--document", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        help="its performance block is rewritten "
+        "(default: the project's README.md, unless --quick)",
+    )
+    args = parser.parse_args()
+    readme = args.readme or (None if args.quick else ROOT / "README.md")
+    args.results.mkdir(parents=True, exist_ok=True)
+    total = sum(run_one(name, args.quick, args.results) for name in args.only or BENCHMARKS)
+    args.document.write_text(document(args.results, args.quick))
+    if readme is not None:
+        replace_block(readme, "performance", summary(args.results))
+    print(f"wrote {args.document} ({total / 60:.1f} min of benchmarks)")
+
+
+if __name__ == "__main__":
+    main()
