@@ -230,3 +230,17 @@ def test_timm_models_mask_as_they_are_pruned(name, layer):
     game, keep, expected, _, _, _ = _removal_case(model, layer, (3, 32, 32))
     assert game.cached
     torch.testing.assert_close(game.logits(keep), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_memory_budget_shrinks_the_examples_per_pass(cache):
+    model = randomise_norms(build_model("resnet20", in_channels=1, image_size=28)).eval()
+    x, y = _data((1, 28, 28), n=32)
+    roomy = PruningGame(model, "layer2.0.conv1", (x, y), cache=cache)
+    per_example = roomy._per_coalition / len(x)
+    budget_mb = 8 * per_example / 2**20  # room for one coalition over 8 examples
+    tight = PruningGame(model, "layer2.0.conv1", (x, y), memory_mb=budget_mb, cache=cache)
+    assert tight.batch_size == 8 and roomy.batch_size == len(x)
+    assert tight.stack_size() * tight._per_coalition <= budget_mb * 2**20
+    masks = torch.rand(20, roomy.n_players, generator=torch.Generator().manual_seed(0)) > 0.5
+    torch.testing.assert_close(tight.value(masks), roomy.value(masks), rtol=0, atol=1e-6)

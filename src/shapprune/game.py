@@ -63,9 +63,11 @@ class PruningGame:
             attention module (its heads).
         data: ``(x, y)`` tensors, or an object with ``.x`` and ``.y``.
         metric: "loss" (minus mean cross-entropy), "accuracy" or "margin".
-        batch_size: examples per prefix batch (the cache holds all of them).
-        memory_mb: bound on the activation memory of one stacked evaluation, and on the
-            per-player output tables kept for the layer's first consumers.
+        batch_size: most examples per pass (the prefix cache holds all of them); fewer
+            if one coalition's pass over that many would exceed ``memory_mb``.
+        memory_mb: bound on the activation memory of one stacked evaluation (by the
+            estimate ``bytes per example x examples per pass x coalitions per pass``),
+            and on the per-player output tables kept for the layer's first consumers.
         max_stack: most coalitions evaluated in one forward pass (1 = no stacking); by
             default as many as fit in ``WORKING_SET_BYTES`` of activations.
         cache: keep the activations that enter the layer's consumers (prefix caching).
@@ -97,10 +99,6 @@ class PruningGame:
         self.memory_bytes = memory_mb * 2**20
         self.max_stack = max_stack
         self.n_evals = 0
-        self._chunks = [
-            (self.x[i : i + batch_size], self.y[i : i + batch_size])
-            for i in range(0, len(self.x), batch_size)
-        ]
         self._split: SplitModel | None = None
         if cache:
             try:
@@ -118,12 +116,22 @@ class PruningGame:
                     stacklevel=2,
                 )
         if self._split is not None:
-            self._caches = [self._split.prepare(x) for x, _ in self._chunks]
             per_example = self._split.bytes_per_example
         else:
-            self._hooks = _Hooks(self.model, self.units.mask_points)
             per_example = _activation_bytes(self.model, self.x[:1])
-        self._per_coalition = per_example * min(batch_size, len(self.x))
+        # one coalition's pass must fit the memory budget: fewer examples per pass if not
+        self.batch_size = max(
+            1, min(batch_size, len(self.x), int(self.memory_bytes // per_example))
+        )
+        self._chunks = [
+            (self.x[i : i + self.batch_size], self.y[i : i + self.batch_size])
+            for i in range(0, len(self.x), self.batch_size)
+        ]
+        if self._split is not None:
+            self._caches = [self._split.prepare(x) for x, _ in self._chunks]
+        else:
+            self._hooks = _Hooks(self.model, self.units.mask_points)
+        self._per_coalition = per_example * self.batch_size
 
     @property
     def n_players(self) -> int:

@@ -243,13 +243,16 @@ def _table(x: torch.Tensor, module, point: MaskPoint, cd: int, n: int) -> torch.
             return torch.nn.functional.linear(xs, w)
         return module._conv_forward(xs, w, None)
 
-    rows = [part((owner == p).nonzero().flatten()) for p in range(n)]
     last = part((owner < 0).nonzero().flatten())
     if module.bias is not None:
         shape = [1] * last.dim()
         shape[1 if not isinstance(module, torch.nn.Linear) else -1] = -1
         last = last + module.bias.reshape(shape)
-    return torch.stack(rows + [last])
+    table = torch.empty((n + 1, *last.shape), dtype=last.dtype)  # filled in place: no copies
+    table[n] = last
+    for p in range(n):
+        table[p] = part((owner == p).nonzero().flatten())
+    return table
 
 
 @dataclass
