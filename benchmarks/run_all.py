@@ -92,7 +92,7 @@ def targets(results: Path) -> list[tuple[str, str, str]]:
                 (
                     f"cached + batched >= 0.8x the plain suffix forward, {label}",
                     f"{batched:.2f}x (default mode: {default:.2f}x)",
-                    "met" if max(batched, default) >= 0.8 else "missed",
+                    "met" if batched >= 0.8 else "missed",
                 )
             )
             if layer["model"] == "vgg":
@@ -165,7 +165,12 @@ def document(results: Path, quick: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=list(BENCHMARKS),
+        help="run only these (none: just rebuild the documents)",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--document", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument(
@@ -177,7 +182,10 @@ def main() -> None:
     args = parser.parse_args()
     readme = args.readme or (None if args.quick else ROOT / "README.md")
     args.results.mkdir(parents=True, exist_ok=True)
-    total = sum(run_one(name, args.quick, args.results) for name in args.only or BENCHMARKS)
+    total = sum(
+        run_one(name, args.quick, args.results)
+        for name in (BENCHMARKS if args.only is None else args.only)
+    )
     args.document.write_text(document(args.results, args.quick))
     if readme is not None:
         replace_block(readme, "performance", summary(args.results))

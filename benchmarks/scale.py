@@ -8,9 +8,9 @@ the position control variate) at a budget of 4 evaluations per unit (``BUDGET_PE
 just above the least that gives a standard error: two antithetic pairs of walks).
 
 The whole ranking runs once per game setting in ``RUNS``: the defaults (``memory_mb=512``,
-which give the per-layer table), ``memory_mb=16``, and ``memory_mb=16`` with prefix
-batches of 8 images (``batch_size=8``), so that one coalition's pass can fit in M. Each
-run is a fresh subprocess, so that its peak memory is its own: after loading model and
+which give the per-layer table), ``memory_mb=64`` and ``memory_mb=16``; when one
+coalition's pass over all the images would exceed M, the game passes fewer images at a
+time. Each run is a fresh subprocess, so that its peak memory is its own: after loading model and
 data the child reads its resident set (VmRSS), resets the peak (``/proc/self/clear_refs``;
 else falls back to ``ru_maxrss``), ranks, and reports the peak (VmHWM) above that
 baseline. Each ranking runs once: its times are sums over hundreds of evaluations.
@@ -42,9 +42,9 @@ from shapprune.train import pretrained
 
 BUDGET_PER_UNIT = 4  # evaluations per unit of a layer
 REFERENCE = 256  # images per game
-# PruningGame options per run; the first are the defaults and give the per-layer table. The
-# last also splits the images into prefix batches of 8, so that one coalition's pass fits M.
-RUNS = ({"memory_mb": 512}, {"memory_mb": 16}, {"memory_mb": 16, "batch_size": 8})
+# PruningGame options per run; the first are the defaults and give the per-layer table.
+# Below one coalition's pass over all images, the game passes fewer images at a time.
+RUNS = ({"memory_mb": 512}, {"memory_mb": 64}, {"memory_mb": 16})
 QUICK_LAYERS = ("layer1.0.conv1", "layer3.2.conv1")
 QUICK_REFERENCE = 64
 MIB = 2**20
@@ -78,10 +78,10 @@ def main() -> None:
         f"process, {model}\n"
     )
     print(
-        "Coalitions per stacked pass (range over layers); largest stacked pass: coalitions "
-        "per pass x estimated activation bytes per coalition, what the game bounds by M; "
-        "peak RSS above the loaded baseline; wall time relative to the defaults (first "
-        "row).\n"
+        "Images and coalitions per stacked pass (range over layers); largest stacked pass: "
+        "coalitions x images per pass x estimated activation bytes per image, what the game "
+        "bounds by M; peak RSS above the loaded baseline; wall time relative to the defaults "
+        "(first row).\n"
     )
     print_memory(runs)
     write_json(
@@ -148,6 +148,7 @@ def child(config: dict) -> dict:
                 "per_coalition_mib": game._per_coalition / MIB,
                 "stacked_pass_mib": stack * game._per_coalition / MIB,
                 "decomposed": game.decomposed,
+                "images_per_pass": game.batch_size,
             }
         )
         del game
@@ -155,7 +156,10 @@ def child(config: dict) -> dict:
     peak = _status_kib("VmHWM") if cleared else _maxrss_kib()
     return {
         "memory_mb": options["memory_mb"],
-        "images_per_pass": min(options.get("batch_size", 512), n_ref),
+        "images_per_pass": [
+            min(r["images_per_pass"] for r in rows),
+            max(r["images_per_pass"] for r in rows),
+        ],
         "reference": n_ref,
         "threads": torch.get_num_threads(),
         "layers": rows,
@@ -230,9 +234,11 @@ def print_memory(runs: list[dict]) -> None:
         decomposed = sum(r["decomposed"] for r in run["layers"])
         lo, hi = run["stack_sizes"]
         stacks = str(lo) if lo == hi else f"{lo}-{hi}"
+        lo, hi = run["images_per_pass"]
+        images = str(lo) if lo == hi else f"{lo}-{hi}"
         within = "yes" if run["largest_stacked_pass_mib"] <= run["memory_mb"] else "**no**"
         print(
-            f"| {run['memory_mb']:g} | {run['images_per_pass']} | {stacks} "
+            f"| {run['memory_mb']:g} | {images} | {stacks} "
             f"| {run['largest_stacked_pass_mib']:.0f} | {within} | {decomposed} "
             f"| {run['peak_above_baseline_mib']:.0f} | {run['wall_s']:.1f} "
             f"| {run['wall_s'] / base:.2f} |"

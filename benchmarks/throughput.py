@@ -25,6 +25,7 @@ from shapprune.game import PruningGame
 from shapprune.models import build_model
 from shapprune.train import pretrained
 
+SECONDS_PER_RUN = 2.0
 LAYERS = [("lenet5", "conv2"), ("vgg", "features.11"), ("resnet20", "layer2.0.conv2")]
 MODES = {
     "naive (full forward per coalition)": dict(cache=False, max_stack=1),
@@ -35,10 +36,16 @@ MODES = {
 
 
 def evals_per_second(game: PruningGame, n: int, repeats: int) -> dict[str, float]:
-    """Coalition evaluations per second over ``repeats`` runs of ``n`` random coalitions."""
+    """Coalition evaluations per second over ``repeats`` runs of up to ``n`` random
+    coalitions (fewer where a run would last over ``SECONDS_PER_RUN``, but at least one
+    full stacked pass)."""
     g = torch.Generator().manual_seed(0)
     masks = torch.rand(n, game.n_players, generator=g) > 0.5
-    game.value(masks[: min(n, 2)])  # warm-up
+    start = time.perf_counter()
+    game.value(masks[: min(n, 2)])  # warm-up, and a first guess of the rate
+    rate = min(n, 2) / (time.perf_counter() - start)
+    n = max(min(n, game.stack_size()), min(n, int(rate * SECONDS_PER_RUN)))
+    masks = masks[:n]
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
