@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts: command-line arguments, repeated timings summarised as
+"""Shared by the benchmark scripts: command-line arguments, repeated rates summarised as
 median and min-max, the standard reference game, and the JSON result file."""
 
 from __future__ import annotations
@@ -29,16 +29,14 @@ def spread(samples: list[float]) -> dict[str, float]:
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
 
 
-def timed(run: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Wall seconds of ``run()`` over ``repeats`` runs after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        run()
-    seconds = []
+def rates(run: Callable[[], object], count: int, repeats: int) -> dict[str, float]:
+    """``count`` / wall seconds of ``run()``, over ``repeats`` runs (no warm-up here)."""
+    out = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
-        seconds.append(time.perf_counter() - start)
-    return spread(seconds)
+        out.append(count / (time.perf_counter() - start))
+    return spread(out)
 
 
 def fmt_spread(s: dict[str, float], digits: int = 0, scale: float = 1.0) -> str:

@@ -29,7 +29,7 @@ def run_and_report(name: str, run: Callable[[], object], markdown: Path | None) 
     with contextlib.redirect_stdout(_Tee(buffer)):
         run()
     if markdown is not None:
-        replace_block(markdown, name, _results_only(buffer.getvalue()))
+        replace_block(markdown, name, results_only(buffer.getvalue()))
 
 
 def replace_block(markdown: Path, name: str, content: str) -> None:
@@ -43,7 +43,7 @@ def replace_block(markdown: Path, name: str, content: str) -> None:
     markdown.write_text(re.sub(pattern, lambda _: block, text, flags=re.S))
 
 
-def _results_only(output: str) -> str:
+def results_only(output: str) -> str:
     """The output from its first Markdown heading on (progress lines before it dropped)."""
     start = output.find("####")
     return output[start if start >= 0 else 0 :].strip()

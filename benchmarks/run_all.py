@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from common import RESULTS, machine
-from report import replace_block
+from report import replace_block, results_only
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -47,7 +47,7 @@ def run_one(name: str, quick: bool, results: Path) -> float:
             raise SystemExit(f"benchmarks/{name}.py failed:\n{done.stderr[-3000:]}")
         text = done.stdout
     seconds = time.perf_counter() - start
-    (results / f"{name}.md").write_text(_tables(text) + f"\n\n_Ran in {seconds:.0f} s._\n")
+    (results / f"{name}.md").write_text(results_only(text) + f"\n\n_Ran in {seconds:.0f} s._\n")
     print(f"{name}: {seconds:.0f} s", flush=True)
     return seconds
 
@@ -66,12 +66,6 @@ def _demo() -> str:
         f"#### `shapprune demo`\n\nWall time with LeNet-5 already trained and cached, "
         f"ranking and comparison from scratch: {seconds:.1f} s."
     )
-
-
-def _tables(output: str) -> str:
-    """The printed output from its first Markdown heading on."""
-    start = output.find("####")
-    return output[start if start >= 0 else 0 :].strip()
 
 
 def targets(results: Path) -> list[tuple[str, str, str]]:
@@ -130,7 +124,7 @@ def summary(results: Path) -> str:
     lines += [f"| {t} | {v} | {ok} |" for t, v, ok in targets(results)]
     demo = results / "demo.md"
     if demo.exists():
-        lines += ["", _tables(demo.read_text()).split("\n\n", 1)[1].split("\n\n")[0]]
+        lines += ["", results_only(demo.read_text()).split("\n\n", 1)[1].split("\n\n")[0]]
     return "\n".join(lines)
 
 

@@ -18,11 +18,12 @@ import time
 
 import torch
 import torch.fx as fx
-from common import arguments, fmt_spread, spread, write_json
+from common import arguments, fmt_spread, rates, write_json
 
 from shapprune.data import load_dataset
 from shapprune.game import PruningGame
 from shapprune.models import build_model
+from shapprune.split import tile
 from shapprune.train import pretrained
 
 SECONDS_PER_RUN = 2.0
@@ -46,12 +47,7 @@ def evals_per_second(game: PruningGame, n: int, repeats: int) -> dict[str, float
     rate = min(n, 2) / (time.perf_counter() - start)
     n = max(min(n, game.stack_size()), min(n, int(rate * SECONDS_PER_RUN)))
     masks = masks[:n]
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        game.value(masks)
-        rates.append(n / (time.perf_counter() - start))
-    return spread(rates)
+    return rates(lambda: game.value(masks), n, repeats)
 
 
 def unmasked_suffix(game: PruningGame) -> tuple[fx.GraphModule, list[torch.Tensor]]:
@@ -74,21 +70,15 @@ def unmasked_suffix(game: PruningGame) -> tuple[fx.GraphModule, list[torch.Tenso
     plain.graph.eliminate_dead_code()
     plain.recompile()
     inputs = [
-        cache.tensors[i] if bd is None else _tile(cache.tensors[i], bd, m)
+        cache.tensors[i] if bd is None else tile(cache.tensors[i], bd, m)
         for i, bd in split.plain_inputs
     ]
-    inputs += [_tile(cache.tensors[e.source], e.batch_dim, m) for e in split.edges if e.frontier]
+    inputs += [tile(cache.tensors[e.source], e.batch_dim, m) for e in split.edges if e.frontier]
     return plain, inputs
 
 
 def _is_frontier(split, node: fx.Node) -> bool:
     return split.edges[int(node.name.split("_")[1])].frontier
-
-
-def _tile(value: torch.Tensor, dim: int, m: int) -> torch.Tensor:
-    reps = [1] * value.dim()
-    reps[dim] = m
-    return value.repeat(*reps)
 
 
 def limit(game: PruningGame, repeats: int) -> dict[str, float]:
@@ -97,12 +87,7 @@ def limit(game: PruningGame, repeats: int) -> dict[str, float]:
     m = game.stack_size()
     with torch.inference_mode():
         suffix(*inputs)  # warm-up
-        rates = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            suffix(*inputs)
-            rates.append(m / (time.perf_counter() - start))
-    return spread(rates)
+        return rates(lambda: suffix(*inputs), m, repeats)
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ def refuse_masks(key_padding_mask, attn_mask, is_causal: bool, mha=None) -> None
     """Written-out attention supports plain calls only: no masks, no extra key/value bias."""
     if key_padding_mask is not None or attn_mask is not None or is_causal:
         raise NotImplementedError("attention masks are not supported in written-out attention")
-    if mha is not None and (getattr(mha, "bias_k", None) is not None or mha.add_zero_attn):
+    if getattr(mha, "bias_k", None) is not None or getattr(mha, "add_zero_attn", False):
         raise NotImplementedError("bias_k/add_zero_attn are not supported in written-out attention")
 
 
@@ -59,6 +59,40 @@ def multihead_attention(
         out = F.scaled_dot_product_attention(q, k, v)
     out = out_proj(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1))
     return out if batch_first else out.transpose(0, 1)
+
+
+def mha_call(
+    module: nn.Module,
+    projections: tuple[Projection, Projection, Projection],
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    need_weights: bool = True,
+    attn_mask: torch.Tensor | None = None,
+    average_attn_weights: bool = True,
+    is_causal: bool = False,
+    *,
+    constant_softmax: bool = False,
+) -> tuple[torch.Tensor, None]:
+    """What ``module(query, key, value, ...)`` returns in eval mode for a module with the
+    interface of ``nn.MultiheadAttention`` (``out_proj``, ``num_heads``, ``batch_first``),
+    its heads computed by ``multihead_attention`` with ``projections``. The arguments after
+    ``value`` are ``nn.MultiheadAttention.forward``'s, so a replacement forward passes its
+    own through; masks must be None and no attention weights are returned (None).
+    """
+    refuse_masks(key_padding_mask, attn_mask, is_causal, module)
+    out = multihead_attention(
+        query,
+        key,
+        value,
+        projections,
+        module.out_proj,
+        num_heads=module.num_heads,
+        batch_first=module.batch_first,
+        constant_softmax=constant_softmax,
+    )
+    return out, None
 
 
 class SlimMultiheadAttention(nn.Module):
@@ -111,24 +145,8 @@ class SlimMultiheadAttention(nn.Module):
         self.num_heads -= len(set(heads))
 
     def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        key_padding_mask: torch.Tensor | None = None,
-        need_weights: bool = True,
-        attn_mask: torch.Tensor | None = None,
-        average_attn_weights: bool = True,
-        is_causal: bool = False,
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args, **kwargs
     ) -> tuple[torch.Tensor, None]:
-        refuse_masks(key_padding_mask, attn_mask, is_causal)
-        out = multihead_attention(
-            query,
-            key,
-            value,
-            (self.q_proj, self.k_proj, self.v_proj),
-            self.out_proj,
-            num_heads=self.num_heads,
-            batch_first=self.batch_first,
-        )
-        return out, None
+        """``nn.MultiheadAttention``'s call (eval mode, no masks; weights are None)."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        return mha_call(self, projections, query, key, value, *args, **kwargs)

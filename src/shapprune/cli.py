@@ -24,6 +24,14 @@ console = Console(stderr=True)
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, TypeError)
 
 
+# Options shared by several commands
+ModelOpt = Annotated[str, typer.Option(help="zoo model name or checkpoint path")]
+DataOpt = Annotated[str, typer.Option(help="dataset name (mnist5k is embedded)")]
+SeedOpt = Annotated[int, typer.Option(help="random seed")]
+RootOpt = Annotated[str | None, typer.Option(help="folder holding local datasets")]
+PerClassOpt = Annotated[int, typer.Option(help="reference examples per class")]
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
@@ -183,17 +191,17 @@ def _ranking_table(record: dict, show: int | None = None) -> Table:
 
 @app.command()
 def rank(
-    model: Annotated[str, typer.Option(help="zoo model name or checkpoint path")] = "lenet5",
-    data: Annotated[str, typer.Option(help="dataset name (mnist5k is embedded)")] = "mnist5k",
+    model: ModelOpt = "lenet5",
+    data: DataOpt = "mnist5k",
     layer: Annotated[str, typer.Option(help="module name, as in model.named_modules()")] = "conv2",
     method: Annotated[
         str, typer.Option(help="exact|permutation|kernel|partial|loo")
     ] = "permutation",
     budget: Annotated[int | None, typer.Option(help="coalition evaluations")] = None,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    seed: SeedOpt = 0,
     metric: Annotated[str, typer.Option(help="loss|accuracy|margin")] = "loss",
-    per_class: Annotated[int, typer.Option(help="reference examples per class")] = 25,
-    root: Annotated[str | None, typer.Option(help="folder holding local datasets")] = None,
+    per_class: PerClassOpt = 25,
+    root: RootOpt = None,
     out: Annotated[Path | None, typer.Option(help="write the result as JSON here")] = None,
     force: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
@@ -216,14 +224,14 @@ def rank(
 @app.command()
 def train(
     model: Annotated[str, typer.Option(help="zoo model name")] = "lenet5",
-    data: Annotated[str, typer.Option(help="dataset name")] = "mnist5k",
+    data: DataOpt = "mnist5k",
     out: Annotated[Path, typer.Option(help="checkpoint prefix (.safetensors + .json)")] = Path(
         "checkpoints/model"
     ),
     epochs: Annotated[int | None, typer.Option(help="default: the model's recipe")] = None,
     lr: Annotated[float | None, typer.Option(help="default: the model's recipe")] = None,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    root: Annotated[str | None, typer.Option(help="folder holding local datasets")] = None,
+    seed: SeedOpt = 0,
+    root: RootOpt = None,
     force: Annotated[bool, typer.Option(help="replace an existing checkpoint")] = False,
 ) -> None:
     """Train a zoo model and save it as safetensors weights plus a JSON description."""
@@ -270,8 +278,8 @@ def _metrics_table(summary: dict) -> Table:
 
 @app.command()
 def prune(
-    model: Annotated[str, typer.Option(help="zoo model name or checkpoint path")] = "lenet5",
-    data: Annotated[str, typer.Option(help="dataset name (mnist5k is embedded)")] = "mnist5k",
+    model: ModelOpt = "lenet5",
+    data: DataOpt = "mnist5k",
     criterion: Annotated[str, typer.Option(help="how units are scored")] = "shapley-permutation",
     target: Annotated[str, typer.Option(help="channels=F, params=F or macs=F")] = "macs=0.5",
     layers: Annotated[str | None, typer.Option(help="comma-separated; default: all")] = None,
@@ -282,11 +290,11 @@ def prune(
     budget: Annotated[int | None, typer.Option(help="Shapley evaluations per layer")] = None,
     metric: Annotated[str, typer.Option(help="Shapley payoff: loss|accuracy|margin")] = "loss",
     composite: Annotated[str, typer.Option(help="LRP composite")] = "epsilon-plus-flat",
-    per_class: Annotated[int, typer.Option(help="reference examples per class")] = 25,
+    per_class: PerClassOpt = 25,
     finetune_epochs: Annotated[int, typer.Option(help="0 = the low-data regime")] = 0,
     finetune_lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = 1e-3,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    root: Annotated[str | None, typer.Option(help="folder holding local datasets")] = None,
+    seed: SeedOpt = 0,
+    root: RootOpt = None,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("pruned"),
     force: Annotated[bool, typer.Option(help="write into a non-empty --out folder")] = False,
 ) -> None:
@@ -366,14 +374,14 @@ def compare(
 
 @app.command()
 def oracle(
-    model: Annotated[str, typer.Option(help="zoo model name or checkpoint path")] = "tinycnn",
-    data: Annotated[str, typer.Option(help="dataset name")] = "mnist5k",
+    model: ModelOpt = "tinycnn",
+    data: DataOpt = "mnist5k",
     layer: Annotated[str, typer.Option(help="module name")] = "conv1",
     ks: Annotated[str, typer.Option(help="set sizes, comma-separated")] = "1,2,3,4,5",
-    per_class: Annotated[int, typer.Option(help="reference examples per class")] = 25,
+    per_class: PerClassOpt = 25,
     max_subsets: Annotated[int, typer.Option(help="beyond this, beam search")] = 20_000,
     beam_width: Annotated[int, typer.Option(help="beam width")] = 8,
-    root: Annotated[str | None, typer.Option(help="folder holding local datasets")] = None,
+    root: RootOpt = None,
     out: Annotated[Path, typer.Option(help="JSON file")] = Path("oracle.json"),
     force: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
@@ -421,7 +429,7 @@ DEMO_EXPERIMENT = {
 @app.command()
 def demo(
     budget: Annotated[int, typer.Option(help="coalition evaluations for the ranking")] = 5000,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    seed: SeedOpt = 0,
     out: Annotated[Path, typer.Option(help="report folder (rerun to resume)")] = Path(
         "shapprune-demo"
     ),

@@ -45,7 +45,7 @@ from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanoni
 from zennit.types import Linear as LinearType
 
 from . import models
-from .attention import multihead_attention, refuse_masks
+from .attention import mha_call
 from .tracing import explicit_mha
 from .units import Units, find_units
 
@@ -172,26 +172,12 @@ def _mha_forward(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    key_padding_mask: torch.Tensor | None = None,
-    need_weights: bool = True,
-    attn_mask: torch.Tensor | None = None,
-    average_attn_weights: bool = True,
-    is_causal: bool = False,
+    *args,
+    **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """``self(query, key, value)`` in eval mode with projections as modules and constant softmax."""
-    refuse_masks(key_padding_mask, attn_mask, is_causal, self)
     projections = (self.canonizer_q, self.canonizer_k, self.canonizer_v)
-    out = multihead_attention(
-        query,
-        key,
-        value,
-        projections,
-        self.out_proj,
-        num_heads=self.num_heads,
-        batch_first=self.batch_first,
-        constant_softmax=True,
-    )
-    return out, None
+    return mha_call(self, projections, query, key, value, *args, constant_softmax=True, **kwargs)
 
 
 def _linear_sharing(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:

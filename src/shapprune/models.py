@@ -25,11 +25,6 @@ __all__ = [
     "TinyCNN",
     "VisionTransformer",
     "build_model",
-    "lenet5",
-    "resnet20",
-    "tinycnn",
-    "vgg",
-    "vit",
 ]
 
 
@@ -316,67 +311,12 @@ class VisionTransformer(nn.Module):
         return self.head(x[:, 0])
 
 
-def lenet5(in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> LeNet5:
-    """LeNet-5 with conv1/conv2/fc1/fc2."""
-    return LeNet5(in_channels, image_size, num_classes)
-
-
-def tinycnn(in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> TinyCNN:
-    """An 8-filter / 16-filter CNN: exact Shapley values and oracle sets are cheap on it."""
-    return TinyCNN(in_channels, image_size, num_classes)
-
-
-def vgg(
-    in_channels: int = 1,
-    image_size: int = 28,
-    num_classes: int = 10,
-    cfg: Sequence[int | str] = VGG_DEFAULT_CFG,
-    hidden: int | None = 128,
-) -> VGG:
-    """Small VGG with BatchNorm; ``cfg`` lists conv widths and 'M' for max-pooling."""
-    return VGG(in_channels, image_size, num_classes, cfg=cfg, hidden=hidden)
-
-
-def resnet20(
-    in_channels: int = 1,
-    image_size: int = 28,
-    num_classes: int = 10,
-    depth: int = 20,
-    width: float = 1.0,
-) -> ResNetCifar:
-    """CIFAR ResNet of the given depth (20, 32, 56, ...) and width multiplier."""
-    return ResNetCifar(in_channels, image_size, num_classes, depth=depth, width=width)
-
-
-def vit(
-    in_channels: int = 1,
-    image_size: int = 28,
-    num_classes: int = 10,
-    patch_size: int | None = None,
-    embed_dim: int = 64,
-    depth: int = 4,
-    num_heads: int = 4,
-    mlp_ratio: float = 2.0,
-) -> VisionTransformer:
-    """Small vision transformer (embed 64, 4 heads, depth 4, MLP ratio 2 by default)."""
-    return VisionTransformer(
-        in_channels,
-        image_size,
-        num_classes,
-        patch_size=patch_size,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=mlp_ratio,
-    )
-
-
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "lenet5": lenet5,
-    "tinycnn": tinycnn,
-    "vgg": vgg,
-    "resnet20": resnet20,
-    "vit": vit,
+    "lenet5": LeNet5,
+    "tinycnn": TinyCNN,  # 8 and 16 filters: exact Shapley values and oracle sets are cheap
+    "vgg": VGG,
+    "resnet20": ResNetCifar,  # depth 20 by default; depth= and width= change it
+    "vit": VisionTransformer,
 }
 
 

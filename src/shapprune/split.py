@@ -173,7 +173,7 @@ class SplitModel:
         channel: dict[int, torch.Tensor] = {}  # per mask point, built only if an edge needs it
         weights = torch.cat([masks.float(), torch.ones(m, 1)], dim=1)  # players + the rest
         args = [
-            value if bd is None else _tile(value, bd, m)
+            value if bd is None else tile(value, bd, m)
             for value, bd in ((cache.tensors[i], bd) for i, bd in self.plain_inputs)
         ]
         for e, table in zip(self.edges, cache.tables, strict=True):
@@ -274,7 +274,8 @@ def _output(graph: fx.Graph) -> fx.Node:
     return out.args[0]
 
 
-def _tile(value: torch.Tensor, dim: int, m: int) -> torch.Tensor:
+def tile(value: torch.Tensor, dim: int, m: int) -> torch.Tensor:
+    """``m`` copies of ``value`` stacked along its batch dimension ``dim``."""
     reps = [1] * value.dim()
     reps[dim] = m
     return value.repeat(*reps)

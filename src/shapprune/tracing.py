@@ -16,7 +16,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import multihead_attention, refuse_masks
+from .attention import mha_call
 
 
 def explicit_mha(
@@ -24,17 +24,13 @@ def explicit_mha(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    key_padding_mask: torch.Tensor | None = None,
-    need_weights: bool = True,
-    attn_mask: torch.Tensor | None = None,
-    average_attn_weights: bool = True,
-    is_causal: bool = False,
+    *args,
+    **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """What ``mha(query, key, value, ...)`` computes in eval mode, head by head.
 
     Attention weights are not returned (None); masks must be None.
     """
-    refuse_masks(key_padding_mask, attn_mask, is_causal, mha)
     e = mha.embed_dim
     if mha._qkv_same_embed_dim:
         weights = [mha.in_proj_weight[i * e : (i + 1) * e] for i in range(3)]
@@ -46,16 +42,7 @@ def explicit_mha(
         functools.partial(F.linear, weight=w, bias=bias)
         for w, bias in zip(weights, biases, strict=True)
     )
-    out = multihead_attention(
-        query,
-        key,
-        value,
-        projections,
-        mha.out_proj,
-        num_heads=mha.num_heads,
-        batch_first=mha.batch_first,
-    )
-    return out, None
+    return mha_call(mha, projections, query, key, value, *args, **kwargs)
 
 
 class HeadTracer(fx.Tracer):
