@@ -7,8 +7,6 @@ import argparse
 import json
 import platform
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,16 +25,6 @@ def arguments(doc: str | None, name: str) -> argparse.Namespace:
 def spread(samples: list[float]) -> dict[str, float]:
     """Median, min and max of repeated measurements."""
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
-
-
-def rates(run: Callable[[], object], count: int, repeats: int) -> dict[str, float]:
-    """``count`` / wall seconds of ``run()``, over ``repeats`` runs (no warm-up here)."""
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        out.append(count / (time.perf_counter() - start))
-    return spread(out)
 
 
 def fmt_spread(s: dict[str, float], digits: int = 0, scale: float = 1.0) -> str:

@@ -14,16 +14,19 @@ Run: ``python benchmarks/throughput.py [--quick] [--out FILE.json]``.
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.fx as fx
-from common import arguments, fmt_spread, rates, write_json
+from common import arguments, fmt_spread, spread, write_json
 
 from shapprune.data import load_dataset
 from shapprune.game import PruningGame
 from shapprune.models import build_model
-from shapprune.split import tile
+from shapprune.split import SplitModel, tile
+from shapprune.tracing import trace
 from shapprune.train import pretrained
 
 SECONDS_PER_RUN = 2.0
@@ -36,10 +39,9 @@ MODES = {
 }
 
 
-def evals_per_second(game: PruningGame, n: int, repeats: int) -> dict[str, float]:
-    """Coalition evaluations per second over ``repeats`` runs of up to ``n`` random
-    coalitions (fewer where a run would last over ``SECONDS_PER_RUN``, but at least one
-    full stacked pass)."""
+def coalition_run(game: PruningGame, n: int) -> tuple[Callable[[], object], int]:
+    """A timed run of the game on up to ``n`` random coalitions (fewer where it would last
+    over ``SECONDS_PER_RUN``, but at least one full stacked pass), and its count."""
     g = torch.Generator().manual_seed(0)
     masks = torch.rand(n, game.n_players, generator=g) > 0.5
     start = time.perf_counter()
@@ -47,13 +49,28 @@ def evals_per_second(game: PruningGame, n: int, repeats: int) -> dict[str, float
     rate = min(n, 2) / (time.perf_counter() - start)
     n = max(min(n, game.stack_size()), min(n, int(rate * SECONDS_PER_RUN)))
     masks = masks[:n]
-    return rates(lambda: game.value(masks), n, repeats)
+    return (lambda: game.value(masks)), n
+
+
+def interleaved_rates(runs: list[tuple[Callable[[], object], int]], repeats: int) -> list[list]:
+    """Evaluations per second of each run, per round: every round times each run once, so
+    that a slow spell of the machine touches all of them alike."""
+    return [[count / _seconds(run) for run, count in runs] for _ in range(repeats)]
+
+
+def _seconds(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 def unmasked_suffix(game: PruningGame) -> tuple[fx.GraphModule, list[torch.Tensor]]:
-    """The game's suffix with every masking multiply removed, and its inputs for one
-    stacked pass (``game.stack_size()`` copies of the cached batch), built in advance."""
-    split, cache = game._split, game._caches[0]
+    """The suffix of the game's network (every masked consumer run on its input, as the
+    network does) with no masking at all, and its inputs for one stacked pass
+    (``game.stack_size()`` copies of the game's first batch), built in advance."""
+    points = game.units.mask_points
+    split = SplitModel(trace(game.model), points, game.x, game.n_players, mask_weights=False)
+    cache = split.prepare(game.x[: game.batch_size])
     m = game.stack_size()
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -81,13 +98,19 @@ def _is_frontier(split, node: fx.Node) -> bool:
     return split.edges[int(node.name.split("_")[1])].frontier
 
 
-def limit(game: PruningGame, repeats: int) -> dict[str, float]:
-    """Evaluations per second if a coalition cost only the plain suffix forward pass."""
+def limit_run(game: PruningGame, n: int) -> tuple[Callable[[], object], int]:
+    """Timed plain suffix forward passes for about ``n`` coalitions (at least one pass),
+    and how many coalitions they stand for."""
     suffix, inputs = unmasked_suffix(game)
-    m = game.stack_size()
-    with torch.inference_mode():
-        suffix(*inputs)  # warm-up
-        return rates(lambda: suffix(*inputs), m, repeats)
+    passes = max(1, n // game.stack_size())
+
+    def run() -> None:
+        with torch.inference_mode():
+            for _ in range(passes):
+                suffix(*inputs)
+
+    run()  # warm-up
+    return run, passes * game.stack_size()
 
 
 def main() -> None:
@@ -98,36 +121,33 @@ def main() -> None:
     results = []
     for name, layer in LAYERS:
         model = build_model(name) if args.quick else pretrained(name, "mnist5k", progress=False)[0]
-        rows = []
-        for label, opts in MODES.items():
-            game = PruningGame(model, layer, ref, **opts)
-            n = n_slow if opts.get("max_stack") == 1 else n_fast
-            rows.append(
-                {
-                    "mode": label,
-                    "evals_per_s": evals_per_second(game, n, repeats),
-                    "stack": game.stack_size(),
-                }
-            )
-        plain_game = PruningGame(model, layer, ref, decompose=False)
-        lim = limit(plain_game, repeats)
-        rows.append(
+        games = [PruningGame(model, layer, ref, **opts) for opts in MODES.values()]
+        runs = [
+            coalition_run(game, n_slow if opts.get("max_stack") == 1 else n_fast)
+            for game, opts in zip(games, MODES.values(), strict=True)
+        ]
+        runs.append(limit_run(PruningGame(model, layer, ref, decompose=False), runs[2][1]))
+        rounds = interleaved_rates(runs, repeats)
+        labels = [*MODES, "limit: plain suffix forward, no masking"]
+        rows = [
             {
-                "mode": "limit: plain suffix forward, no masking",
-                "evals_per_s": lim,
-                "stack": plain_game.stack_size(),
+                "mode": label,
+                "evals_per_s": spread([r[i] for r in rounds]),
+                "x_naive": statistics.median(r[i] / r[0] for r in rounds),
+                "x_limit": statistics.median(r[i] / r[-1] for r in rounds),
+                "stack": (games[i] if i < len(games) else games[2]).stack_size(),
             }
-        )
-        naive, top = rows[0]["evals_per_s"]["median"], lim["median"]
+            for i, label in enumerate(labels)
+        ]
+        game = games[0]
         print(f"#### {name} {layer}: {game.n_players} units, {len(ref[0])} images\n")
         print(
-            "Coalition evaluations per second, median (min-max) of "
-            f"{repeats} runs; stack: coalitions per forward pass.\n"
+            f"Coalition evaluations per second, median (min-max) of {repeats} rounds; each "
+            "round times every mode once. x naive, x limit: median over the rounds of the "
+            "ratio within a round. Stack: coalitions per forward pass.\n"
         )
         print("| mode | evals/s | stack | x naive | x limit |\n|---|---|---|---|---|")
         for r in rows:
-            med = r["evals_per_s"]["median"]
-            r["x_naive"], r["x_limit"] = med / naive, med / top
             print(
                 f"| {r['mode']} | {fmt_spread(r['evals_per_s'])} | {r['stack']} "
                 f"| {r['x_naive']:.1f} | {r['x_limit']:.2f} |"

@@ -11,6 +11,9 @@ from shapprune.estimators import estimate
 from shapprune.game import PruningGame, metric_sums
 from shapprune.models import build_model
 from shapprune.prune import remove_units
+from shapprune.split import SplitModel
+from shapprune.tracing import trace
+from shapprune.units import find_units
 
 
 def _data(shape, n=24, seed=0):
@@ -244,3 +247,34 @@ def test_memory_budget_shrinks_the_examples_per_pass(cache):
     assert tight.stack_size() * tight._per_coalition <= budget_mb * 2**20
     masks = torch.rand(20, roomy.n_players, generator=torch.Generator().manual_seed(0)) > 0.5
     torch.testing.assert_close(tight.value(masks), roomy.value(masks), rtol=0, atol=1e-6)
+
+
+def test_metrics_match_float64_references_on_large_logits():
+    g = torch.Generator().manual_seed(0)
+    logits = 30 * torch.randn(3, 50, 7, generator=g)  # far from where exp() is safe
+    y = torch.randint(0, 7, (50,), generator=g)
+    wide = logits.double()
+    loss = torch.stack([-nn.functional.cross_entropy(c, y, reduction="sum") for c in wide])
+    torch.testing.assert_close(metric_sums(logits, y, "loss"), loss, rtol=1e-6, atol=1e-4)
+    correct = wide.gather(2, y.view(1, -1, 1).expand(3, -1, 1)).squeeze(2)
+    others = wide.scatter(2, y.view(1, -1, 1).expand(3, -1, 1), -float("inf")).amax(2)
+    torch.testing.assert_close(metric_sums(logits, y, "margin"), (correct - others).sum(1))
+    hits = (wide.argmax(2) == y).double().sum(1)
+    assert torch.equal(metric_sums(logits, y, "accuracy"), hits)
+
+
+@pytest.mark.parametrize("layer", ["conv2", "fc1"])
+def test_weight_masked_linear_consumers_equal_masked_inputs(layer):
+    model = build_model("lenet5", seed=0)
+    x, _ = _data((1, 28, 28), n=12)
+    units = find_units(model, layer, x[:2])
+    points, n = units.mask_points, units.n_players
+    folded = SplitModel(trace(model), points, x, n, mask_weights=True)
+    copied = SplitModel(trace(model), points, x, n, mask_weights=False)
+    assert [e.kind for e in folded.edges] == ["weights"]  # fc1 for conv2, fc2 for fc1
+    assert [e.kind for e in copied.edges] == ["input"]
+    masks = torch.rand(5, n, generator=torch.Generator().manual_seed(1)) > 0.5
+    a = folded.run(folded.prepare(x), masks)
+    b = copied.run(copied.prepare(x), masks)
+    assert a.shape == (5, 12, 10)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -27,15 +27,26 @@ WORKING_SET_BYTES = 16 * 2**20  # activations per stacked pass, by default
 
 
 def metric_sums(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
-    """Sum over examples of the metric, per coalition: logits (m, B, K), y (B,) -> (m,)."""
-    logits = logits.double()
-    correct = logits.gather(2, y.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(2)
-    if metric == "loss":
-        return (correct - torch.logsumexp(logits, dim=2)).sum(dim=1)
+    """Sum over examples of the metric, per coalition: logits (m, B, K), y (B,) -> (m,).
+
+    Per-example terms are computed in the logits' precision (the loss by a max-shifted
+    log-sum-exp, which is accurate in float32) and summed in float64. With a handful of
+    classes this is several times faster than ``torch.logsumexp`` over the last dimension.
+    """
+    m, batch, k = logits.shape
+    flat = logits.reshape(m * batch, k)
+    index = y.repeat(m).view(-1, 1)
+    correct = flat.gather(1, index).squeeze(1)
     if metric == "accuracy":
-        return (logits.argmax(dim=2) == y.view(1, -1)).double().sum(dim=1)
-    others = logits.scatter(2, y.view(1, -1, 1).expand(logits.shape[0], -1, 1), -math.inf)
-    return (correct - others.max(dim=2).values).sum(dim=1)
+        per_example = (flat.argmax(dim=1) == index.squeeze(1)).double()
+    elif metric == "loss":
+        top = flat.amax(dim=1, keepdim=True)
+        log_sum = (flat - top).exp_().sum(dim=1).log_().add_(top.squeeze(1))
+        per_example = (correct - log_sum).double()
+    else:
+        others = flat.scatter(1, index, -math.inf)
+        per_example = (correct - others.amax(dim=1)).double()
+    return per_example.view(m, batch).sum(dim=1)
 
 
 def as_data(data) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +161,9 @@ class PruningGame:
     def decomposed(self) -> int:
         """How many masked consumers are evaluated from per-player output tables: a linear
         layer's output for any coalition is the sum of its kept players' contributions."""
-        return sum(e.decomposed for e in self._split.edges) if self._split is not None else 0
+        if self._split is None:
+            return 0
+        return sum(e.kind == "table" for e in self._split.edges)
 
     def stack_size(self) -> int:
         """Coalitions evaluated per forward pass, within the memory budget.

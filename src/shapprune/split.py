@@ -24,7 +24,7 @@ class _Edge:
     consumer: fx.Node
     point: int  # index into the split's mask points
     frontier: bool  # its source is computed in the prefix (then masked outside the graph)
-    decomposed: bool = False  # the consumer's output is a precomputed sum over players
+    kind: str = "input"  # how it is masked: "input", "table" or "weights" (see SplitModel)
     source: int = -1  # index of the source among the prefix outputs (frontier edges)
     batch_dim: int = 0  # of the masked tensor
     channel_dim: int = 1
@@ -74,12 +74,17 @@ class SplitModel:
         example: torch.Tensor,
         n_players: int,
         table_bytes: float = 0.0,
+        mask_weights: bool = True,
     ):
-        """Split ``gm`` at ``points``; consumers whose per-player table of outputs fits in
-        ``table_bytes`` per example are evaluated by decomposition (see ``_table``)."""
+        """Split ``gm`` at ``points``. How each masked consumer fed by the prefix is run:
+        from per-player output tables (``_table``) if its table fits in ``table_bytes``
+        per example; else, if it is a linear layer and ``mask_weights``, with the mask
+        applied to its weight's columns (``_masked_linear``); else on masked copies of
+        its input."""
         graph = gm.graph
         self.points = points
         self.n_players = n_players
+        self._one_channel_each = [_one_channel_each(p, n_players) for p in points]
         modules = dict(gm.named_modules())
         consumers = []
         for j, point in enumerate(points):
@@ -126,10 +131,13 @@ class SplitModel:
                 need(a, plain=not is_edge)
             if masked is not None:
                 frontier_source = node.args[0] not in dependent
-                decomposed = frontier_source and _decomposable(
-                    modules[node.target], node, s2, s3, n_players, table_bytes
-                )
-                edges.append(_Edge(node, masked, frontier_source, decomposed))
+                module = modules[node.target]
+                kind = "input"
+                if frontier_source and _decomposable(module, node, s2, s3, n_players, table_bytes):
+                    kind = "table"
+                elif mask_weights and frontier_source and _weight_maskable(module, node, s2, s3):
+                    kind = "weights"
+                edges.append(_Edge(node, masked, frontier_source, kind))
 
         self.frontier = [n for n in graph.nodes if n in set(frontier)]
         self.plain = [n for n in self.frontier if n in plain_use]
@@ -161,7 +169,7 @@ class SplitModel:
             out = list(self.prefix(x))
             tables = [
                 _table(out[e.source], e.module, self.points[e.point], e.channel_dim, self.n_players)
-                if e.decomposed
+                if e.kind == "table"
                 else None
                 for e in self.edges
             ]
@@ -169,38 +177,57 @@ class SplitModel:
 
     def run(self, cache: Cache, masks: torch.Tensor) -> torch.Tensor:
         """Logits (m, B, K) of the m coalitions in the bool matrix ``masks`` (m, n)."""
+        with torch.inference_mode():
+            logits = self.suffix(*self._suffix_inputs(cache, masks))
+        if self.out_batch_dim != 0 or logits.dim() != 2:
+            raise ValueError("the model must return logits of shape (batch, classes)")
+        return logits.reshape(masks.shape[0], cache.batch, logits.shape[-1])
+
+    def _suffix_inputs(self, cache: Cache, masks: torch.Tensor) -> list[torch.Tensor]:
+        """The suffix's arguments for the m coalitions of ``masks``: plain inputs tiled m
+        times, then per edge its masked input, mask, or the consumer's output."""
         m = masks.shape[0]
         channel: dict[int, torch.Tensor] = {}  # per mask point, built only if an edge needs it
-        weights = torch.cat([masks.float(), torch.ones(m, 1)], dim=1)  # players + the rest
+        weights = None  # of the per-player tables: the players, and 1 for the rest
         args = [
             value if bd is None else tile(value, bd, m)
             for value, bd in ((cache.tensors[i], bd) for i, bd in self.plain_inputs)
         ]
         for e, table in zip(self.edges, cache.tables, strict=True):
-            if e.decomposed:  # the consumer's output: a weighted sum of per-player outputs
+            if e.kind == "table":  # the consumer's output: a weighted sum of per-player outputs
+                if weights is None:
+                    weights = torch.cat([masks.float(), torch.ones(m, 1)], dim=1)
                 out = weights @ table.reshape(table.shape[0], -1)
                 args.append(out.reshape(m * table.shape[1], *table.shape[2:]))
                 continue
             if e.point not in channel:
-                channel[e.point] = channel_mask(masks, self.points[e.point].player_of_channel)
+                point = self.points[e.point]
+                direct = self._one_channel_each[e.point]
+                channel[e.point] = (
+                    masks.float() if direct else channel_mask(masks, point.player_of_channel)
+                )
             mask = channel[e.point]
-            if e.source >= 0:  # mask and stack the cached tensor in one broadcast multiply
+            if e.kind == "weights":
+                args.append(_masked_linear(cache.tensors[e.source], mask, e.module))
+            elif e.source >= 0:  # mask and stack the cached tensor in one broadcast multiply
                 args.append(
                     _masked_stack(cache.tensors[e.source], mask, e.batch_dim, e.channel_dim)
                 )
             else:
                 args.append(_graph_mask(mask, cache.batch, e.batch_dim, e.channel_dim, e.ndim))
-        with torch.inference_mode():
-            logits = self.suffix(*args)
-        if self.out_batch_dim != 0 or logits.dim() != 2:
-            raise ValueError("the model must return logits of shape (batch, classes)")
-        return logits.reshape(m, cache.batch, logits.shape[-1])
+        return args
 
 
 def channel_mask(masks: torch.Tensor, player_of_channel: torch.Tensor) -> torch.Tensor:
     """(m, n) player masks -> (m, C) float channel masks; unowned channels (-1) are kept."""
     keep_all = torch.ones(masks.shape[0], 1, dtype=torch.bool)
     return torch.cat([masks, keep_all], dim=1)[:, player_of_channel].float()
+
+
+def _one_channel_each(point: MaskPoint, n_players: int) -> bool:
+    """Whether channel c belongs to player c, for every channel (masks need no indexing)."""
+    owner = point.player_of_channel
+    return len(owner) == n_players and bool((owner == torch.arange(n_players)).all())
 
 
 DECOMPOSE_GAIN = 2
@@ -224,6 +251,29 @@ def _decomposable(module, node: fx.Node, s2: dict, s3: dict, n: int, table_bytes
         return False
     per_example = _numel(s3[node.name]) - _numel(s2[node.name])
     return 4 * (n + 1) * per_example <= table_bytes
+
+
+def _weight_maskable(module, node: fx.Node, s2: dict, s3: dict) -> bool:
+    """Whether the consumer is a plain ``nn.Linear`` call on an input whose batch is its
+    first dimension (its channels are then the last, as ``nn.Linear`` reads them)."""
+    if not isinstance(module, torch.nn.Linear) or len(node.args) != 1 or node.kwargs:
+        return False
+    src = node.args[0].name
+    return _batch_dim(s2[src], s3[src]) == 0
+
+
+def _masked_linear(x: torch.Tensor, mask: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
+    """``linear`` on m masked copies of ``x`` (batch first), stacked along the batch: the
+    (m, C) mask is applied to the weight's columns, so the input is read once and never
+    copied m times. Equal to ``linear(_masked_stack(x, mask, 0, -1))``."""
+    m, rows = mask.shape[0], x.reshape(-1, x.shape[-1])
+    weight = linear.weight.unsqueeze(0) * mask.unsqueeze(1)  # (m, out, in)
+    stacked = rows.unsqueeze(0).expand(m, *rows.shape)
+    if linear.bias is None:
+        out = torch.bmm(stacked, weight.transpose(1, 2))
+    else:
+        out = torch.baddbmm(linear.bias.view(1, 1, -1), stacked, weight.transpose(1, 2))
+    return out.reshape(m * x.shape[0], *x.shape[1:-1], out.shape[-1])
 
 
 def _table(x: torch.Tensor, module, point: MaskPoint, cd: int, n: int) -> torch.Tensor:
@@ -350,7 +400,7 @@ def _suffix_module(
             if j is None:
                 env[node] = graph.node_copy(node, lambda a: env[a])
                 continue
-            if edges[j].decomposed:
+            if edges[j].kind != "input":
                 env[node] = edge_inputs[j]  # the consumer's output itself
                 continue
             if edges[j].frontier:
