@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -128,6 +129,16 @@ def summary(results: Path) -> str:
     return "\n".join(lines)
 
 
+def run_minutes(results: Path) -> float:
+    """The benchmarks' wall times added up, from the ``_Ran in N s._`` lines they stored."""
+    seconds = 0.0
+    for name in BENCHMARKS:
+        path = results / f"{name}.md"
+        if path.exists() and (found := re.search(r"_Ran in ([\d.]+) s\._", path.read_text())):
+            seconds += float(found.group(1))
+    return seconds / 60
+
+
 def document(results: Path, quick: bool) -> str:
     """BENCHMARKS.md from the stored results."""
     m = machine()
@@ -141,6 +152,7 @@ def document(results: Path, quick: bool) -> str:
         + (" (quick sizes: smoke run)" if quick else ""),
         f"- Machine: {m['cpu']}, {m['threads']} torch threads; Python {m['python']}, "
         f"torch {m['torch']} (CPU)",
+        f"- Run time of the benchmarks below: {run_minutes(results):.1f} min in all",
         "",
         "## Targets",
         "",
