@@ -108,13 +108,7 @@ def prune_and_measure(
     for fraction in targets:
         start = time.perf_counter()
         try:
-            plan = make_plan(
-                model,
-                scores,
-                Target("macs", fraction),
-                example,
-                apply=lambda m, removals: apply_removals(m, removals, example),
-            )
+            plan = make_plan(model, scores, Target("macs", fraction), example)
             small = apply_removals(model, plan.removals, example)
         except Exception as err:  # report the failure, carry on with the other targets
             pruned.append({"target": fraction, "error": f"{type(err).__name__}: {err}"})

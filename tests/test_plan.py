@@ -79,14 +79,7 @@ def test_half_the_macs(name, global_):
     model = build_model(name, seed=0)
     x = torch.randn(2, 1, 28, 28)
     layers = prunable_layers(model, x)
-    plan = make_plan(
-        model,
-        _scores(layers),
-        "macs=0.5",
-        x,
-        global_=global_,
-        apply=lambda m, r: apply_removals(m, r, x),
-    )
+    plan = make_plan(model, _scores(layers), "macs=0.5", x, global_=global_)
     pruned = apply_removals(model, plan.removals, x)
     reduction = 1 - count_macs(pruned, x) / count_macs(model, x)
     assert 0.5 <= reduction < 0.55 and reduction == pytest.approx(plan.achieved)
@@ -98,6 +91,7 @@ def test_params_target_and_unreachable_target():
     apply = lambda m, r: apply_removals(m, r, x)  # noqa: E731
     scores = _scores(prunable_layers(model, x))
     plan = make_plan(model, scores, "params=0.3", x, apply=apply)
+    assert make_plan(model, scores, "params=0.3", x).removals == plan.removals  # the default
     pruned = apply(model, plan.removals)
     assert 1 - count_params(pruned) / count_params(model) >= 0.3
     with pytest.raises(ValueError, match="target macs=0.95 is unreachable"):

@@ -78,7 +78,6 @@ def prune_model(
             example,
             global_=global_,
             normalisation=normalisation,
-            apply=lambda m, removals: apply_removals(m, removals, example),
             baseline=model,
         )
         current = apply_removals(current, plan.removals, example, mode=mode)

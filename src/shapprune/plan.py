@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .measure import count_macs, count_params
+from .prune import apply_removals
 from .units import Units, build_graph, candidate_layers, find_units, is_attention
 
 TARGET_KINDS = ("channels", "params", "macs")
@@ -138,7 +139,8 @@ def make_plan(
     more important) so that ``target`` is met.
 
     ``ratios`` gives each layer its own fraction of units instead (per-layer mode).
-    ``apply(model, removals)`` must return a pruned copy (used to measure params/MACs);
+    ``apply(model, removals)`` returns a pruned copy, on which params/MACs targets are
+    measured (default: physical removal, ``prune.apply_removals``);
     ``baseline`` is the model the target's fraction refers to (default: ``model``).
     """
     target = Target.parse(target) if isinstance(target, str | float) else target
@@ -191,7 +193,10 @@ def make_plan(
         return Plan(removals, str(target), achieved, global_, {"normalisation": normalisation})
 
     if apply is None:
-        raise ValueError(f"a {target.kind} target needs apply= to measure pruned copies")
+
+        def apply(m: nn.Module, removals: dict[str, list[int]]) -> nn.Module:
+            return apply_removals(m, removals, example)
+
     base = baseline if baseline is not None else model
     measure = count_params if target.kind == "params" else lambda m: count_macs(m, example)
     original = measure(base)
