@@ -278,3 +278,19 @@ def test_weight_masked_linear_consumers_equal_masked_inputs(layer):
     b = copied.run(copied.prepare(x), masks)
     assert a.shape == (5, 12, 10)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_tables_are_built_only_for_passes_that_repay_reading_them():
+    model = randomise_norms(build_model("resnet20", in_channels=3, image_size=32, seed=2))
+    x, _ = _data((3, 32, 32), n=6)
+    units = find_units(model, "layer1.0.conv2", x[:2])
+    split = SplitModel(trace(model), units.mask_points, x, units.n_players, table_bytes=1e9)
+    tabled = [j for j, e in enumerate(split.edges) if e.kind == "table"]
+    assert tabled  # 3x3 convolutions of 16 channels: fan-in 144 >= 2 x 17
+    masks = torch.rand(8, units.n_players, generator=torch.Generator().manual_seed(0)) > 0.5
+    cache = split.prepare(x)
+    one_by_one = torch.cat([split.run(cache, masks[i : i + 1]) for i in range(8)])
+    assert all(cache.tables[j] is None for j in tabled)  # 144 < 10 x 17: the convolution ran
+    together = split.run(cache, masks)
+    assert all(cache.tables[j] is not None for j in tabled)  # 8 x 144 >= 10 x 17
+    torch.testing.assert_close(one_by_one, together, atol=1e-5, rtol=1e-5)

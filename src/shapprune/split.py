@@ -167,13 +167,7 @@ class SplitModel:
         """The prefix's outputs for one batch of examples (computed once, then reused)."""
         with torch.inference_mode():
             out = list(self.prefix(x))
-            tables = [
-                _table(out[e.source], e.module, self.points[e.point], e.channel_dim, self.n_players)
-                if e.kind == "table"
-                else None
-                for e in self.edges
-            ]
-        return Cache(out, x.shape[0], tables)
+        return Cache(out, x.shape[0], [None] * len(self.edges))  # tables: built when used
 
     def run(self, cache: Cache, masks: torch.Tensor) -> torch.Tensor:
         """Logits (m, B, K) of the m coalitions in the bool matrix ``masks`` (m, n)."""
@@ -193,10 +187,12 @@ class SplitModel:
             value if bd is None else tile(value, bd, m)
             for value, bd in ((cache.tensors[i], bd) for i, bd in self.plain_inputs)
         ]
-        for e, table in zip(self.edges, cache.tables, strict=True):
-            if e.kind == "table":  # the consumer's output: a weighted sum of per-player outputs
+        for j, e in enumerate(self.edges):
+            if e.kind == "table" and _table_pays(e.module, self.n_players, m):
+                # the consumer's output: a weighted sum of per-player outputs
                 if weights is None:
                     weights = torch.cat([masks.float(), torch.ones(m, 1)], dim=1)
+                table = self._table(cache, j)
                 out = weights @ table.reshape(table.shape[0], -1)
                 args.append(out.reshape(m * table.shape[1], *table.shape[2:]))
                 continue
@@ -207,8 +203,11 @@ class SplitModel:
                     masks.float() if direct else channel_mask(masks, point.player_of_channel)
                 )
             mask = channel[e.point]
-            if e.kind == "weights":
+            if e.kind == "weights" or (e.kind == "table" and _is_linear(e.module)):
                 args.append(_masked_linear(cache.tensors[e.source], mask, e.module))
+            elif e.kind == "table":  # too few coalitions for the table: run the consumer
+                masked = _masked_stack(cache.tensors[e.source], mask, e.batch_dim, e.channel_dim)
+                args.append(e.module(masked))
             elif e.source >= 0:  # mask and stack the cached tensor in one broadcast multiply
                 args.append(
                     _masked_stack(cache.tensors[e.source], mask, e.batch_dim, e.channel_dim)
@@ -216,6 +215,14 @@ class SplitModel:
             else:
                 args.append(_graph_mask(mask, cache.batch, e.batch_dim, e.channel_dim, e.ndim))
         return args
+
+    def _table(self, cache: Cache, j: int) -> torch.Tensor:
+        """Edge j's per-player output table for the cached batch, built on first use."""
+        if cache.tables[j] is None:
+            e = self.edges[j]
+            point, x = self.points[e.point], cache.tensors[e.source]
+            cache.tables[j] = _table(x, e.module, point, e.channel_dim, self.n_players)
+        return cache.tables[j]
 
 
 def channel_mask(masks: torch.Tensor, player_of_channel: torch.Tensor) -> torch.Tensor:
@@ -234,6 +241,22 @@ DECOMPOSE_GAIN = 2
 """A consumer is decomposed only if its fan-in is at least this many times n + 1: reading
 the (n + 1)-row table costs about as much per output as a fan-in of n + 1, and more in
 memory traffic, so a linear layer fed one channel per player gains nothing from it."""
+
+TABLE_READ_COST = 10
+"""A pass of m coalitions reads the whole (n + 1)-row table once, at memory speed; on a CPU
+a float read from memory costs about as much time as this many multiply-adds in the
+consumer's own (compute-bound) pass. The table is used for a pass only if
+``m * fan-in >= TABLE_READ_COST * (n + 1)``: with one coalition per pass, the 3x3
+convolutions of a ResNet (fan-in 9 C, C = n channels) run faster than their table."""
+
+
+def _table_pays(module, n: int, m: int) -> bool:
+    return m * module.weight[0].numel() >= TABLE_READ_COST * (n + 1)
+
+
+def _is_linear(module) -> bool:
+    return isinstance(module, torch.nn.Linear)
+
 
 _LINEAR_CONSUMERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
@@ -308,7 +331,7 @@ def _table(x: torch.Tensor, module, point: MaskPoint, cd: int, n: int) -> torch.
 @dataclass
 class Cache:
     """The prefix's outputs for one batch of ``batch`` examples, and the per-player
-    output tables of decomposed consumers (None for the others)."""
+    output tables of decomposed consumers (None for the others, and until first used)."""
 
     tensors: list[torch.Tensor]
     batch: int
