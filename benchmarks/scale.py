@@ -226,7 +226,7 @@ def print_memory(runs: list[dict]) -> None:
     base = runs[0]["wall_s"]
     print(
         "| M (MiB) | images per pass | coalitions per pass | largest pass MiB (est.) "
-        "| within M | decomposed consumers | peak RSS above baseline MiB | wall s "
+        "| within M | consumers allowed tables | peak RSS above baseline MiB | wall s "
         "| wall / default |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
