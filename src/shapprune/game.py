@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .split import SplitModel, channel_mask
+from .split import SplitModel, channel_mask, channel_owner
 from .tracing import trace
 from .units import MaskPoint, Units, find_units
 
@@ -36,10 +36,10 @@ def metric_sums(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Ten
     m, batch, k = logits.shape
     flat = logits.reshape(m * batch, k)
     index = y.repeat(m).view(-1, 1)
-    correct = flat.gather(1, index).squeeze(1)
     if metric == "accuracy":
-        per_example = (flat.argmax(dim=1) == index.squeeze(1)).double()
-    elif metric == "loss":
+        return (flat.argmax(dim=1) == index.squeeze(1)).view(m, batch).sum(dim=1).double()
+    correct = flat.gather(1, index).squeeze(1)
+    if metric == "loss":
         top = flat.amax(dim=1, keepdim=True)
         log_sum = (flat - top).exp_().sum(dim=1).log_().add_(top.squeeze(1))
         per_example = (correct - log_sum).double()
@@ -141,7 +141,7 @@ class PruningGame:
         if self._split is not None:
             self._caches = [self._split.prepare(x) for x, _ in self._chunks]
         else:
-            self._hooks = _Hooks(self.model, self.units.mask_points)
+            self._hooks = _Hooks(self.model, self.units.mask_points, self.n_players)
         self._per_coalition = per_example * self.batch_size
 
     @property
@@ -159,8 +159,9 @@ class PruningGame:
 
     @property
     def decomposed(self) -> int:
-        """How many masked consumers are evaluated from per-player output tables: a linear
-        layer's output for any coalition is the sum of its kept players' contributions."""
+        """How many masked consumers may be evaluated from per-player output tables (a
+        linear layer's output for any coalition is the sum of its kept players'
+        contributions); each is, in passes with enough coalitions to repay reading it."""
         if self._split is None:
             return 0
         return sum(e.kind == "table" for e in self._split.edges)
@@ -232,10 +233,11 @@ def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
 class _Hooks:
     """Masking by forward pre-hooks: the whole network runs for every coalition."""
 
-    def __init__(self, model: nn.Module, points: tuple[MaskPoint, ...]) -> None:
+    def __init__(self, model: nn.Module, points: tuple[MaskPoint, ...], n_players: int) -> None:
         modules = dict(model.named_modules())
         self.modules = [modules[p.module] for p in points]
         self.points = points
+        self.owners = [channel_owner(p, n_players) for p in points]
         if any(isinstance(m, nn.MultiheadAttention) for m in modules.values()) and any(
             p.module.endswith("out_proj") for p in points
         ):
@@ -244,8 +246,8 @@ class _Hooks:
     def run(self, model: nn.Module, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         m, batch = masks.shape[0], x.shape[0]
         handles = []
-        for module, point in zip(self.modules, self.points, strict=True):
-            full = channel_mask(masks, point.player_of_channel).repeat_interleave(batch, dim=0)
+        for module, point, owner in zip(self.modules, self.points, self.owners, strict=True):
+            full = channel_mask(masks, owner).repeat_interleave(batch, dim=0)
 
             def hook(_mod, args, full=full, point=point):
                 inp = args[0]

@@ -84,7 +84,7 @@ class SplitModel:
         graph = gm.graph
         self.points = points
         self.n_players = n_players
-        self._one_channel_each = [_one_channel_each(p, n_players) for p in points]
+        self._owners = [channel_owner(p, n_players) for p in points]
         modules = dict(gm.named_modules())
         consumers = []
         for j, point in enumerate(points):
@@ -197,17 +197,10 @@ class SplitModel:
                 args.append(out.reshape(m * table.shape[1], *table.shape[2:]))
                 continue
             if e.point not in channel:
-                point = self.points[e.point]
-                direct = self._one_channel_each[e.point]
-                channel[e.point] = (
-                    masks.float() if direct else channel_mask(masks, point.player_of_channel)
-                )
+                channel[e.point] = channel_mask(masks, self._owners[e.point])
             mask = channel[e.point]
-            if e.kind == "weights" or (e.kind == "table" and _is_linear(e.module)):
-                args.append(_masked_linear(cache.tensors[e.source], mask, e.module))
-            elif e.kind == "table":  # too few coalitions for the table: run the consumer
-                masked = _masked_stack(cache.tensors[e.source], mask, e.batch_dim, e.channel_dim)
-                args.append(e.module(masked))
+            if e.kind != "input":  # "weights", or a table too costly for m coalitions
+                args.append(_masked_consumer(e, cache.tensors[e.source], mask))
             elif e.source >= 0:  # mask and stack the cached tensor in one broadcast multiply
                 args.append(
                     _masked_stack(cache.tensors[e.source], mask, e.batch_dim, e.channel_dim)
@@ -225,16 +218,23 @@ class SplitModel:
         return cache.tables[j]
 
 
-def channel_mask(masks: torch.Tensor, player_of_channel: torch.Tensor) -> torch.Tensor:
-    """(m, n) player masks -> (m, C) float channel masks; unowned channels (-1) are kept."""
+def channel_mask(masks: torch.Tensor, owner: torch.Tensor | None) -> torch.Tensor:
+    """(m, n) player masks -> (m, C) float channel masks; ``owner`` is a mask point's
+    ``player_of_channel`` as ``channel_owner`` gives it (None: channel c is player c's).
+    Unowned channels (-1) are kept."""
+    if owner is None:
+        return masks.float()
     keep_all = torch.ones(masks.shape[0], 1, dtype=torch.bool)
-    return torch.cat([masks, keep_all], dim=1)[:, player_of_channel].float()
+    return torch.cat([masks, keep_all], dim=1)[:, owner].float()
 
 
-def _one_channel_each(point: MaskPoint, n_players: int) -> bool:
-    """Whether channel c belongs to player c, for every channel (masks need no indexing)."""
+def channel_owner(point: MaskPoint, n_players: int) -> torch.Tensor | None:
+    """The point's ``player_of_channel``, or None where channel c is player c's for every
+    channel (the common case: then a channel mask is the player mask, with no indexing)."""
     owner = point.player_of_channel
-    return len(owner) == n_players and bool((owner == torch.arange(n_players)).all())
+    if len(owner) == n_players and bool((owner == torch.arange(n_players)).all()):
+        return None
+    return owner
 
 
 DECOMPOSE_GAIN = 2
@@ -252,10 +252,6 @@ convolutions of a ResNet (fan-in 9 C, C = n channels) run faster than their tabl
 
 def _table_pays(module, n: int, m: int) -> bool:
     return m * module.weight[0].numel() >= TABLE_READ_COST * (n + 1)
-
-
-def _is_linear(module) -> bool:
-    return isinstance(module, torch.nn.Linear)
 
 
 _LINEAR_CONSUMERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
@@ -283,6 +279,14 @@ def _weight_maskable(module, node: fx.Node, s2: dict, s3: dict) -> bool:
         return False
     src = node.args[0].name
     return _batch_dim(s2[src], s3[src]) == 0
+
+
+def _masked_consumer(e: _Edge, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Edge e's consumer on m masked copies of its cached input ``x``, stacked along the
+    batch: a linear layer with the mask on its weight's columns, any other on the copies."""
+    if isinstance(e.module, torch.nn.Linear):
+        return _masked_linear(x, mask, e.module)
+    return e.module(_masked_stack(x, mask, e.batch_dim, e.channel_dim))
 
 
 def _masked_linear(x: torch.Tensor, mask: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
