@@ -33,12 +33,12 @@ from captum.attr import ShapleyValueSampling
 from common import arguments, write_json
 from estimators import reference_values
 
-from shapprune.data import load_dataset
 from shapprune.estimators import estimate
-from shapprune.experiments import agreement
-from shapprune.game import PruningGame
-from shapprune.models import build_model
-from shapprune.train import pretrained
+from shapprune.evaluation.experiments import agreement
+from shapprune.game.pruning_game import PruningGame
+from shapprune.zoo.cache import pretrained
+from shapprune.zoo.data import load_dataset
+from shapprune.zoo.models import build_model
 
 RHO = 0.95
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from report import run_and_report
 
-from shapprune.compress import prune_model
-from shapprune.criteria import get_criterion
-from shapprune.data import load_dataset
-from shapprune.train import pretrained
+from shapprune.criteria.registry import get_criterion
+from shapprune.pruning.compress import prune_model
+from shapprune.zoo.cache import pretrained
+from shapprune.zoo.data import load_dataset
 
 CRITERIA = [
     ("random", {}),

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from report import run_and_report
 
-from shapprune.cli import DEMO_EXPERIMENT
-from shapprune.compare import check_resumable, run_compare
-from shapprune.config import parse_config
-from shapprune.report import write_outputs
+from shapprune.evaluation.compare import check_resumable, run_compare
+from shapprune.evaluation.config import parse_config
+from shapprune.evaluation.report import write_outputs
+from shapprune.jobs import DEMO_EXPERIMENT
 
 
 def _run(out: Path, docs: Path) -> None:

@@ -32,13 +32,13 @@ import torch
 from common import arguments, fmt_spread, spread, write_json
 from torch import nn
 
-from shapprune.criteria import score_layers
-from shapprune.data import DatasetSplits, load_dataset, reference_set
-from shapprune.measure import count_macs, count_params
-from shapprune.models import build_model
-from shapprune.plan import Target, make_plan, prunable_layers
-from shapprune.prune import apply_removals
-from shapprune.train import evaluate, pretrained
+from shapprune.criteria.registry import score_layers
+from shapprune.evaluation.measure import count_macs, count_params, evaluate
+from shapprune.pruning.plan import Target, make_plan, prunable_layers
+from shapprune.pruning.removal import apply_removals
+from shapprune.zoo.cache import pretrained
+from shapprune.zoo.data import DatasetSplits, load_dataset, reference_set
+from shapprune.zoo.models import build_model
 
 MODELS = ("lenet5", "tinycnn", "vgg", "resnet20", "vit")
 TARGETS = (0.3, 0.5, 0.7)  # fractions of the MACs removed

@@ -32,13 +32,13 @@ from pathlib import Path
 import torch
 from common import arguments, write_json
 
-from shapprune.data import load_dataset
 from shapprune.estimators import estimate
 from shapprune.estimators.permutation import min_budget
-from shapprune.game import PruningGame
-from shapprune.models import build_model
-from shapprune.plan import prunable_layers
-from shapprune.train import pretrained
+from shapprune.game.pruning_game import PruningGame
+from shapprune.pruning.plan import prunable_layers
+from shapprune.zoo.cache import pretrained
+from shapprune.zoo.data import load_dataset
+from shapprune.zoo.models import build_model
 
 BUDGET_PER_UNIT = 4  # evaluations per unit of a layer
 REFERENCE = 256  # images per game

@@ -22,12 +22,12 @@ import torch
 import torch.fx as fx
 from common import arguments, fmt_spread, spread, write_json
 
-from shapprune.data import load_dataset
-from shapprune.game import PruningGame
-from shapprune.models import build_model
-from shapprune.split import SplitModel, tile
-from shapprune.tracing import trace
-from shapprune.train import pretrained
+from shapprune.game.pruning_game import PruningGame
+from shapprune.game.split import SplitModel, tile
+from shapprune.game.tracing import trace
+from shapprune.zoo.cache import pretrained
+from shapprune.zoo.data import load_dataset
+from shapprune.zoo.models import build_model
 
 SECONDS_PER_RUN = 2.0
 LAYERS = [("lenet5", "conv2"), ("vgg", "features.11"), ("resnet20", "layer2.0.conv2")]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from shapprune.data import load_dataset
-from shapprune.train import recipe_for, train_by_recipe
+from shapprune.zoo.data import load_dataset
+from shapprune.zoo.training import recipe_for, train_by_recipe
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-import shapprune.train as train
+import shapprune.zoo.training as train
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

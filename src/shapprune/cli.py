@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +13,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from shapprune.jobs import DEMO_EXPERIMENT, rank_layer
+from shapprune.zoo.cache import load_model
 
 app = typer.Typer(
     add_completion=False,
@@ -100,23 +102,6 @@ def _cell_progress(label: str):
         yield update
 
 
-def load_model(model: str, data: str, seed: int = 0, root: str | None = None):
-    """A zoo model trained on ``data`` (cached), or a checkpoint file given by path."""
-    from .checkpoint import load_checkpoint
-    from .models import MODELS
-    from .train import pretrained
-
-    path = Path(model)
-    if path.suffix in (".json", ".safetensors") or path.exists() or "/" in model:
-        return load_checkpoint(path)
-    if model not in MODELS:
-        raise ValueError(
-            f"unknown model {model!r}: give a zoo name ({', '.join(sorted(MODELS))}) "
-            "or the path of a checkpoint (.json / .safetensors)"
-        )
-    return pretrained(model, data, seed=seed, root=root)
-
-
 def _write_json(out: Path, record: dict, force: bool) -> None:
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
@@ -124,47 +109,6 @@ def _write_json(out: Path, record: dict, force: bool) -> None:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(out)
-
-
-def rank_layer(
-    model_name: str,
-    data_name: str,
-    layer: str,
-    method: str,
-    budget: int | None,
-    seed: int,
-    metric: str = "loss",
-    per_class: int = 25,
-    root: str | None = None,
-    progress: Callable[[str, int], object] | None = None,
-) -> dict:
-    """Shapley values of ``layer``'s units on a reference set from the validation split."""
-    from .data import load_dataset, reference_set
-    from .estimators import default_budget, estimate
-    from .game import PruningGame
-
-    model, meta = load_model(model_name, data_name, root=root)
-    splits = load_dataset(data_name, root=root, seed=0)
-    ref = reference_set(splits.val, per_class=per_class, seed=seed)
-    game = PruningGame(model, layer, ref, metric=metric)
-    total = budget if budget is not None else default_budget(method, game.n_players)
-    if progress is None:
-        est = estimate(game, method, budget, seed)
-    else:
-        with progress(f"{method} on {layer}", total) as update:
-            est = estimate(game, method, budget, seed, progress=update)
-    record = {
-        "model": model_name,
-        "data": data_name,
-        "layer": layer,
-        "metric": metric,
-        "reference_examples": len(ref),
-        "players": game.players,
-        "prefix_cached": game.cached,
-        **est.to_dict(),
-        "model_metrics": meta.get("metrics", {}),
-    }
-    return record
 
 
 def _ranking_table(record: dict, show: int | None = None) -> Table:
@@ -235,9 +179,9 @@ def train(
     force: Annotated[bool, typer.Option(help="replace an existing checkpoint")] = False,
 ) -> None:
     """Train a zoo model and save it as safetensors weights plus a JSON description."""
-    from .checkpoint import save_checkpoint
-    from .models import MODELS
-    from .train import recipe_for, train_by_recipe
+    from shapprune.pruning.checkpoint import save_checkpoint
+    from shapprune.zoo.models import MODELS
+    from shapprune.zoo.training import recipe_for, train_by_recipe
 
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; known models: {', '.join(sorted(MODELS))}")
@@ -299,11 +243,11 @@ def prune(
     force: Annotated[bool, typer.Option(help="write into a non-empty --out folder")] = False,
 ) -> None:
     """Prune a model: score units, remove them, measure before and after."""
-    from .compress import prune_model
-    from .criteria import get_criterion
-    from .data import load_dataset
-    from .plan import Target
-    from .prune import save_pruned
+    from shapprune.criteria.registry import get_criterion
+    from shapprune.pruning.checkpoint import save_pruned
+    from shapprune.pruning.compress import prune_model
+    from shapprune.pruning.plan import Target
+    from shapprune.zoo.data import load_dataset
 
     parsed = Target.parse(target)
     if out.exists() and any(out.iterdir()) and not force:
@@ -360,9 +304,9 @@ def compare(
 
     Finished cells are saved as they complete; the same command again resumes.
     """
-    from .compare import check_resumable, run_compare
-    from .config import load_config
-    from .report import write_outputs
+    from shapprune.evaluation.compare import check_resumable, run_compare
+    from shapprune.evaluation.config import load_config
+    from shapprune.evaluation.report import write_outputs
 
     experiment = load_config(config)
     check_resumable(experiment, out)
@@ -386,9 +330,9 @@ def oracle(
     force: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
     """Oracle sets of a layer: for each k, the k units whose joint removal hurts least."""
-    from .data import load_dataset, reference_set
-    from .game import PruningGame
-    from .oracle import oracle_rank, oracle_sets
+    from shapprune.evaluation.oracle import oracle_rank, oracle_sets
+    from shapprune.game.pruning_game import PruningGame
+    from shapprune.zoo.data import load_dataset, reference_set
 
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
@@ -406,26 +350,6 @@ def oracle(
     console.print(f"{found.n_evals} evaluations; wrote {out}")
 
 
-DEMO_EXPERIMENT = {
-    "model": "lenet5",
-    "data": "mnist5k",
-    "layers": ["conv1", "conv2"],
-    "experiments": ["robustness", "rates", "oracle"],
-    "criteria": [
-        "random",
-        "weight-l1",
-        "taylor",
-        "sensitivity",
-        "apoz",
-        "lrp",
-        {"name": "shapley-permutation", "budget": 1000},
-    ],
-    "seeds": [0],
-    "rates": [0.0, 0.2, 0.4, 0.6, 0.8],
-    "oracle_ks": [1, 2, 3],
-}
-
-
 @app.command()
 def demo(
     budget: Annotated[int, typer.Option(help="coalition evaluations for the ranking")] = 5000,
@@ -436,9 +360,9 @@ def demo(
 ) -> None:
     """LeNet-5 on the embedded MNIST 5k: Shapley ranking of conv2, then criteria compared
     (layer-wise robustness, oracle sets, accuracy vs pruning rate) in a report with plots."""
-    from .compare import check_resumable, run_compare
-    from .config import parse_config
-    from .report import summarise, write_outputs
+    from shapprune.evaluation.compare import check_resumable, run_compare
+    from shapprune.evaluation.config import parse_config
+    from shapprune.evaluation.report import summarise, write_outputs
 
     start = time.perf_counter()
     record = rank_layer(

@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import kernel as _kernel
-from . import permutation as _permutation
-from ._budget import BudgetedGame, BudgetExceeded, Game
-from .exact import MAX_EXACT_PLAYERS, exact
-from .partial import deepest_affordable, loo, partial, partial_cost
+from shapprune.estimators import kernel as _kernel
+from shapprune.estimators import permutation as _permutation
+from shapprune.estimators._budget import BudgetedGame, BudgetExceeded, Game
+from shapprune.estimators.exact import MAX_EXACT_PLAYERS, exact
+from shapprune.estimators.partial import deepest_affordable, loo, partial, partial_cost
 
 METHODS = ("exact", "permutation", "kernel", "partial", "loo")
 

@@ -7,7 +7,7 @@ from itertools import combinations
 
 import numpy as np
 
-from ._budget import BudgetedGame
+from shapprune.estimators._budget import BudgetedGame
 
 MAX_EXACT_PLAYERS = 20
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._budget import BudgetedGame
+from shapprune.estimators._budget import BudgetedGame
 
 
 def min_budget(n: int) -> int:

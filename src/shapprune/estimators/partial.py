@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from ._budget import BudgetedGame
-from .exact import all_coalitions, shapley_from_sizes
+from shapprune.estimators._budget import BudgetedGame
+from shapprune.estimators.exact import all_coalitions, shapley_from_sizes
 
 
 def partial_sizes(n: int, k: int) -> list[int]:

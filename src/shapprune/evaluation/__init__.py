@@ -1,0 +1,2 @@
+"""Evaluation: what a pruned model costs and does, how close a ranking comes to the oracle,
+the papers' experiments, resumable comparisons, reports and plots."""

@@ -1,0 +1,241 @@
+"""The papers' experiments, as plain functions that return numbers.
+
+- Ancona et al. (2020): layer-wise robustness, the test-loss increase as one layer's units
+  are removed one by one, least important first, and the normalised area under it.
+- Hatefi et al. (2024): test accuracy against the pruning rate, and its mean over the rates.
+- Cost against benefit of the Shapley estimators: ranking quality per evaluation spent.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+
+from shapprune.estimators import estimate
+from shapprune.evaluation.measure import evaluate
+from shapprune.game.pruning_game import PruningGame
+from shapprune.pruning.plan import Target, make_plan
+from shapprune.pruning.removal import apply_removals
+from shapprune.zoo.data import Split
+
+DETERMINISTIC = ("exact", "partial", "loo")
+COST_FIELDS = ("n_evals", "seconds", "spearman", "kendall", "nrmse", "oracle_spearman")
+
+
+# --- Ancona et al.: layer-wise robustness -----------------------------------------------------
+
+
+def _check_ranking(ranking, n: int) -> np.ndarray:
+    order = np.asarray(ranking, dtype=np.int64).ravel()
+    if sorted(order.tolist()) != list(range(n)):
+        raise ValueError(
+            f"ranking must be a permutation of the layer's {n} unit indices "
+            f"(least important first); got {order.tolist()}"
+        )
+    return order
+
+
+def nested_masks(ranking: np.ndarray) -> torch.Tensor:
+    """Row j keeps every unit but the first j of ``ranking``: shape (n, n), True = kept."""
+    n = len(ranking)
+    pos = np.empty(n, dtype=np.int64)
+    pos[ranking] = np.arange(n)
+    return torch.as_tensor(pos[None, :] >= np.arange(n)[:, None])
+
+
+def robustness_curve(
+    model: nn.Module, layer: str, ranking, data, metric: str = "loss"
+) -> np.ndarray:
+    """Loss increase on ``data`` as ``layer``'s units go one by one in ``ranking`` order.
+
+    ``ranking`` lists the unit indices least important first. ``curve[j]`` is the mean
+    cross-entropy with the first j ranked units removed (no fine-tuning) minus that of the
+    intact model, for j = 0..n-1 (one unit always stays), so ``curve[0] == 0``. With
+    ``metric="accuracy"`` or ``"margin"`` it is the drop in that metric instead.
+    """
+    game = PruningGame(model, layer, data, metric=metric)
+    order = _check_ranking(ranking, game.n_players)
+    values = game.value(nested_masks(order)).numpy()
+    return values[0] - values  # L = -value for the loss: L(j) - L(0) = value(0) - value(j)
+
+
+def robustness_auc(curve: np.ndarray, normaliser: float | None = None) -> float:
+    """Normalised area under a robustness curve (lower is better).
+
+    The area is the trapezoid rule over the fraction removed, x = j/n for j = 0..n-1, and is
+    divided by the rectangle ``normaliser * (n-1)/n``: ``normaliser`` is a loss increase
+    (default ``curve[-1]``, the increase with all but one unit removed). To compare criteria
+    on one layer, pass them all the same normaliser (see :func:`robustness_table`).
+    A one-unit curve, or a zero normaliser, gives 0 and nan respectively.
+    """
+    curve = np.asarray(curve, dtype=np.float64).ravel()
+    n = len(curve)
+    if n == 0:
+        raise ValueError("the curve is empty")
+    if n == 1:
+        return 0.0
+    x = np.arange(n) / n
+    area = float(np.sum((curve[1:] + curve[:-1]) / 2 * np.diff(x)))
+    height = float(curve[-1]) if normaliser is None else float(normaliser)
+    box = height * x[-1]
+    return area / box if box != 0 else math.nan
+
+
+def robustness_table(curves: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """AUC of each criterion's curve on one layer, all divided by one shared constant.
+
+    The constant is the largest loss increase seen in any of the curves (max over criteria
+    of ``max(curve)``), so each AUC lies in [0, 1] for non-negative curves, and the numbers
+    can be compared across criteria (a curve twice another gets twice its AUC).
+    """
+    if not curves:
+        return {}
+    shared = max(float(np.max(c)) for c in curves.values())
+    return {name: robustness_auc(c, shared) for name, c in curves.items()}
+
+
+# --- Hatefi et al.: accuracy against the pruning rate -----------------------------------------
+
+
+def accuracy_vs_rate(
+    model: nn.Module,
+    scores: Mapping[str, np.ndarray],
+    rates: Sequence[float],
+    test: Split,
+    example: torch.Tensor,
+    *,
+    global_: bool = False,
+    normalisation: str = "l1",
+) -> list[float]:
+    """Test accuracy after removing the lowest-scored fraction r of units, for each rate r.
+
+    ``scores`` maps layers to one score per unit (higher = more important), computed once.
+    Per layer, each layer loses the fraction r; with ``global_`` units compete across layers
+    on ``normalisation``-normalised scores. Units are physically removed, no fine-tuning;
+    r = 0 is the intact model.
+    """
+    accs = []
+    for r in rates:
+        if not 0 <= r < 1:
+            raise ValueError(f"pruning rates must lie in [0, 1), got {r}")
+        if r == 0:
+            pruned = model
+        else:
+            plan = make_plan(
+                model,
+                scores,
+                Target("channels", float(r)),
+                example,
+                global_=global_,
+                normalisation=normalisation,
+            )
+            pruned = apply_removals(model, plan.removals, example, mode="remove")
+        accs.append(float(evaluate(pruned, test)["accuracy"]))
+    return accs
+
+
+def mean_accuracy(accs: Sequence[float]) -> float:
+    """Hatefi et al.'s area under the accuracy-vs-rate curve: the mean over the rates."""
+    if len(accs) == 0:
+        raise ValueError("no accuracies given")
+    return float(np.mean(accs))
+
+
+# --- estimators: cost against benefit ---------------------------------------------------------
+
+
+def _positions(ranking: np.ndarray) -> np.ndarray:
+    pos = np.empty(len(ranking), dtype=np.int64)
+    pos[np.asarray(ranking, dtype=np.int64)] = np.arange(len(ranking))
+    return pos
+
+
+def agreement(values: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """How closely estimated values follow reference values: Spearman and Kendall rank
+    correlations, and the RMSE divided by the reference's standard deviation (nRMSE)."""
+    values, reference = np.asarray(values, np.float64), np.asarray(reference, np.float64)
+    rmse = float(np.sqrt(np.mean((values - reference) ** 2)))
+    std = float(np.std(reference))
+    with warnings.catch_warnings():  # a constant estimate has no rank correlation: nan
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        rho = float(stats.spearmanr(values, reference)[0])
+        tau = float(stats.kendalltau(values, reference)[0])
+    return {"spearman": rho, "kendall": tau, "nrmse": rmse / std if std > 0 else math.nan}
+
+
+def cost_benefit(
+    game,
+    methods: Sequence[str],
+    budgets: Sequence[int],
+    seeds: Sequence[int],
+    reference: np.ndarray,
+    oracle_ranking: np.ndarray | None = None,
+) -> list[dict]:
+    """One record per (method, budget, seed): evaluations and seconds spent, and agreement
+    with ``reference`` values (Spearman, Kendall, RMSE / std of the reference).
+
+    With ``oracle_ranking`` (unit indices, least important first) a record also has
+    ``oracle_spearman``, the Spearman correlation between the estimated values and the
+    oracle positions (i.e. between the two rankings, with tied estimates kept tied, so a
+    constant estimate gives nan rather than the index order).
+    Deterministic methods (exact, partial, loo) run with the first seed only; a budget
+    below a method's minimum is skipped.
+    """
+    reference = np.asarray(reference, dtype=np.float64)
+    oracle_pos = None if oracle_ranking is None else _positions(np.asarray(oracle_ranking))
+    rows = []
+    for method in methods:
+        for budget in budgets:
+            for seed in seeds[:1] if method in DETERMINISTIC else seeds:
+                try:
+                    est = estimate(game, method, budget=int(budget), seed=int(seed))
+                except ValueError as err:
+                    if "too small" in str(err):
+                        break  # the budget is below the method's minimum: no record
+                    raise
+                row = {
+                    "method": method,
+                    "budget": int(budget),
+                    "seed": int(seed),
+                    "n_evals": int(est.n_evals),
+                    "seconds": float(est.seconds),
+                    **agreement(est.values, reference),
+                }
+                if oracle_pos is not None:  # tied estimates stay tied: no index tie-break
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+                        rho = stats.spearmanr(np.asarray(est.values), oracle_pos)[0]
+                    row["oracle_spearman"] = float(rho)
+                rows.append(row)
+    return rows
+
+
+def summarise(rows: Sequence[Mapping]) -> list[dict]:
+    """Group records by (method, budget): count, and mean and std of each numeric field.
+
+    Fields come out as ``<field>_mean`` and ``<field>_std`` (population std, 0 for one run),
+    in the order the groups first appear.
+    """
+    groups: dict[tuple, list[Mapping]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["budget"]), []).append(row)
+    out = []
+    for (method, budget), members in groups.items():
+        summary: dict = {"method": method, "budget": budget, "runs": len(members)}
+        for key in members[0]:
+            if key in ("method", "budget", "seed"):
+                continue
+            vals = [m[key] for m in members if isinstance(m.get(key), int | float)]
+            if not vals:
+                continue
+            arr = np.asarray(vals, dtype=np.float64)
+            summary[f"{key}_mean"] = float(np.mean(arr))
+            summary[f"{key}_std"] = float(np.std(arr))
+        out.append(summary)
+    return out

@@ -1,0 +1,92 @@
+"""What a model costs and how well it does: parameters, MACs, latency, accuracy, loss."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+from shapprune.zoo.data import Split
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (CPU for a model without any)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@torch.inference_mode()
+def _evaluate(model: nn.Module, split: Split, batch_size: int) -> dict[str, float]:
+    device = device_of(model)
+    total_loss, correct = 0.0, 0
+    for i in range(0, len(split), batch_size):
+        x, y = split.x[i : i + batch_size].to(device), split.y[i : i + batch_size].to(device)
+        logits = model(x)
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += int((logits.argmax(dim=1) == y).sum().item())
+    n = max(len(split), 1)
+    return {"accuracy": correct / n, "loss": total_loss / n, "n": len(split)}
+
+
+def evaluate(model: nn.Module, split: Split, batch_size: int = 512) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``split`` (in eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _evaluate(model, split, batch_size)
+    finally:
+        model.train(was_training)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass on ``example`` (batch of one), per
+    torch-pruning's counter."""
+    was_training = model.training
+    model.eval()
+    try:
+        macs, _ = tp.utils.count_ops_and_params(model, example[:1])
+    finally:
+        model.train(was_training)
+    return int(macs)
+
+
+def latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time in seconds of one forward pass on ``example`` (CPU, inference mode)."""
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + repeats):
+                start = time.perf_counter()
+                model(example)
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    return statistics.median(times)
+
+
+def measure(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, latency_batch: int = 64
+) -> dict[str, float]:
+    """Accuracy, loss, parameters, MACs (per example) and median CPU latency (batch 1 and
+    ``latency_batch``) of ``model`` on (x, y)."""
+    quality = evaluate(model, Split(x, y))
+    return {
+        "accuracy": quality["accuracy"],
+        "loss": quality["loss"],
+        "params": count_params(model),
+        "macs": count_macs(model, x),
+        "latency_ms_b1": 1e3 * latency(model, x[:1]),
+        f"latency_ms_b{latency_batch}": 1e3 * latency(model, x[:latency_batch], repeats=10),
+    }

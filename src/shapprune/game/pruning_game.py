@@ -1,0 +1,265 @@
+"""The pruning game: a coalition of a layer's units -> the network's performance.
+
+``PruningGame(model, layer, data)`` makes the units of one layer the players. A coalition
+(a boolean mask, True = kept) is valued by running the network with the other units
+removed, in effect: they are zeroed where they enter their consumers, which computes
+exactly what the physically pruned network computes. The value is minus the mean
+cross-entropy (``metric="loss"``), the accuracy, or the mean correct-class margin, on
+exactly the data given.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from shapprune.game.split import SplitModel, channel_mask, channel_owner
+from shapprune.game.tracing import trace
+from shapprune.game.units import MaskPoint, Units, find_units
+
+METRICS = ("loss", "accuracy", "margin")
+WORKING_SET_BYTES = 16 * 2**20  # activations per stacked pass, by default
+
+
+def metric_sums(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
+    """Sum over examples of the metric, per coalition: logits (m, B, K), y (B,) -> (m,).
+
+    Per-example terms are computed in the logits' precision (the loss by a max-shifted
+    log-sum-exp, which is accurate in float32) and summed in float64. With a handful of
+    classes this is several times faster than ``torch.logsumexp`` over the last dimension.
+    """
+    m, batch, k = logits.shape
+    flat = logits.reshape(m * batch, k)
+    index = y.repeat(m).view(-1, 1)
+    if metric == "accuracy":
+        return (flat.argmax(dim=1) == index.squeeze(1)).view(m, batch).sum(dim=1).double()
+    correct = flat.gather(1, index).squeeze(1)
+    if metric == "loss":
+        top = flat.amax(dim=1, keepdim=True)
+        log_sum = (flat - top).exp_().sum(dim=1).log_().add_(top.squeeze(1))
+        per_example = (correct - log_sum).double()
+    else:
+        others = flat.scatter(1, index, -math.inf)
+        per_example = (correct - others.amax(dim=1)).double()
+    return per_example.view(m, batch).sum(dim=1)
+
+
+def as_data(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` from a pair of tensors or an object with ``.x`` and ``.y``, checked."""
+    if hasattr(data, "x") and hasattr(data, "y"):
+        data = (data.x, data.y)
+    if not (isinstance(data, Sequence) and len(data) == 2):
+        raise TypeError("data must be a pair (x, y) of tensors, or have .x and .y")
+    x, y = (torch.as_tensor(t) for t in data)
+    if x.shape[0] != y.shape[0] or y.dim() != 1 or x.shape[0] == 0:
+        raise ValueError(
+            f"data must be x of shape (N, ...) and labels y of shape (N,), N >= 1; "
+            f"got x {tuple(x.shape)} and y {tuple(y.shape)}"
+        )
+    return x.float(), y.long()
+
+
+class PruningGame:
+    """The cooperative game whose players are the prunable units of one layer.
+
+    Args:
+        model: the network (it is not modified; the game works on a copy in eval mode).
+        layer: a module name from ``model.named_modules()``: a convolution (its output
+            channels are the players), a linear layer (its output neurons) or an
+            attention module (its heads).
+        data: ``(x, y)`` tensors, or an object with ``.x`` and ``.y``.
+        metric: "loss" (minus mean cross-entropy), "accuracy" or "margin".
+        batch_size: most examples per pass (the prefix cache holds all of them); fewer
+            if one coalition's pass over that many would exceed ``memory_mb``.
+        memory_mb: bound on the activation memory of one stacked evaluation (by the
+            estimate ``bytes per example x examples per pass x coalitions per pass``),
+            and on the per-player output tables kept for the layer's first consumers.
+        max_stack: most coalitions evaluated in one forward pass (1 = no stacking); by
+            default as many as fit in ``WORKING_SET_BYTES`` of activations.
+        cache: keep the activations that enter the layer's consumers (prefix caching).
+        decompose: evaluate linear first consumers from per-player output tables.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str,
+        data,
+        metric: str = "loss",
+        *,
+        batch_size: int = 512,
+        memory_mb: float = 512.0,
+        max_stack: int | None = None,
+        cache: bool = True,
+        decompose: bool = True,
+    ) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+        if batch_size < 1 or memory_mb <= 0 or (max_stack is not None and max_stack < 1):
+            raise ValueError("batch_size and max_stack must be >= 1 and memory_mb > 0")
+        self.x, self.y = as_data(data)
+        self.metric = metric
+        self.layer = layer
+        self.model = copy.deepcopy(model).eval()
+        self.units: Units = find_units(self.model, layer, self.x[: min(2, len(self.x))])
+        self.memory_bytes = memory_mb * 2**20
+        self.max_stack = max_stack
+        self.n_evals = 0
+        self._split: SplitModel | None = None
+        if cache:
+            try:
+                self._split = SplitModel(
+                    trace(self.model),
+                    self.units.mask_points,
+                    self.x,
+                    self.n_players,
+                    table_bytes=self.memory_bytes / len(self.x) if decompose else 0.0,
+                )
+            except Exception as err:  # untraceable model: fall back to full forward passes
+                warnings.warn(
+                    f"prefix caching is off for this model ({type(err).__name__}: {err}); "
+                    "each coalition runs the whole network",
+                    stacklevel=2,
+                )
+        if self._split is not None:
+            per_example = self._split.bytes_per_example
+        else:
+            per_example = _activation_bytes(self.model, self.x[:1])
+        # one coalition's pass must fit the memory budget: fewer examples per pass if not
+        self.batch_size = max(
+            1, min(batch_size, len(self.x), int(self.memory_bytes // per_example))
+        )
+        self._chunks = [
+            (self.x[i : i + self.batch_size], self.y[i : i + self.batch_size])
+            for i in range(0, len(self.x), self.batch_size)
+        ]
+        if self._split is not None:
+            self._caches = [self._split.prepare(x) for x, _ in self._chunks]
+        else:
+            self._hooks = _Hooks(self.model, self.units.mask_points, self.n_players)
+        self._per_coalition = per_example * self.batch_size
+
+    @property
+    def n_players(self) -> int:
+        return self.units.n_players
+
+    @property
+    def players(self) -> list[str]:
+        return self.units.names
+
+    @property
+    def cached(self) -> bool:
+        """Whether the prefix activations are cached (the model could be traced)."""
+        return self._split is not None
+
+    @property
+    def decomposed(self) -> int:
+        """How many masked consumers may be evaluated from per-player output tables (a
+        linear layer's output for any coalition is the sum of its kept players'
+        contributions); each is, in passes with enough coalitions to repay reading it."""
+        if self._split is None:
+            return 0
+        return sum(e.kind == "table" for e in self._split.edges)
+
+    def stack_size(self) -> int:
+        """Coalitions evaluated per forward pass, within the memory budget.
+
+        By default a pass works on about ``WORKING_SET_BYTES`` of activations: on a CPU,
+        larger stacks fall out of cache and run slower per coalition, not faster.
+        """
+        fit = max(1, int(self.memory_bytes // self._per_coalition))
+        if self.max_stack:
+            return min(fit, self.max_stack)
+        return min(fit, max(1, int(WORKING_SET_BYTES // self._per_coalition)))
+
+    def value(self, masks: torch.Tensor) -> torch.Tensor:
+        """Value of each coalition: masks (n,) or (m, n), True = kept -> () or (m,) float64."""
+        masks = torch.as_tensor(masks)
+        if masks.dtype != torch.bool:
+            raise TypeError(f"masks must be a bool tensor (True = kept), got {masks.dtype}")
+        single = masks.dim() == 1
+        masks = masks.reshape(-1, masks.shape[-1]) if masks.dim() else masks
+        if masks.dim() != 2 or masks.shape[1] != self.n_players:
+            raise ValueError(
+                f"masks must have shape ({self.n_players},) or (m, {self.n_players}) for the "
+                f"{self.n_players} players of {self.layer!r}; got {tuple(masks.shape)}"
+            )
+        totals = torch.zeros(masks.shape[0], dtype=torch.float64)
+        step = self.stack_size()
+        for c, (_, y) in enumerate(self._chunks):
+            for start in range(0, masks.shape[0], step):
+                sub = masks[start : start + step]
+                logits = self._logits(c, sub)
+                totals[start : start + len(sub)] += metric_sums(logits, y, self.metric)
+        self.n_evals += masks.shape[0]
+        values = totals / len(self.x)
+        return values[0] if single else values
+
+    def logits(self, mask: torch.Tensor) -> torch.Tensor:
+        """The network's outputs (N, K) on the game's data with only ``mask``'s units kept."""
+        mask = torch.as_tensor(mask, dtype=torch.bool).reshape(1, self.n_players)
+        return torch.cat([self._logits(c, mask)[0] for c in range(len(self._chunks))])
+
+    def _logits(self, chunk: int, masks: torch.Tensor) -> torch.Tensor:
+        if self._split is not None:
+            return self._split.run(self._caches[chunk], masks)
+        return self._hooks.run(self.model, self._chunks[chunk][0], masks)
+
+
+def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of all module outputs in one forward pass on ``x`` (one example)."""
+    total = 0
+
+    def count(_module, _args, out) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel() * out.element_size()
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total, 4)
+
+
+class _Hooks:
+    """Masking by forward pre-hooks: the whole network runs for every coalition."""
+
+    def __init__(self, model: nn.Module, points: tuple[MaskPoint, ...], n_players: int) -> None:
+        modules = dict(model.named_modules())
+        self.modules = [modules[p.module] for p in points]
+        self.points = points
+        self.owners = [channel_owner(p, n_players) for p in points]
+        if any(isinstance(m, nn.MultiheadAttention) for m in modules.values()) and any(
+            p.module.endswith("out_proj") for p in points
+        ):
+            raise ValueError("masking nn.MultiheadAttention heads needs a traceable model")
+
+    def run(self, model: nn.Module, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        m, batch = masks.shape[0], x.shape[0]
+        handles = []
+        for module, point, owner in zip(self.modules, self.points, self.owners, strict=True):
+            full = channel_mask(masks, owner).repeat_interleave(batch, dim=0)
+
+            def hook(_mod, args, full=full, point=point):
+                inp = args[0]
+                shape = [1] * inp.dim()
+                shape[0], shape[point.channel_dim] = full.shape[0], full.shape[1]
+                return (inp * full.reshape(shape),) + tuple(args[1:])
+
+            handles.append(module.register_forward_pre_hook(hook))
+        try:
+            with torch.inference_mode():
+                logits = model(x.repeat(m, *[1] * (x.dim() - 1)))
+        finally:
+            for h in handles:
+                h.remove()
+        return logits.reshape(m, batch, -1)

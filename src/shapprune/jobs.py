@@ -1,0 +1,69 @@
+"""The jobs behind the command line, callable from Python: rank a layer, the demo's experiment."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from shapprune.estimators import default_budget, estimate
+from shapprune.game.pruning_game import PruningGame
+from shapprune.zoo.cache import load_model
+from shapprune.zoo.data import load_dataset, reference_set
+
+__all__ = ["DEMO_EXPERIMENT", "rank_layer"]
+
+
+def rank_layer(
+    model_name: str,
+    data_name: str,
+    layer: str,
+    method: str,
+    budget: int | None,
+    seed: int,
+    metric: str = "loss",
+    per_class: int = 25,
+    root: str | None = None,
+    progress: Callable[[str, int], object] | None = None,
+) -> dict:
+    """Shapley values of ``layer``'s units on a reference set from the validation split."""
+    model, meta = load_model(model_name, data_name, root=root)
+    splits = load_dataset(data_name, root=root, seed=0)
+    ref = reference_set(splits.val, per_class=per_class, seed=seed)
+    game = PruningGame(model, layer, ref, metric=metric)
+    total = budget if budget is not None else default_budget(method, game.n_players)
+    if progress is None:
+        est = estimate(game, method, budget, seed)
+    else:
+        with progress(f"{method} on {layer}", total) as update:
+            est = estimate(game, method, budget, seed, progress=update)
+    record = {
+        "model": model_name,
+        "data": data_name,
+        "layer": layer,
+        "metric": metric,
+        "reference_examples": len(ref),
+        "players": game.players,
+        "prefix_cached": game.cached,
+        **est.to_dict(),
+        "model_metrics": meta.get("metrics", {}),
+    }
+    return record
+
+
+DEMO_EXPERIMENT = {
+    "model": "lenet5",
+    "data": "mnist5k",
+    "layers": ["conv1", "conv2"],
+    "experiments": ["robustness", "rates", "oracle"],
+    "criteria": [
+        "random",
+        "weight-l1",
+        "taylor",
+        "sensitivity",
+        "apoz",
+        "lrp",
+        {"name": "shapley-permutation", "budget": 1000},
+    ],
+    "seeds": [0],
+    "rates": [0.0, 0.2, 0.4, 0.6, 0.8],
+    "oracle_ks": [1, 2, 3],
+}

@@ -1,0 +1,133 @@
+"""Model files: safetensors weights plus a JSON description that rebuilds the model.
+
+The JSON names the zoo (or ``torchvision:``) model and its build config; for a pruned
+model it also holds the pruning history, which is replayed on the freshly built model to
+recover the pruned architecture before the weights are loaded. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shapprune.pruning.removal import history, replay
+from shapprune.version import __version__
+from shapprune.zoo.models import build_model
+
+CHECKPOINT_FORMAT = "shapprune.checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+    """(``.safetensors``, ``.json``) paths for a prefix or either file."""
+    path = Path(path)
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix("")
+    return path.parent / (path.name + ".safetensors"), path.parent / (path.name + ".json")
+
+
+def save_checkpoint(
+    path_prefix: str | Path,
+    model: nn.Module,
+    *,
+    name: str,
+    config: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    dataset: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, Path]:
+    """Write ``<prefix>.safetensors`` (weights) and ``<prefix>.json`` (how to rebuild them).
+
+    ``config`` holds the :func:`build_model` keywords; ``extra`` adds top-level JSON fields.
+    """
+    from safetensors.torch import save_file
+
+    st_path, json_path = checkpoint_paths(path_prefix)
+    meta: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "model": name,
+        "config": dict(config),
+        "dataset": dataset,
+        "metrics": dict(metrics),
+        "shapprune_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    clash = set(extra or {}) & set(meta)
+    if clash:
+        raise ValueError(f"extra checkpoint fields {sorted(clash)} clash with reserved fields")
+    meta.update(extra or {})
+    text = json.dumps(meta, indent=2, sort_keys=False)  # fails early if not JSON-serialisable
+    if not overwrite:
+        for p in (st_path, json_path):
+            if p.exists():
+                raise FileExistsError(f"{p} already exists; pass overwrite=True to replace it")
+    st_path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(tensors, str(st_path), metadata={"format": "pt", "model": name})
+    json_path.write_text(text + "\n", encoding="utf-8")
+    return st_path, json_path
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model saved by :func:`save_checkpoint` from its prefix, .json or .safetensors."""
+    from safetensors.torch import load_file
+
+    st_path, json_path = checkpoint_paths(path)
+    if not json_path.is_file():
+        raise FileNotFoundError(f"checkpoint metadata {json_path} not found")
+    if not st_path.is_file():
+        raise FileNotFoundError(f"checkpoint weights {st_path} not found")
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{json_path} is not valid JSON: {err}") from None
+    if not isinstance(meta, dict) or "model" not in meta or "config" not in meta:
+        raise ValueError(f"{json_path} is not a shapprune checkpoint (needs 'model' and 'config')")
+    try:
+        state = load_file(str(st_path), device="cpu")
+    except Exception as err:  # safetensors raises its own error type for malformed files
+        raise ValueError(f"{st_path} is not a valid safetensors file: {err}") from None
+    model = build_model(meta["model"], **meta["config"])
+    pruning = meta.get("pruning")
+    if pruning:  # rebuild the pruned architecture by replaying its history
+        example = torch.zeros(2, *pruning["input_shape"])
+        replay(model, pruning["history"], example)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{st_path} does not fit model {meta['model']!r} built from {json_path}: {err}"
+        ) from None
+    return model.eval(), meta
+
+
+def save_pruned(
+    path_prefix,
+    model: nn.Module,
+    *,
+    base: Mapping,
+    input_shape: Sequence[int],
+    metrics: Mapping | None = None,
+    dataset: str | None = None,
+    overwrite: bool = False,
+):
+    """Save a pruned model: safetensors weights plus JSON with the base model's name and
+    config and the pruning history that rebuilds its architecture (no pickle)."""
+    pruning = {"history": history(model), "input_shape": list(input_shape)}
+    return save_checkpoint(
+        path_prefix,
+        model,
+        name=base["model"],
+        config=base["config"],
+        metrics=dict(metrics or {}),
+        dataset=dataset,
+        extra={"pruning": pruning},
+        overwrite=overwrite,
+    )

@@ -1,0 +1,130 @@
+"""The whole job: score, plan, prune (one-shot or iterative), fine-tune, measure."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from shapprune.evaluation.measure import measure
+from shapprune.pruning.plan import Target, make_plan, prunable_layers
+from shapprune.pruning.removal import apply_removals, history
+from shapprune.zoo.data import DatasetSplits, reference_set
+
+
+def select_layers(
+    model: nn.Module, example: torch.Tensor, layers: Sequence[str] | None
+) -> list[str]:
+    """The layers to prune: the given ones (checked), else every prunable layer."""
+    available = prunable_layers(model, example)
+    if not layers:
+        return list(available)
+    unknown = [name for name in layers if name not in available]
+    if unknown:
+        raise ValueError(
+            f"not prunable layer(s): {', '.join(unknown)}; prunable layers: " + ", ".join(available)
+        )
+    return list(layers)
+
+
+def prune_model(
+    model: nn.Module,
+    data: DatasetSplits,
+    criterion,
+    target: Target | str,
+    *,
+    layers: Sequence[str] | None = None,
+    global_: bool = False,
+    steps: int = 1,
+    normalisation: str = "l1",
+    mode: str = "remove",
+    per_class: int = 25,
+    seed: int = 0,
+    finetune_epochs: int = 0,
+    finetune_lr: float = 1e-3,
+    report: Callable[[str], None] | None = None,
+) -> tuple[nn.Module, dict]:
+    """Prune ``model`` by ``criterion`` (an object with ``score(model, layer, data, seed)``)
+    until ``target`` is met; return the pruned model and a summary of before/after.
+
+    Scores come from ``per_class`` reference examples per class of the validation split.
+    With ``steps`` > 1, the target is reached in equal steps and the scores are computed
+    anew on the pruned network before each step. The test split measures the result.
+    """
+    target = Target.parse(target) if isinstance(target, str | float) else target
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if mode == "mask" and steps > 1:
+        raise ValueError("iterative pruning (steps > 1) needs mode='remove'")
+    say = report or (lambda _msg: None)
+    example = data.val.x[:2]
+    ref = reference_set(data.val, per_class=per_class, seed=seed)
+    chosen = select_layers(model, example, layers)
+    start = time.perf_counter()
+    current, plans = model, []
+    for step in range(1, steps + 1):
+        step_target = _step_target(target, step, steps)
+        scores = {}
+        for name in chosen:
+            say(f"step {step}/{steps}: scoring {name}")
+            scores[name] = np.asarray(criterion.score(current, name, (ref.x, ref.y), seed=seed))
+        plan = make_plan(
+            current,
+            scores,
+            step_target,
+            example,
+            global_=global_,
+            normalisation=normalisation,
+            baseline=model,
+        )
+        current = apply_removals(current, plan.removals, example, mode=mode)
+        plans.append({**plan.to_dict(), "scores": {k: v.tolist() for k, v in scores.items()}})
+    score_seconds = time.perf_counter() - start
+    if finetune_epochs > 0:
+        from shapprune.zoo.training import train_model
+
+        say(f"fine-tuning for {finetune_epochs} epochs")
+        current.train()
+        train_model(current, data, epochs=finetune_epochs, lr=finetune_lr, seed=seed)
+        current.eval()
+    before = measure(model, data.test.x, data.test.y)
+    after = measure(current, data.test.x, data.test.y)
+    summary = {
+        "target": str(target),
+        "criterion": getattr(criterion, "name", type(criterion).__name__),
+        "layers": chosen,
+        "global": global_,
+        "steps": steps,
+        "mode": mode,
+        "reference_examples": len(ref),
+        "finetune_epochs": finetune_epochs,
+        "seconds_scoring_and_planning": score_seconds,
+        "before": before,
+        "after": after,
+        "removed": _removed_by_layer(plans),
+        "history": history(current),
+        "plans": plans,
+    }
+    return current, summary
+
+
+def _step_target(target: Target, step: int, steps: int) -> Target:
+    """The cumulative target after ``step`` of ``steps``: for params and MACs a fraction of
+    the original model; for channels, the fraction of the current units that leaves the
+    overall fraction after the last step."""
+    if steps == 1:
+        return target
+    if target.kind == "channels":
+        return Target("channels", 1 - (1 - target.fraction) ** (1 / steps))
+    return Target(target.kind, target.fraction * step / steps)
+
+
+def _removed_by_layer(plans: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for plan in plans:
+        for layer, units in plan["removals"].items():
+            out[layer] = out.get(layer, 0) + len(units)
+    return out

@@ -1,0 +1,229 @@
+"""From scores to a plan: which units of which layers go.
+
+A target is a fraction of the model's channels (units), parameters or MACs. Per layer,
+every selected layer loses the same fraction of its units (or its own ratio); globally,
+units of all selected layers compete on per-layer normalised scores. A layer is never
+emptied, and the classifier's outputs are never players. Parameter and MAC targets are
+met by bisection on the amount removed, measuring each candidate on a pruned copy.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from shapprune.evaluation.measure import count_macs, count_params
+from shapprune.game.units import Units, build_graph, candidate_layers, find_units, is_attention
+from shapprune.pruning.removal import apply_removals
+
+TARGET_KINDS = ("channels", "params", "macs")
+NORMALISATIONS = ("l1", "l2", "max", "rank", "none")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Remove ``fraction`` of the model's ``kind`` (channels, params or macs)."""
+
+    kind: str
+    fraction: float
+
+    @classmethod
+    def parse(cls, text: str | float) -> Target:
+        """``"macs=0.5"``, ``"params=0.3"``, ``"channels=0.5"`` or a bare fraction (channels)."""
+        kind, _, value = str(text).rpartition("=")
+        kind = kind or "channels"
+        if kind not in TARGET_KINDS:
+            raise ValueError(f"unknown target {kind!r}; use one of {', '.join(TARGET_KINDS)}")
+        try:
+            fraction = float(value)
+        except ValueError:
+            raise ValueError(f"target {text!r} needs a number, like macs=0.5") from None
+        if not 0 < fraction < 1:
+            raise ValueError(f"the pruning ratio must lie in (0, 1), got {fraction}")
+        return cls(kind, fraction)
+
+    def __str__(self) -> str:
+        return f"{self.kind}={self.fraction:g}"
+
+
+@dataclass
+class Plan:
+    """The units to remove, per layer (indices into each layer's players)."""
+
+    removals: dict[str, list[int]]
+    target: str
+    achieved: float  # the fraction of the target's quantity that the plan removes
+    global_: bool
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_removed(self) -> int:
+        return sum(len(v) for v in self.removals.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "removals": self.removals,
+            "target": self.target,
+            "achieved": self.achieved,
+            "global": self.global_,
+            **self.info,
+        }
+
+
+def prunable_layers(model: nn.Module, example: torch.Tensor) -> dict[str, Units]:
+    """The layers whose units can be removed: one representative per coupled group.
+
+    Convolutions (channels), linear layers (neurons; not the classifier's outputs and not
+    the projections inside attention modules) and attention modules (heads).
+    """
+    attention = [n for n, m in model.named_modules() if n and is_attention(m)]
+    out: dict[str, Units] = {}
+    seen: set[frozenset[str]] = set()
+    graph = build_graph(model, example)  # built once, shared by every layer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in candidate_layers(model):
+            if any(name.startswith(a + ".") for a in attention):
+                continue
+            try:
+                units = find_units(model, name, example, graph)
+            except ValueError:  # the classifier, or units mixed by a LayerNorm
+                continue
+            key = frozenset(units.coupled) if units.kind != "heads" else frozenset([name])
+            if key in seen:
+                continue
+            seen.add(key)
+            out[name] = units
+    return out
+
+
+def normalise(scores: np.ndarray, how: str) -> np.ndarray:
+    """Per-layer normalisation, so that units of different layers can be compared."""
+    s = np.asarray(scores, dtype=np.float64)
+    if how == "l1":
+        return s / max(np.abs(s).sum(), 1e-12)
+    if how == "l2":
+        return s / max(np.sqrt((s**2).sum()), 1e-12)
+    if how == "max":
+        return s / max(np.abs(s).max(), 1e-12)
+    if how == "rank":
+        return (np.argsort(np.argsort(s, kind="stable"), kind="stable") + 1) / len(s)
+    if how == "none":
+        return s
+    raise ValueError(f"unknown normalisation {how!r}; use one of {', '.join(NORMALISATIONS)}")
+
+
+def _lowest(scores: np.ndarray, k: int) -> list[int]:
+    return sorted(np.argsort(scores, kind="stable")[:k].tolist())
+
+
+def make_plan(
+    model: nn.Module,
+    scores: Mapping[str, np.ndarray],
+    target: Target | str,
+    example: torch.Tensor,
+    *,
+    global_: bool = False,
+    normalisation: str = "l1",
+    ratios: Mapping[str, float] | None = None,
+    apply: Callable[[nn.Module, dict[str, list[int]]], nn.Module] | None = None,
+    baseline: nn.Module | None = None,
+) -> Plan:
+    """Choose the units to remove from ``scores`` (layer -> one score per unit, higher =
+    more important) so that ``target`` is met.
+
+    ``ratios`` gives each layer its own fraction of units instead (per-layer mode).
+    ``apply(model, removals)`` returns a pruned copy, on which params/MACs targets are
+    measured (default: physical removal, ``prune.apply_removals``);
+    ``baseline`` is the model the target's fraction refers to (default: ``model``).
+    """
+    target = Target.parse(target) if isinstance(target, str | float) else target
+    if normalisation not in NORMALISATIONS:
+        normalise(np.zeros(1), normalisation)  # raises the clear error
+    sizes = {name: len(s) for name, s in scores.items()}
+    for name, n in sizes.items():
+        if n < 2:
+            raise ValueError(f"layer {name!r} has {n} unit; at least one must stay")
+    if ratios is not None:
+        removals = {}
+        for name, r in ratios.items():
+            if name not in scores:
+                raise ValueError(f"ratio given for {name!r}, which has no scores")
+            if not 0 < r < 1:
+                raise ValueError(f"the pruning ratio must lie in (0, 1), got {r} for {name!r}")
+            removals[name] = _lowest(scores[name], min(int(r * sizes[name]), sizes[name] - 1))
+        return Plan(removals, "per-layer ratios", float("nan"), False, {"ratios": dict(ratios)})
+
+    if global_:
+        flat = [
+            (value, name, int(i))
+            for name, s in scores.items()
+            for i, value in enumerate(normalise(s, normalisation))
+        ]
+        flat.sort(key=lambda t: (t[0], t[1], t[2]))
+
+        def removals_for(amount: float) -> dict[str, list[int]]:
+            k = int(round(amount * sum(sizes.values())))
+            out: dict[str, list[int]] = {name: [] for name in scores}
+            for _, name, i in flat:
+                if k == 0:
+                    break
+                if len(out[name]) < sizes[name] - 1:
+                    out[name].append(i)
+                    k -= 1
+            return {name: sorted(v) for name, v in out.items()}
+    else:
+
+        def removals_for(amount: float) -> dict[str, list[int]]:
+            return {
+                name: _lowest(s, min(int(round(amount * sizes[name])), sizes[name] - 1))
+                for name, s in scores.items()
+            }
+
+    if target.kind == "channels":
+        total = sum(sizes.values())
+        removals = removals_for(target.fraction)
+        achieved = sum(len(v) for v in removals.values()) / total
+        return Plan(removals, str(target), achieved, global_, {"normalisation": normalisation})
+
+    if apply is None:
+
+        def apply(m: nn.Module, removals: dict[str, list[int]]) -> nn.Module:
+            return apply_removals(m, removals, example)
+
+    base = baseline if baseline is not None else model
+    measure = count_params if target.kind == "params" else lambda m: count_macs(m, example)
+    original = measure(base)
+
+    @functools.cache  # the bisection revisits its end points: measure each amount once
+    def reduction(amount: float) -> float:
+        pruned = apply(model, removals_for(amount))
+        return 1 - measure(pruned) / original
+
+    most = reduction(1.0)
+    if most < target.fraction:
+        raise ValueError(
+            f"target {target} is unreachable: removing all but one unit of each selected "
+            f"layer removes only {most:.1%} of the {target.kind}; select more layers or lower "
+            "the target"
+        )
+    lo, hi = 0.0, 1.0  # reduction(lo) < fraction <= reduction(hi)
+    if reduction(0.0) >= target.fraction:
+        hi = 0.0
+    for _ in range(14):
+        if hi - lo < 1e-4:
+            break
+        mid = (lo + hi) / 2
+        if reduction(mid) >= target.fraction:
+            hi = mid
+        else:
+            lo = mid
+    removals = removals_for(hi)
+    achieved = reduction(hi)
+    return Plan(removals, str(target), achieved, global_, {"normalisation": normalisation})

@@ -1,0 +1,128 @@
+"""Acting on a plan: masking units, or removing them physically with torch-pruning.
+
+Physical removal goes through torch-pruning's dependency graph, which removes every
+coupled producer and consumer of a unit (residual additions, concatenations, flattening).
+Attention heads are cut from the fused ``qkv`` projection and the output projection, and
+the module's ``num_heads`` is updated; ``nn.MultiheadAttention`` is first swapped for an
+equivalent ``SlimMultiheadAttention``, whose heads can be cut. Every removal is recorded
+in the model's pruning history, which replays on a freshly built model: the way a pruned
+model is saved.
+Masking keeps the model's shape and zeroes each removed unit's input columns in every
+consumer, which computes exactly what removal computes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from shapprune.game.attention import SlimMultiheadAttention
+from shapprune.game.units import build_graph, find_units
+
+MODES = ("remove", "mask")
+HISTORY_ATTR = "shapprune_history"
+
+
+def history(model: nn.Module) -> list[dict]:
+    """The removals applied to ``model`` so far, in order: [{"layer", "units"}, ...]."""
+    return list(getattr(model, HISTORY_ATTR, []))
+
+
+def remove_units(
+    model: nn.Module, layer: str, units: Sequence[int], example_inputs: torch.Tensor
+) -> nn.Module:
+    """A copy of ``model`` with the given units of ``layer`` physically removed."""
+    return apply_removals(model, {layer: list(units)}, example_inputs, mode="remove")
+
+
+def apply_removals(
+    model: nn.Module,
+    removals: Mapping[str, Sequence[int]],
+    example_inputs: torch.Tensor,
+    mode: str = "remove",
+) -> nn.Module:
+    """A copy of ``model`` with ``removals`` (layer -> unit indices) masked or removed."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    model = copy.deepcopy(model).eval()
+    done = history(model)
+    for layer, units in removals.items():
+        idxs = sorted({int(u) for u in units})
+        if not idxs:
+            continue
+        spec = find_units(model, layer, example_inputs)
+        if idxs[0] < 0 or idxs[-1] >= spec.n_players:
+            raise ValueError(f"{layer!r} has units 0..{spec.n_players - 1}; got {idxs}")
+        if len(idxs) == spec.n_players:
+            raise ValueError(f"removing all {spec.n_players} units would empty {layer!r}")
+        if mode == "mask":
+            _zero_inputs(model, spec.mask_points, idxs)
+        else:
+            _remove(model, layer, spec.kind, idxs, example_inputs)
+            done.append({"layer": layer, "units": idxs})
+    if mode == "remove":
+        setattr(model, HISTORY_ATTR, done)
+    return model
+
+
+def replay(model: nn.Module, steps: Sequence[Mapping], example_inputs: torch.Tensor) -> nn.Module:
+    """Apply a recorded pruning history to ``model`` (in place), rebuilding its shape."""
+    for step in steps:
+        spec = find_units(model, step["layer"], example_inputs)
+        _remove(model, step["layer"], spec.kind, list(step["units"]), example_inputs)
+    setattr(model, HISTORY_ATTR, [dict(s) for s in steps])
+    return model
+
+
+def _zero_inputs(model: nn.Module, points, idxs: list[int]) -> None:
+    modules = dict(model.named_modules())
+    removed = torch.tensor(idxs)
+    with torch.no_grad():
+        for point in points:
+            consumer = modules[point.module]
+            weight = consumer.weight if hasattr(consumer, "weight") else None
+            if weight is None:
+                raise NotImplementedError(f"cannot mask the inputs of {point.module!r}")
+            columns = torch.isin(point.player_of_channel, removed).nonzero().flatten()
+            weight.index_fill_(1, columns, 0.0)
+
+
+def _remove(model: nn.Module, layer: str, kind: str, idxs: list[int], example) -> None:
+    module = dict(model.named_modules())[layer]
+    if isinstance(module, nn.MultiheadAttention):  # heads tied to the width: swap it first
+        module = SlimMultiheadAttention.from_torch(module)
+        parent, _, child = layer.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, module)
+    if isinstance(module, SlimMultiheadAttention):
+        module.remove_heads(idxs)
+        return
+    dg = build_graph(model, example)
+    if kind == "heads":
+        _remove_heads(dg, module, idxs)
+    else:
+        is_conv = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+        fn = tp.prune_conv_out_channels if is_conv else tp.prune_linear_out_channels
+        dg.get_pruning_group(module, fn, idxs=idxs).prune()
+
+
+def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> None:
+    qkv = getattr(attn, "qkv", None)
+    if not isinstance(qkv, nn.Linear):
+        raise NotImplementedError(
+            f"physical head removal needs a fused 'qkv' projection; {type(attn).__name__} has "
+            "none: use mode='mask'"
+        )
+    n_heads = int(attn.num_heads)
+    width = qkv.out_features // 3
+    head_dim = width // n_heads
+    rows = [
+        part * width + h * head_dim + j for part in range(3) for h in heads for j in range(head_dim)
+    ]
+    dg.get_pruning_group(qkv, tp.prune_linear_out_channels, idxs=rows).prune()
+    attn.num_heads = n_heads - len(heads)
+    if hasattr(attn, "attn_dim"):  # timm keeps the concatenated heads' width
+        attn.attn_dim = attn.num_heads * head_dim

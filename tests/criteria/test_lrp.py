@@ -1,0 +1,214 @@
+"""LRP relevance criterion: hand checks, gradient-times-input identity, canonizers, robustness."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from helpers import randomise_norms
+from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
+
+from shapprune.criteria.lrp import COMPOSITES, LRPCriterion, canonized
+from shapprune.evaluation.measure import evaluate
+from shapprune.game.units import find_units
+from shapprune.zoo.data import load_dataset, reference_set
+from shapprune.zoo.models import build_model
+from shapprune.zoo.training import train_model
+
+
+def _data(shape, n=6, seed=0, classes=10):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def _tv_vit() -> nn.Module:
+    torch.manual_seed(0)
+    model = TorchvisionViT(16, 8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
+    nn.init.normal_(model.heads.head.weight, std=0.1)  # torchvision initialises it to zeros
+    return model.eval()
+
+
+def _snapshot(model: nn.Module) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_untouched(model: nn.Module, before: dict, training: bool) -> None:
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    for m in model.modules():
+        assert m.training == training
+        assert not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
+        assert "forward" not in vars(m)
+        assert not any(n.startswith("canonizer") for n in m._modules)
+
+
+def _grad_times_input(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor):
+    """Reference for LRP-0: sum_n |sum over the unit's entries of input * d logit_y / d input|."""
+    units = find_units(model, layer, x[:2])
+    modules = dict(model.named_modules())
+    seen = []
+
+    def hook(module, args):
+        seen.append(args[0].clone())  # a tensor of its own: the gradient through this module only
+        return (seen[-1],)
+
+    hooks = [modules[p.module].register_forward_pre_hook(hook) for p in units.mask_points]
+    try:
+        x = x.clone().requires_grad_(True)
+        logit = model(x).gather(1, y[:, None]).sum()
+        grads = torch.autograd.grad(logit, seen)
+    finally:
+        for h in hooks:
+            h.remove()
+    rel = torch.zeros(len(x), units.n_players, dtype=torch.float64)
+    for point, inp, g in zip(units.mask_points, seen, grads, strict=True):
+        r = (inp * g).detach().movedim(point.channel_dim, -1)
+        r = r.reshape(len(x), -1, r.shape[-1]).sum(1).double()
+        owned = point.player_of_channel >= 0
+        rel.index_add_(1, point.player_of_channel[owned], r[:, owned])
+    return rel.abs().sum(0).numpy()
+
+
+def test_unknown_composite_is_rejected_early():
+    with pytest.raises(ValueError, match="unknown LRP composite 'x'; known: epsilon, "):
+        LRPCriterion("x")
+    with pytest.raises(ValueError, match="batch_size"):
+        LRPCriterion(batch_size=0)
+
+
+def test_two_layer_linear_network_by_hand():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 2, bias=False), nn.Linear(2, 1, bias=False))
+    x, _ = _data((3,), n=5)
+    y = torch.zeros(5, dtype=torch.long)
+    scores = LRPCriterion("epsilon", epsilon=1e-9).score(net, "0", (x, y))
+    with torch.no_grad():
+        contributions = net[0](x) * net[1].weight[0]  # a_j * w2_j, summing to the output
+        assert torch.allclose(contributions.sum(1, keepdim=True), net(x))
+    expected = contributions.abs().sum(0).double().numpy()
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "layer", "shape"),
+    [
+        ("lenet5", "conv1", (1, 28, 28)),  # conv -> relu -> maxpool -> conv
+        ("lenet5", "conv2", (1, 28, 28)),  # conv -> flatten -> linear
+        ("resnet20", "layer1.0.conv2", (1, 16, 16)),  # residual stream: Sum canonizer
+        ("vgg", "features.4", (1, 16, 16)),  # BatchNorm merged into the convolution
+    ],
+)
+def test_lrp0_equals_gradient_times_input(name, layer, shape):
+    model = randomise_norms(build_model(name, image_size=shape[-1]))
+    x, y = _data(shape)
+    scores = LRPCriterion("epsilon", epsilon=1e-9).score(model, layer, (x, y))
+    np.testing.assert_allclose(scores, _grad_times_input(model, layer, x, y), rtol=2e-3)
+
+
+@pytest.mark.parametrize(
+    ("name", "layer", "shape"),
+    [
+        ("lenet5", "conv2", (1, 28, 28)),
+        ("vgg", "features.0", (1, 16, 16)),
+        ("resnet20", "layer1.0.conv1", (1, 16, 16)),
+        ("resnet20", "layer2.1.conv2", (1, 16, 16)),
+        ("vit", "blocks.1.attn", (1, 16, 16)),
+        ("vit", "blocks.0.mlp.fc1", (1, 16, 16)),
+    ],
+)
+def test_one_finite_nonnegative_score_per_unit(name, layer, shape):
+    model = randomise_norms(build_model(name, image_size=shape[-1]))
+    x, y = _data(shape)
+    before = _snapshot(model)
+    scores = LRPCriterion().score(model, layer, (x, y))
+    assert scores.shape == (find_units(model, layer, x[:2]).n_players,)
+    assert np.isfinite(scores).all() and (scores >= 0).all() and scores.sum() > 0
+    _assert_untouched(model, before, training=False)
+
+
+def test_scores_under_inference_mode_like_outside():
+    model = build_model("lenet5")
+    x, y = _data((1, 28, 28), n=2)
+    expected = LRPCriterion().score(model, "conv2", (x, y))
+    with torch.inference_mode():
+        data = (x.clone(), y.clone())  # inference tensors
+        scores = LRPCriterion().score(model, "conv2", data)
+    np.testing.assert_array_equal(scores, expected)
+
+
+@pytest.mark.parametrize("composite", COMPOSITES)
+def test_every_composite_runs(composite):
+    x, y = _data((1, 28, 28), n=3)
+    scores = LRPCriterion(composite).score(build_model("lenet5"), "conv2", (x, y))
+    assert scores.shape == (50,)
+    assert np.isfinite(scores).all() and (scores >= 0).all() and scores.sum() > 0
+
+
+@pytest.mark.parametrize("canonize", [True, False])
+def test_torchvision_multihead_attention_heads(canonize):
+    model = _tv_vit()
+    x, y = _data((3, 16, 16), n=3, classes=1000)
+    layer = "encoder.layers.encoder_layer_1.self_attention"
+    before = _snapshot(model)
+    scores = LRPCriterion("epsilon", canonize=canonize).score(model, layer, (x, y))
+    assert scores.shape == (2,)
+    assert np.isfinite(scores).all() and (scores > 0).all()
+    _assert_untouched(model, before, training=False)
+
+
+@pytest.mark.parametrize(
+    ("build", "shape"),
+    [
+        (lambda: randomise_norms(build_model("vgg", image_size=16)), (1, 16, 16)),
+        (lambda: randomise_norms(build_model("resnet20", image_size=16)), (1, 16, 16)),
+        (lambda: build_model("vit", image_size=16), (1, 16, 16)),
+        (_tv_vit, (3, 16, 16)),
+    ],
+    ids=["vgg", "resnet20", "vit", "torchvision-vit"],
+)
+def test_canonized_model_computes_the_same_and_is_restored(build, shape):
+    model = build()
+    x, _ = _data(shape, n=4)
+    before = _snapshot(model)
+    with torch.no_grad():
+        expected = model(x)
+        with canonized(model) as canon:
+            added = any(n.startswith("canonizer") for m in canon.modules() for n in m._modules)
+            state = canon.state_dict()
+            merged = any(not torch.equal(before[k], state[k]) for k in before)
+            assert added or merged
+            out = canon(x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    _assert_untouched(model, before, training=False)
+
+
+def test_deterministic_batch_invariant_and_model_unchanged():
+    model = randomise_norms(build_model("vgg", image_size=16)).train()
+    x, y = _data((1, 16, 16), n=7)
+    before = _snapshot(model)
+    first = LRPCriterion(batch_size=3).score(model, "features.4", (x, y))
+    second = LRPCriterion(batch_size=3).score(model, "features.4", (x, y))
+    np.testing.assert_array_equal(first, second)
+    _assert_untouched(model, before, training=True)  # mode and BN statistics kept
+    one_batch = LRPCriterion(batch_size=64).score(model.eval(), "features.4", (x, y))
+    np.testing.assert_allclose(first, one_batch, rtol=1e-5)
+
+
+def test_least_relevant_filters_matter_least():
+    data = load_dataset("mnist5k")
+    model = build_model("tinycnn")
+    train_model(model, data, epochs=1, lr=3e-3, batch_size=64, progress=False)
+    ref = reference_set(data.train, per_class=10, seed=0)
+    scores = LRPCriterion().score(model, "conv1", (ref.x, ref.y))
+    order = np.argsort(scores)
+
+    def accuracy_without(filters):
+        pruned = copy.deepcopy(model)
+        with torch.no_grad():
+            pruned.conv1.weight[filters] = 0
+            pruned.conv1.bias[filters] = 0
+        return evaluate(pruned, data.test)["accuracy"]
+
+    assert accuracy_without(order[:4]) > accuracy_without(order[-4:])

@@ -1,0 +1,101 @@
+"""The pruning job end to end: one-shot, iterative, mask mode, fine-tuning, the CLI."""
+
+import json
+
+import pytest
+
+from shapprune import cli
+from shapprune.criteria.registry import get_criterion
+from shapprune.pruning.compress import prune_model
+from shapprune.zoo.models import build_model
+
+
+@pytest.fixture(scope="module")
+def lenet(mnist5k):
+    from shapprune.zoo.training import train_model
+
+    model = build_model("lenet5", seed=0)
+    train_model(model, mnist5k, epochs=1, lr=2e-3, batch_size=64, progress=False)
+    return model.eval()
+
+
+def test_one_shot_half_the_conv_filters(lenet, mnist5k):
+    pruned, summary = prune_model(
+        lenet, mnist5k, get_criterion("weight-l1"), "channels=0.5", layers=["conv1", "conv2"]
+    )
+    assert summary["removed"] == {"conv1": 10, "conv2": 25}
+    assert pruned.conv1.out_channels == 10 and pruned.conv2.out_channels == 25
+    assert summary["after"]["params"] < summary["before"]["params"]
+    assert summary["after"]["macs"] < 0.5 * summary["before"]["macs"]
+    assert 0.1 < summary["after"]["accuracy"] <= 1
+
+
+def test_iterative_macs_target_rescores_between_steps(lenet, mnist5k):
+    calls = []
+
+    class Spy:
+        name = "spy"
+
+        def score(self, model, layer, data, seed=0):
+            calls.append((layer, getattr(model, layer).out_channels))
+            return get_criterion("weight-l2").score(model, layer, data, seed=seed)
+
+    pruned, summary = prune_model(
+        lenet, mnist5k, Spy(), "macs=0.5", layers=["conv1", "conv2"], steps=2
+    )
+    assert len(calls) == 4 and calls[2][1] < calls[0][1]  # step 2 scored the pruned model
+    assert 0.5 <= 1 - summary["after"]["macs"] / summary["before"]["macs"] < 0.56
+    assert len(summary["plans"]) == 2 and len(summary["history"]) == 4
+
+
+def test_mask_mode_matches_remove_mode(lenet, mnist5k):
+    crit = get_criterion("random")
+    kwargs = dict(layers=["conv2", "fc1"], global_=True)
+    removed, a = prune_model(lenet, mnist5k, crit, "channels=0.4", **kwargs)
+    masked, b = prune_model(lenet, mnist5k, crit, "channels=0.4", mode="mask", **kwargs)
+    assert a["after"]["accuracy"] == pytest.approx(b["after"]["accuracy"])
+    assert b["after"]["params"] == a["before"]["params"]
+    with pytest.raises(ValueError, match="needs mode='remove'"):
+        prune_model(lenet, mnist5k, crit, "channels=0.4", mode="mask", steps=2)
+
+
+def test_fine_tuning_recovers_accuracy(lenet, mnist5k):
+    crit = get_criterion("random")
+    args = (lenet, mnist5k, crit, "channels=0.8")
+    _, plain = prune_model(*args, layers=["conv2"])
+    _, tuned = prune_model(*args, layers=["conv2"], finetune_epochs=1)
+    assert tuned["after"]["accuracy"] > plain["after"]["accuracy"]
+
+
+def test_unknown_layers_are_named(lenet, mnist5k):
+    with pytest.raises(ValueError, match="not prunable layer.*fc2.*prunable layers: conv1"):
+        prune_model(lenet, mnist5k, get_criterion("random"), "channels=0.5", layers=["fc2"])
+
+
+def _cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr("sys.argv", ["shapprune", *args])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+        raise SystemExit(0)
+    return done.value.code or 0, capsys.readouterr().err
+
+
+def test_cli_prune_writes_model_and_summary(tmp_path, monkeypatch, capsys, lenet):
+    from shapprune.pruning.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "base", lenet, name="lenet5", config={"seed": 0}, metrics={})
+    out = tmp_path / "pruned"
+    args = ["prune", "--model", str(tmp_path / "base.json"), "--criterion", "weight-l1"]
+    args += ["--target", "macs=0.5", "--layers", "conv1,conv2", "--out", str(out)]
+    code, err = _cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.5 <= 1 - summary["after"]["macs"] / summary["before"]["macs"] < 0.56
+    model, meta = load_checkpoint(out / "model")
+    assert model.conv2.out_channels < 50 and meta["pruning"]["history"]
+    code, err = _cli(monkeypatch, capsys, *args)
+    assert code == 2 and "is not empty" in err
+    code, err = _cli(monkeypatch, capsys, *args[:-1], str(tmp_path / "o2"), "--criterion", "magic")
+    assert code == 2 and "unknown criterion 'magic'" in err and "weight-l1" in err
+    code, err = _cli(monkeypatch, capsys, *args[:-1], str(tmp_path / "o3"), "--target", "macs=2")
+    assert code == 2 and "(0, 1)" in err

@@ -1,0 +1,98 @@
+"""Plans: targets, per-layer and global allocation, never emptying a layer."""
+
+import numpy as np
+import pytest
+import torch
+
+from shapprune.evaluation.measure import count_macs, count_params
+from shapprune.pruning.plan import Target, make_plan, normalise, prunable_layers
+from shapprune.pruning.removal import apply_removals
+from shapprune.zoo.models import build_model
+
+
+def _scores(layers, seed=0):
+    rng = np.random.default_rng(seed)
+    return {name: rng.normal(size=units.n_players) for name, units in layers.items()}
+
+
+def test_target_parsing_and_errors():
+    assert Target.parse("macs=0.5") == Target("macs", 0.5)
+    assert Target.parse(0.3) == Target("channels", 0.3)
+    assert str(Target.parse("params=0.25")) == "params=0.25"
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\), got 1.5"):
+        Target.parse("macs=1.5")
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\), got 0"):
+        Target.parse("channels=0")
+    with pytest.raises(ValueError, match="unknown target 'flops'"):
+        Target.parse("flops=0.5")
+    with pytest.raises(ValueError, match="needs a number"):
+        Target.parse("macs=half")
+
+
+def test_normalisations_by_hand():
+    s = np.array([1.0, -3.0, 4.0])
+    np.testing.assert_allclose(normalise(s, "l1"), s / 8)
+    np.testing.assert_allclose(normalise(s, "l2"), s / np.sqrt(26))
+    np.testing.assert_allclose(normalise(s, "max"), s / 4)
+    np.testing.assert_allclose(normalise(s, "rank"), [2 / 3, 1 / 3, 1.0])
+    with pytest.raises(ValueError, match="unknown normalisation 'zscore'"):
+        normalise(s, "zscore")
+
+
+def test_prunable_layers_one_per_coupled_group():
+    x = torch.randn(2, 1, 28, 28)
+    resnet = prunable_layers(build_model("resnet20"), x)
+    assert "fc" not in resnet  # the classifier's outputs are never players
+    assert "conv1" in resnet and "layer1.0.conv2" not in resnet  # same residual stream
+    assert "layer2.0.conv2" in resnet and "layer2.1.conv2" not in resnet
+    vit = prunable_layers(build_model("vit"), x)
+    assert "blocks.0.attn" in vit and "blocks.0.mlp.fc1" in vit
+    assert not any(name.endswith(("qkv", "proj", "fc2", "head")) for name in vit)
+    assert vit["blocks.0.attn"].kind == "heads"
+
+
+def test_per_layer_channels_removes_the_lowest_and_never_empties():
+    scores = {"a": np.array([5.0, 1.0, 3.0, 2.0]), "b": np.array([0.5, 0.1])}
+    plan = make_plan(None, scores, "channels=0.5", None)
+    assert plan.removals == {"a": [1, 3], "b": [1]}
+    plan = make_plan(None, scores, "channels=0.99", None)
+    assert plan.removals == {"a": [1, 2, 3], "b": [1]}  # one unit always stays
+    ratios = make_plan(None, scores, "channels=0.5", None, ratios={"a": 0.25, "b": 0.5})
+    assert ratios.removals == {"a": [1], "b": [1]}
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\), got 1.0 for 'b'"):
+        make_plan(None, scores, "channels=0.5", None, ratios={"b": 1.0})
+
+
+def test_global_ranks_units_across_layers_on_normalised_scores():
+    scores = {"a": np.array([10.0, 10.0, 80.0]), "b": np.array([1.0, 2.0, 2.0, 5.0])}
+    # l1-normalised: a -> .1 .1 .8, b -> .1 .2 .2 .5; the three lowest: a0, a1, b0
+    plan = make_plan(None, scores, "channels=0.43", None, global_=True)
+    assert plan.removals == {"a": [0, 1], "b": [0]}
+    raw = make_plan(None, scores, "channels=0.43", None, global_=True, normalisation="none")
+    assert raw.removals == {"a": [], "b": [0, 1, 2]}
+
+
+@pytest.mark.parametrize(
+    "name,global_", [("lenet5", False), ("resnet20", False), ("resnet20", True)]
+)
+def test_half_the_macs(name, global_):
+    model = build_model(name, seed=0)
+    x = torch.randn(2, 1, 28, 28)
+    layers = prunable_layers(model, x)
+    plan = make_plan(model, _scores(layers), "macs=0.5", x, global_=global_)
+    pruned = apply_removals(model, plan.removals, x)
+    reduction = 1 - count_macs(pruned, x) / count_macs(model, x)
+    assert 0.5 <= reduction < 0.55 and reduction == pytest.approx(plan.achieved)
+
+
+def test_params_target_and_unreachable_target():
+    model = build_model("lenet5", seed=0)
+    x = torch.randn(2, 1, 28, 28)
+    apply = lambda m, r: apply_removals(m, r, x)  # noqa: E731
+    scores = _scores(prunable_layers(model, x))
+    plan = make_plan(model, scores, "params=0.3", x, apply=apply)
+    assert make_plan(model, scores, "params=0.3", x).removals == plan.removals  # the default
+    pruned = apply(model, plan.removals)
+    assert 1 - count_params(pruned) / count_params(model) >= 0.3
+    with pytest.raises(ValueError, match="target macs=0.95 is unreachable"):
+        make_plan(model, {"conv1": scores["conv1"]}, "macs=0.95", x, apply=apply)

@@ -1,0 +1,136 @@
+"""Acting on plans: masking equals removal, saved models load back, bad input refused."""
+
+import json
+
+import pytest
+import torch
+import torchvision
+from helpers import randomise_norms
+
+from shapprune.pruning.checkpoint import load_checkpoint, save_pruned
+from shapprune.pruning.removal import apply_removals, history
+from shapprune.zoo.models import build_model
+
+
+def _half(model, layers, x):
+    from shapprune.game.units import find_units
+
+    return {name: list(range(0, find_units(model, name, x).n_players, 2)) for name in layers}
+
+
+CASES = [
+    (lambda: build_model("lenet5", seed=0), ["conv1", "conv2", "fc1"], (1, 28, 28)),
+    (lambda: build_model("vgg", seed=0), ["features.0", "features.4", "classifier.0"], (1, 28, 28)),
+    (
+        lambda: build_model("resnet20", seed=0),
+        ["conv1", "layer2.0.conv1", "layer3.0.conv2"],
+        (1, 28, 28),
+    ),
+    (lambda: build_model("vit", seed=0), ["blocks.0.attn", "blocks.1.mlp.fc1"], (1, 28, 28)),
+    (
+        lambda: torchvision.models.resnet18(num_classes=10),
+        ["layer1.0.conv1", "layer3.0.conv2"],
+        (3, 32, 32),
+    ),
+    (
+        lambda: torchvision.models.vgg11_bn(num_classes=10),
+        ["features.4", "classifier.0"],
+        (3, 32, 32),
+    ),
+    (
+        lambda: torchvision.models.vit_b_16(image_size=32, num_classes=10),
+        ["encoder.layers.encoder_layer_1.self_attention", "encoder.layers.encoder_layer_3.mlp.0"],
+        (3, 32, 32),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "build,layers,shape",
+    CASES,
+    ids=["lenet5", "vgg", "resnet20", "vit", "tv-resnet18", "tv-vgg11_bn", "tv-vit_b_16"],
+)
+def test_masked_equals_physically_pruned(build, layers, shape):
+    torch.manual_seed(0)
+    model = randomise_norms(build())
+    x = torch.randn(4, *shape)
+    removals = _half(model, layers, x[:2])
+    masked = apply_removals(model, removals, x[:2], mode="mask")
+    removed = apply_removals(model, removals, x[:2], mode="remove")
+    assert sum(p.numel() for p in removed.parameters()) < sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in masked.parameters()) == sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(masked(x), removed(x), atol=1e-4, rtol=1e-4)
+    assert [step["layer"] for step in history(removed)] == layers
+
+
+def test_heads_are_removed_and_num_heads_updated():
+    model = build_model("vit", seed=0, num_heads=4)
+    x = torch.randn(2, 1, 28, 28)
+    removed = apply_removals(model, {"blocks.1.attn": [0, 2]}, x)
+    assert removed.blocks[1].attn.num_heads == 2 and model.blocks[1].attn.num_heads == 4
+    assert removed.blocks[1].attn.qkv.out_features == 3 * 32
+    with torch.no_grad():
+        assert removed(x).shape == (2, 10)
+
+
+def test_save_load_round_trip_and_refusals(tmp_path):
+    model = build_model("resnet20", seed=3)
+    x = torch.randn(3, 1, 28, 28)
+    pruned = apply_removals(model, {"layer1.0.conv1": [1, 2, 3], "conv1": [0, 5]}, x[:2])
+    pruned = apply_removals(pruned, {"layer3.0.conv1": list(range(10))}, x[:2])  # a second step
+    save_pruned(
+        tmp_path / "p",
+        pruned,
+        base={"model": "resnet20", "config": {"seed": 3}},
+        input_shape=(1, 28, 28),
+    )
+    meta = json.loads((tmp_path / "p.json").read_text())
+    assert [s["layer"] for s in meta["pruning"]["history"]] == [
+        "layer1.0.conv1",
+        "conv1",
+        "layer3.0.conv1",
+    ]
+    loaded, _ = load_checkpoint(tmp_path / "p.json")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned(x))
+    with pytest.raises(FileExistsError):
+        save_pruned(
+            tmp_path / "p",
+            pruned,
+            base={"model": "resnet20", "config": {}},
+            input_shape=(1, 28, 28),
+        )
+    (tmp_path / "p.safetensors").write_bytes(b"\x80\x04not safetensors at all")
+    with pytest.raises(ValueError, match="is not a valid safetensors file"):
+        load_checkpoint(tmp_path / "p")
+
+
+def test_bad_removals_are_refused():
+    model = build_model("lenet5", seed=0)
+    x = torch.randn(2, 1, 28, 28)
+    with pytest.raises(ValueError, match=r"has units 0..19; got \[20\]"):
+        apply_removals(model, {"conv1": [20]}, x)
+    with pytest.raises(ValueError, match="would empty 'conv1'"):
+        apply_removals(model, {"conv1": list(range(20))}, x)
+    with pytest.raises(ValueError, match="no layer named 'conv3'"):
+        apply_removals(model, {"conv3": [0]}, x)
+    with pytest.raises(ValueError, match="unknown mode 'zero'"):
+        apply_removals(model, {"conv1": [0]}, x, mode="zero")
+
+
+def test_torchvision_vit_heads_round_trip(tmp_path):
+    model = build_model("torchvision:vit_b_16", image_size=32, seed=4)
+    x = torch.randn(2, 3, 32, 32)
+    layer = "encoder.layers.encoder_layer_0.self_attention"
+    pruned = apply_removals(model, {layer: [2, 5]}, x)
+    pruned = apply_removals(pruned, {layer: [0]}, x)  # heads of the already slimmed module
+    assert pruned.get_submodule(layer).num_heads == 9
+    config = {"image_size": 32, "seed": 4}
+    save_pruned(tmp_path / "v", pruned, base={"model": "torchvision:vit_b_16", "config": config},
+                input_shape=(3, 32, 32))  # fmt: skip
+    loaded, _ = load_checkpoint(tmp_path / "v")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), pruned(x), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="torchvision has no model 'resnet9000'"):
+        build_model("torchvision:resnet9000")
