@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from shapprune.estimators import default_budget, estimate
+from shapprune.estimators.registry import default_budget, estimate
 from shapprune.game.pruning_game import PruningGame
 from shapprune.zoo.cache import load_model
 from shapprune.zoo.data import load_dataset, reference_set

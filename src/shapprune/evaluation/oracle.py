@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from shapprune.estimators import Game
+from shapprune.estimators._budget import Game
 
 Progress = Callable[[int, int], None]
 Subset = tuple[int, ...]

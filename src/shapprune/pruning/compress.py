@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -47,7 +46,7 @@ def prune_model(
     finetune_lr: float = 1e-3,
     report: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Prune ``model`` by ``criterion`` (an object with ``score(model, layer, data, seed)``)
+    """Prune ``model`` by ``criterion`` (an object with ``score(model, layers, data, seed)``)
     until ``target`` is met; return the pruned model and a summary of before/after.
 
     Scores come from ``per_class`` reference examples per class of the validation split.
@@ -67,10 +66,8 @@ def prune_model(
     current, plans = model, []
     for step in range(1, steps + 1):
         step_target = _step_target(target, step, steps)
-        scores = {}
-        for name in chosen:
-            say(f"step {step}/{steps}: scoring {name}")
-            scores[name] = np.asarray(criterion.score(current, name, (ref.x, ref.y), seed=seed))
+        say(f"step {step}/{steps}: scoring {', '.join(chosen)}")
+        scores = criterion.score(current, chosen, (ref.x, ref.y), seed=seed)
         plan = make_plan(
             current,
             scores,
