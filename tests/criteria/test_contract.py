@@ -166,3 +166,25 @@ def test_estimator_options_may_not_shadow_the_games(registries):
     register_estimator(Clash)
     with pytest.raises(ValueError, match="estimator 'toy-clash' declares 'budget'"):
         get_criterion("shapley-toy-clash")
+
+
+def test_criteria_pickle_with_their_options():
+    # plain, picklable objects: what another process needs to score the same way
+    import pickle
+
+    for name, options in [("shapley-permutation", {"budget": 90, "truncation": 0.1}),
+                          ("lrp", {"composite": "epsilon"}), ("taylor-signed", {})]:  # fmt: skip
+        crit = get_criterion(name, **options)
+        copy = pickle.loads(pickle.dumps(crit))
+        assert type(copy) is type(crit) and copy.name == name and copy.options == crit.options
+
+
+def test_positional_options_follow_the_declaration():
+    from shapprune.criteria.classic import TaylorCriterion
+
+    crit = TaylorCriterion(True, 8)
+    assert crit.signed is True and crit.batch_size == 8 and crit.name == "taylor-signed"
+    with pytest.raises(TypeError, match="at most 2 positional options"):
+        TaylorCriterion(True, 8, 3)
+    with pytest.raises(TypeError, match="option 'signed' given twice"):
+        TaylorCriterion(True, signed=False)

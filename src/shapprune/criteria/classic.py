@@ -52,6 +52,7 @@ class WeightNormCriterion(Criterion):
     producers. Heads: the head's q, k and v rows of the input projection.
     """
 
+    name = "weight-l1"
     Options = WeightNormOptions
 
     def __init__(self, *args, **options) -> None:
@@ -166,8 +167,11 @@ class ActivationOptions:
 
 
 @dataclass
-class TaylorOptions(ActivationOptions):
+class TaylorOptions:
     signed: bool = option(False, "score the signed loss change rather than its magnitude")
+    batch_size: int = option(256, "examples per forward and backward pass")
+
+    __post_init__ = ActivationOptions.__post_init__
 
 
 class _ActivationCriterion(Criterion):
@@ -191,6 +195,7 @@ class TaylorCriterion(_ActivationCriterion):
     unit's activations are set to zero: ``signed=True`` scores that, else its absolute value.
     """
 
+    name = "taylor"
     Options = TaylorOptions
 
     def __init__(self, *args, **options) -> None:

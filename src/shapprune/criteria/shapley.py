@@ -64,8 +64,23 @@ def _combined(method: str, estimator_decl: type) -> type:
     return dataclasses.make_dataclass(
         f"Shapley_{method}_Options",
         fields,
-        namespace={"__post_init__": _split, "estimator_options": estimator_decl},
+        namespace={
+            "__post_init__": _split,
+            "__reduce__": _reduce,
+            "estimator_options": estimator_decl,
+            "method": method,
+        },
     )
+
+
+def _reduce(self: Any) -> tuple:
+    """Pickle a combined declaration by how it was made (it is not a module attribute)."""
+    values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    return _rebuild, (type(self).method, type(self).estimator_options, values)
+
+
+def _rebuild(method: str, estimator_decl: type, values: dict[str, Any]) -> Any:
+    return _combined(method, estimator_decl)(**values)
 
 
 def shapley_options(method: str) -> type:
