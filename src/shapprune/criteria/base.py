@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shapprune.devices import device_of, to_device
 from shapprune.game.pruning_game import as_data
 from shapprune.game.units import Units, find_units
 
@@ -28,6 +29,7 @@ class Criterion:
         Deterministic given ``seed``; ``model`` is left unchanged.
         """
         x, y = as_data(data)
+        x, y = to_device(x, model), y.to(device_of(model))  # moved once, to the model
         with _untouched(model), torch.inference_mode(False), torch.enable_grad():
             model.eval()
             units = find_units(model, layer, x[:2].clone())  # tracing needs autograd
