@@ -8,10 +8,12 @@ data, training).
 
 from shapprune.criteria.base import Criterion
 from shapprune.criteria.registry import CRITERIA, get_criterion, score_layers
+from shapprune.devices import available_devices, resolve_device
 from shapprune.estimators import METHODS, Estimate, estimate
 from shapprune.evaluation.measure import evaluate, measure
 from shapprune.evaluation.oracle import oracle_rank, oracle_sets
 from shapprune.game.pruning_game import METRICS, PruningGame
+from shapprune.game.spec import GameSpec
 from shapprune.game.units import find_units
 from shapprune.pruning.checkpoint import load_checkpoint, save_pruned
 from shapprune.pruning.compress import prune_model
@@ -28,10 +30,12 @@ __all__ = [
     "METRICS",
     "Criterion",
     "Estimate",
+    "GameSpec",
     "PruningGame",
     "Target",
     "__version__",
     "apply_removals",
+    "available_devices",
     "build_model",
     "estimate",
     "evaluate",
@@ -48,6 +52,7 @@ __all__ = [
     "prune_model",
     "pretrained",
     "reference_set",
+    "resolve_device",
     "save_pruned",
     "score_layers",
 ]

@@ -14,6 +14,7 @@ import copy
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -69,6 +70,13 @@ def as_data(data) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y.long()
 
 
+class _Spec(Protocol):
+    """What ``PruningGame.from_spec`` needs of a spec (``shapprune.game.spec.GameSpec``,
+    which imports this module, so it is not imported here)."""
+
+    def build(self, device: Any = None) -> PruningGame: ...
+
+
 class PruningGame:
     """The cooperative game whose players are the prunable units of one layer.
 
@@ -117,6 +125,7 @@ class PruningGame:
         self.memory_bytes = memory_mb * 2**20
         self.max_stack = max_stack
         self.n_evals = 0
+        self.spec: Any = None  # the GameSpec it was built from (see from_spec), else None
         self._split: SplitModel | None = None
         if cache:
             try:
@@ -150,6 +159,13 @@ class PruningGame:
         else:
             self._hooks = _Hooks(self.model, self.units.mask_points, self.n_players, self.device)
         self._per_coalition = per_example * self.batch_size
+
+    @classmethod
+    def from_spec(cls, spec: _Spec, device: Any = None) -> PruningGame:
+        """The game a ``GameSpec`` describes, on ``device`` (None / "auto": the first
+        available accelerator, else the CPU); its ``spec`` is that spec. Rebuilt from
+        ``spec.to_json()`` in another process it is the same game."""
+        return spec.build(device)
 
     @property
     def n_players(self) -> int:
