@@ -20,8 +20,9 @@ from shapprune.devices import as_float64, available_devices, resolve_device
 from shapprune.evaluation.measure import count_macs, evaluate
 from shapprune.game.pruning_game import PruningGame
 from shapprune.pruning.removal import apply_removals
-from shapprune.zoo.data import Split
+from shapprune.zoo.data import DatasetSplits, Split
 from shapprune.zoo.models import build_model
+from shapprune.zoo.training import train_model
 
 DEVICES = available_devices()
 
@@ -218,3 +219,26 @@ def test_removal_and_evaluation_on_each_device_match_the_cpu(device):
     torch.testing.assert_close(pruned(x.to(device)).cpu(), on_cpu(x), rtol=1e-4, atol=1e-5)
     a, b = evaluate(pruned, Split(x, y)), evaluate(on_cpu, Split(x, y))
     assert a["accuracy"] == b["accuracy"] and abs(a["loss"] - b["loss"]) < 1e-4
+
+
+def test_fine_tuning_creates_no_tensor_off_device(mnist5k):
+    """Training with augmentation (SGD: torch's Adam makes its own step counters without a
+    device, so it cannot run under the meta default) gives the same weights bit for bit."""
+    d = mnist5k
+    small = DatasetSplits(
+        Split(d.train.x[:96], d.train.y[:96]),
+        Split(d.val.x[:32], d.val.y[:32]),
+        Split(d.test.x[:32], d.test.y[:32]),
+        d.name, d.num_classes, d.in_channels, d.image_size,
+    )  # fmt: skip
+    options = dict(epochs=1, lr=1e-2, batch_size=32, optimizer="sgd", augment=["crop:2", "flip"])
+    expected, fresh = build_model("tinycnn"), build_model("tinycnn")
+    metrics = train_model(expected, small, progress=False, **options)
+    with stray_tensors_on_meta():
+        again = train_model(fresh, small, progress=False, **options)
+    trained, retrained = expected.state_dict(), fresh.state_dict()
+    assert trained.keys() == retrained.keys()
+    for name, a in trained.items():
+        assert torch.equal(a, retrained[name]), name
+    assert again["test_accuracy"] == metrics["test_accuracy"]
+    assert metrics["train_loss"] == again["train_loss"] and metrics["train_loss"] > 0

@@ -6,6 +6,11 @@ removed, in effect: they are zeroed where they enter their consumers, which comp
 exactly what the physically pruned network computes. The value is minus the mean
 cross-entropy (``metric="loss"``), the accuracy, or the mean correct-class margin, on
 exactly the data given.
+
+The game runs on the model's device (``game.device``): the data is moved there once, masks
+are built there, and values come back as float64 on the CPU. Inputs may be any tensor the
+model takes (token ids stay integers); the model must return ``(batch, classes)`` logits.
+``PruningGame.from_spec`` builds a game from a plain ``GameSpec`` (``shapprune.game.spec``).
 """
 
 from __future__ import annotations
