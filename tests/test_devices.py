@@ -19,6 +19,7 @@ from shapprune.criteria.registry import get_criterion
 from shapprune.devices import as_float64, available_devices, resolve_device
 from shapprune.evaluation.measure import count_macs, evaluate
 from shapprune.game.pruning_game import PruningGame
+from shapprune.pruning.compress import prune_model
 from shapprune.pruning.removal import apply_removals
 from shapprune.zoo.data import DatasetSplits, Split
 from shapprune.zoo.models import build_model
@@ -242,3 +243,21 @@ def test_fine_tuning_creates_no_tensor_off_device(mnist5k):
         assert torch.equal(a, retrained[name]), name
     assert again["test_accuracy"] == metrics["test_accuracy"]
     assert metrics["train_loss"] == again["train_loss"] and metrics["train_loss"] > 0
+
+
+def test_the_whole_pruning_job_creates_no_tensor_off_device(mnist5k):
+    """Scoring, a MACs target met by bisection on pruned copies, removal and measurement."""
+    d = mnist5k
+    small = DatasetSplits(
+        Split(d.train.x[:8], d.train.y[:8]), d.val, Split(d.test.x[:64], d.test.y[:64]),
+        d.name, d.num_classes, d.in_channels, d.image_size,
+    )  # fmt: skip
+    model = build_model("lenet5")
+    pruned, summary = prune_model(model, small, get_criterion("weight-l1"), "macs=0.5", per_class=2)
+    with stray_tensors_on_meta():
+        again, repeat = prune_model(
+            model, small, get_criterion("weight-l1"), "macs=0.5", per_class=2
+        )
+    assert repeat["removed"] == summary["removed"] and sum(summary["removed"].values()) > 0
+    assert repeat["after"]["macs"] == summary["after"]["macs"] < summary["before"]["macs"]
+    assert torch.equal(again(small.test.x), pruned(small.test.x))
