@@ -98,15 +98,24 @@ def mha_call(
 class SlimMultiheadAttention(nn.Module):
     """Attention with ``num_heads`` heads of width ``head_dim`` over ``embed_dim`` features."""
 
-    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, batch_first: bool) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int,
+        batch_first: bool,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
+        where = {"device": device, "dtype": dtype}
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
         self.batch_first = batch_first
         width = num_heads * head_dim
-        self.q_proj = nn.Linear(embed_dim, width)
-        self.k_proj = nn.Linear(embed_dim, width)
-        self.v_proj = nn.Linear(embed_dim, width)
-        self.out_proj = nn.Linear(width, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, width, **where)
+        self.k_proj = nn.Linear(embed_dim, width, **where)
+        self.v_proj = nn.Linear(embed_dim, width, **where)
+        self.out_proj = nn.Linear(width, embed_dim, **where)
 
     @classmethod
     def from_torch(cls, mha: nn.MultiheadAttention) -> SlimMultiheadAttention:
@@ -114,7 +123,10 @@ class SlimMultiheadAttention(nn.Module):
         if mha.bias_k is not None or mha.add_zero_attn or not mha._qkv_same_embed_dim:
             raise NotImplementedError("bias_k, add_zero_attn and kdim/vdim are not supported")
         e = mha.embed_dim
-        slim = cls(e, mha.num_heads, e // mha.num_heads, mha.batch_first)
+        weight = mha.out_proj.weight
+        slim = cls(
+            e, mha.num_heads, e // mha.num_heads, mha.batch_first, weight.device, weight.dtype
+        )
         with torch.no_grad():
             for i, proj in enumerate((slim.q_proj, slim.k_proj, slim.v_proj)):
                 proj.weight.copy_(mha.in_proj_weight[i * e : (i + 1) * e])
@@ -133,7 +145,8 @@ class SlimMultiheadAttention(nn.Module):
         """Cut the given heads out of the projections."""
         keep = torch.tensor(
             [h * self.head_dim + j for h in range(self.num_heads) if h not in set(heads)
-             for j in range(self.head_dim)]
+             for j in range(self.head_dim)],
+            device=self.q_proj.weight.device,
         )  # fmt: skip
         with torch.no_grad():
             for proj in (self.q_proj, self.k_proj, self.v_proj):

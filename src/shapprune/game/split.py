@@ -84,7 +84,7 @@ class SplitModel:
         graph = gm.graph
         self.points = points
         self.n_players = n_players
-        self._owners = [channel_owner(p, n_players) for p in points]
+        self._owners = [channel_owner(p, n_players, example.device) for p in points]
         modules = dict(gm.named_modules())
         consumers = []
         for j, point in enumerate(points):
@@ -191,7 +191,8 @@ class SplitModel:
             if e.kind == "table" and _table_pays(e.module, self.n_players, m):
                 # the consumer's output: a weighted sum of per-player outputs
                 if weights is None:
-                    weights = torch.cat([masks.float(), torch.ones(m, 1)], dim=1)
+                    ones = torch.ones(m, 1, device=masks.device)
+                    weights = torch.cat([masks.float(), ones], dim=1)
                 table = self._table(cache, j)
                 out = weights @ table.reshape(table.shape[0], -1)
                 args.append(out.reshape(m * table.shape[1], *table.shape[2:]))
@@ -224,17 +225,21 @@ def channel_mask(masks: torch.Tensor, owner: torch.Tensor | None) -> torch.Tenso
     Unowned channels (-1) are kept."""
     if owner is None:
         return masks.float()
-    keep_all = torch.ones(masks.shape[0], 1, dtype=torch.bool)
+    keep_all = torch.ones(masks.shape[0], 1, dtype=torch.bool, device=masks.device)
     return torch.cat([masks, keep_all], dim=1)[:, owner].float()
 
 
-def channel_owner(point: MaskPoint, n_players: int) -> torch.Tensor | None:
-    """The point's ``player_of_channel``, or None where channel c is player c's for every
-    channel (the common case: then a channel mask is the player mask, with no indexing)."""
+def channel_owner(
+    point: MaskPoint, n_players: int, device: torch.device | None = None
+) -> torch.Tensor | None:
+    """The point's ``player_of_channel`` (on ``device``, where the masks will be), or None
+    where channel c is player c's for every channel (the common case: then a channel mask
+    is the player mask, with no indexing)."""
     owner = point.player_of_channel
-    if len(owner) == n_players and bool((owner == torch.arange(n_players)).all()):
+    same = torch.arange(n_players, device=owner.device)
+    if len(owner) == n_players and bool((owner == same).all()):
         return None
-    return owner
+    return owner if device is None else owner.to(device)
 
 
 DECOMPOSE_GAIN = 2
@@ -308,11 +313,13 @@ def _table(x: torch.Tensor, module, point: MaskPoint, cd: int, n: int) -> torch.
     channels alone (no bias); the last row is the output from the unowned channels plus
     the bias. For any coalition, the consumer's output is the sum of its players' rows
     and the last row: the layer is linear in its input channels."""
-    owner = point.player_of_channel
+    owner = point.player_of_channel.to(x.device)
 
     def part(channels: torch.Tensor) -> torch.Tensor:
         if len(channels) == 0:
-            channels = torch.zeros(1, dtype=torch.long)  # an empty part: its output times 0
+            channels = torch.zeros(
+                1, dtype=torch.long, device=x.device
+            )  # an empty part: its output times 0
             return 0 * part(channels)
         xs = x.index_select(cd, channels)
         w = module.weight.index_select(1, channels)
@@ -325,7 +332,9 @@ def _table(x: torch.Tensor, module, point: MaskPoint, cd: int, n: int) -> torch.
         shape = [1] * last.dim()
         shape[1 if not isinstance(module, torch.nn.Linear) else -1] = -1
         last = last + module.bias.reshape(shape)
-    table = torch.empty((n + 1, *last.shape), dtype=last.dtype)  # filled in place: no copies
+    table = torch.empty(
+        (n + 1, *last.shape), dtype=last.dtype, device=last.device
+    )  # filled in place: no copies
     table[n] = last
     for p in range(n):
         table[p] = part((owner == p).nonzero().flatten())

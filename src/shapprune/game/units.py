@@ -18,6 +18,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from shapprune.devices import to_device
+
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS_ACROSS_CHANNELS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
@@ -77,7 +79,9 @@ def candidate_layers(model: nn.Module) -> list[str]:
 
 def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
     """torch-pruning's dependency graph of ``model`` (its parameter warnings silenced; the
-    train/eval flags of the modules, which its tracing sets to eval, restored)."""
+    train/eval flags of the modules, which its tracing sets to eval, restored). The example
+    inputs are moved to the model's device."""
+    example_inputs = to_device(example_inputs, model)
     flags = {m: m.training for m in model.modules()}
     try:
         with warnings.catch_warnings():
@@ -121,7 +125,7 @@ def _head_units(layer: str, module: nn.Module) -> Units:
     if width % n_heads:
         raise ValueError(f"{layer}: projection width {width} is not a multiple of {n_heads} heads")
     proj_name = layer + "." + next(n for n, m in module.named_children() if m is proj)
-    owner = torch.arange(width) // (width // n_heads)
+    owner = torch.arange(width, device="cpu") // (width // n_heads)
     point = MaskPoint(proj_name, -1, owner)
     return Units(layer, "heads", n_heads, (point,), (layer,))
 
@@ -151,8 +155,9 @@ def _channel_units(
             coupled.append(names[target])
         elif dg.is_in_channel_pruning_fn(handler) and not _is_depthwise(target):
             width = target.in_channels if isinstance(target, _CONV) else target.in_features
-            owner = torch.full((width,), -1, dtype=torch.long)
-            owner[torch.as_tensor(item.idxs)] = torch.as_tensor(item.root_idxs)
+            owner = torch.full((width,), -1, dtype=torch.long, device="cpu")  # records: CPU
+            idxs, roots = (torch.as_tensor(i, device="cpu") for i in (item.idxs, item.root_idxs))
+            owner[idxs] = roots
             dim = 1 if isinstance(target, _CONV) else -1
             points.append(MaskPoint(names[target], dim, owner))
     if not points:

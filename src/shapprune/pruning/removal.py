@@ -80,7 +80,7 @@ def replay(model: nn.Module, steps: Sequence[Mapping], example_inputs: torch.Ten
 
 def _zero_inputs(model: nn.Module, points, idxs: list[int]) -> None:
     modules = dict(model.named_modules())
-    removed = torch.tensor(idxs)
+    removed = torch.tensor(idxs, device="cpu")  # mask points' owners are CPU records
     with torch.no_grad():
         for point in points:
             consumer = modules[point.module]
@@ -88,7 +88,7 @@ def _zero_inputs(model: nn.Module, points, idxs: list[int]) -> None:
             if weight is None:
                 raise NotImplementedError(f"cannot mask the inputs of {point.module!r}")
             columns = torch.isin(point.player_of_channel, removed).nonzero().flatten()
-            weight.index_fill_(1, columns, 0.0)
+            weight.index_fill_(1, columns.to(weight.device), 0.0)
 
 
 def _remove(model: nn.Module, layer: str, kind: str, idxs: list[int], example) -> None:
