@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from shapprune.jobs import DEMO_EXPERIMENT, rank_layer
+from shapprune.outputs import check_output
 from shapprune.zoo.cache import load_model
 
 app = typer.Typer(
@@ -31,30 +32,56 @@ ModelOpt = Annotated[str, typer.Option(help="zoo model name or checkpoint path")
 DataOpt = Annotated[str, typer.Option(help="dataset name (mnist5k is embedded)")]
 SeedOpt = Annotated[int, typer.Option(help="random seed")]
 RootOpt = Annotated[str | None, typer.Option(help="folder holding local datasets")]
-PerClassOpt = Annotated[int, typer.Option(help="reference examples per class")]
+PerClassOpt = Annotated[int, typer.Option(min=1, help="reference examples per class")]
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
-    try:
-        code = app(standalone_mode=False)  # Ctrl-C comes back as the code 130
-        sys.exit(code if isinstance(code, int) else 0)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except typer.Abort:
-        console.print("aborted")
-        sys.exit(130)
-    except Exception as err:  # click's usage errors carry their own exit code
-        import click
+    """Entry point: every error a user can cause is one line on stderr and exit code 2.
 
-        if isinstance(err, click.ClickException):
-            err.show()
+    The command runs outside click's own ``main``, so usage errors, Ctrl-C and the user
+    errors below reach this handler as exceptions whatever typer, click or pydantic version
+    is installed (some raise usage errors from pydantic, some vendor click).
+    """
+    command = typer.main.get_command(app)
+    try:
+        with command.make_context("shapprune", sys.argv[1:]) as ctx:
+            command.invoke(ctx)
+    except KeyboardInterrupt:
+        _fail("interrupted; files already complete are kept, none was left half-written", 130)
+    except Exception as err:
+        kinds = {cls.__name__ for cls in type(err).__mro__}
+        if "Exit" in kinds and hasattr(err, "exit_code"):  # --help, or an explicit exit
             sys.exit(err.exit_code)
-        if isinstance(err, USER_ERRORS):
-            msg = str(err.args[0]) if err.args else str(err)
-            print(f"error: {msg}", file=sys.stderr)
-            sys.exit(2)
+        if "Abort" in kinds:
+            _fail("aborted", 130)
+        if "NoArgsIsHelpError" in kinds:  # click >= 8.2: no arguments shows the help
+            print(err.format_message())
+            sys.exit(0)
+        if "ClickException" in kinds:  # click's or typer's vendored usage errors
+            _fail(err.format_message() if hasattr(err, "format_message") else str(err))
+        if "ValidationError" in kinds and type(err).__module__.startswith("pydantic"):
+            _fail(_pydantic_message(err))
+        if isinstance(err, OSError) and err.strerror:  # the path and the reason
+            where = f"{err.filename}: " if err.filename is not None else ""
+            _fail(f"{where}{err.strerror}")
+        if isinstance(err, USER_ERRORS + (OSError,)):
+            _fail(str(err.args[0]) if err.args else type(err).__name__)
         raise
+    sys.exit(0)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """``error: message`` as one line on stderr, then exit."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _pydantic_message(err: Exception) -> str:
+    try:
+        first = err.errors()[0]
+        return f"invalid value {first.get('input')!r}: {first.get('msg')}"
+    except Exception:  # another pydantic version: its own text, made one line by _fail
+        return str(err)
 
 
 @contextmanager
@@ -107,8 +134,11 @@ def _write_json(out: Path, record: dict, force: bool) -> None:
         raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(out)
+    try:
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _ranking_table(record: dict, show: int | None = None) -> Table:
@@ -150,8 +180,8 @@ def rank(
     force: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
     """Shapley values of a layer's units, written as JSON with the ranking."""
-    if out is not None and out.exists() and not force:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
+    if out is not None:
+        check_output(out, force=force)
     record = rank_layer(
         model, data, layer, method, budget, seed, metric, per_class, root, _evaluation_progress
     )
@@ -186,8 +216,7 @@ def train(
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; known models: {', '.join(sorted(MODELS))}")
     for path in (out.with_name(out.name + ".safetensors"), out.with_name(out.name + ".json")):
-        if path.exists() and not force:
-            raise FileExistsError(f"{path} exists; choose another --out or pass --force")
+        check_output(path, force=force)
     recipe = recipe_for(model, data)
     recipe.update({k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None})
     net, config, metrics, data_name = train_by_recipe(model, data, recipe, seed=seed, root=root)
@@ -250,6 +279,7 @@ def prune(
     from shapprune.zoo.data import load_dataset
 
     parsed = Target.parse(target)
+    check_output(out, folder=True)
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} is not empty; choose another --out or pass --force")
     scorer = get_criterion(criterion, **_criterion_options(criterion, budget, metric, composite))
@@ -309,6 +339,7 @@ def compare(
     from shapprune.evaluation.report import write_outputs
 
     experiment = load_config(config)
+    check_output(out, folder=True)
     check_resumable(experiment, out)
     with _cell_progress("compare") as update:
         results = run_compare(experiment, out, progress=update)
@@ -334,9 +365,13 @@ def oracle(
     from shapprune.game.pruning_game import PruningGame
     from shapprune.zoo.data import load_dataset, reference_set
 
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
-    sizes = [int(k) for k in ks.split(",") if k.strip()]
+    try:
+        sizes = [int(k) for k in ks.split(",") if k.strip()]
+    except ValueError:
+        raise ValueError(f"--ks takes set sizes as comma-separated integers, got {ks!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--ks takes set sizes >= 1, got {ks!r}")
+    check_output(out, force=force)
     net, _ = load_model(model, data, root=root)
     ref = reference_set(load_dataset(data, root=root).val, per_class=per_class, seed=0)
     game = PruningGame(net, layer, (ref.x, ref.y))
@@ -364,6 +399,7 @@ def demo(
     from shapprune.evaluation.config import parse_config
     from shapprune.evaluation.report import summarise, write_outputs
 
+    check_output(out, folder=True)
     start = time.perf_counter()
     record = rank_layer(
         "lenet5", "mnist5k", "conv2", "permutation", budget, seed, progress=_evaluation_progress
