@@ -99,6 +99,7 @@ def _evaluation_progress(label: str, total: int):
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_interactive,  # piped stderr: no bar, no stray blank line
     )
     task = bar.add_task(label, total=total)
 
@@ -120,6 +121,7 @@ def _cell_progress(label: str):
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=console, transient=True,
+        disable=not console.is_interactive,  # piped stderr: no bar, no stray blank line
     ) as bar:  # fmt: skip
         task = bar.add_task(label, total=None)
 
