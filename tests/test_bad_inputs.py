@@ -297,3 +297,38 @@ def test_interrupted_compare_resumes(user, tmp_path, monkeypatch, capsys):
     assert f"{total - len(kept)} cells computed" in " ".join(err.split())
     results = json.loads((out / "results.json").read_text())
     assert set(results["summary"]["robustness"]["conv1"]) == {"random", "weight-l1"}
+
+
+def _validation_error() -> Exception:
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        TypeAdapter(int).validate_python("lots")
+    except ValidationError as err:
+        return err
+    raise AssertionError("pydantic accepted 'lots' as an integer")
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda: __import__("click").BadParameter("click's own usage error"), "click's own"),
+        (lambda: __import__("typer").BadParameter("typer's usage error"), "typer's usage"),
+        (_validation_error, "invalid value 'lots': Input should be a valid integer"),
+        (lambda: PermissionError(13, "Permission denied", "/data/x.json"), "/data/x.json: Per"),
+        (lambda: IsADirectoryError(21, "Is a directory", "/data/out"), "/data/out: Is a dir"),
+        (lambda: OSError(28, "No space left on device", "/data/big"), "/data/big: No space"),
+        (lambda: OSError("a bare OSError"), "a bare OSError"),
+    ],
+    ids=["click", "typer", "pydantic", "permission", "is-a-dir", "no-space", "bare-oserror"],
+)
+def test_errors_of_any_library_version_are_one_line(monkeypatch, capsys, make, needle):
+    """Whatever typer, click or pydantic raise (versions differ), and OS errors mid-run."""
+
+    def fail(*args, **kwargs):
+        raise make()
+
+    monkeypatch.setattr(cli, "rank_layer", fail)
+    code, _, err = run(monkeypatch, capsys, "rank")
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert needle in err and "Traceback" not in err
