@@ -193,6 +193,11 @@ CASES = {
     "oracle-out-exists": (["oracle", "--model", M, "--out", "{d}/earlier.json"], "exists"),
     "train-out-exists": (["train", "--out", "{d}/earlier"], "exists"),
     "prune-out-not-empty": (["prune", "--model", M, "--out", "{d}/full"], "is not empty"),
+    "compare-out-foreign-folder": (
+        ["compare", "--config", "{d}/good.yaml", "--out", "{d}/full"],
+        "holds other files and no earlier run",
+    ),
+    "demo-out-foreign-folder": (["demo", "--out", "{d}/full"], "holds other files"),
     "compare-other-experiment": (
         ["compare", "--config", "{d}/good.yaml", "--out", "{d}/runs"],
         "holds results of another experiment",

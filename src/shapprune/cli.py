@@ -341,7 +341,7 @@ def compare(
     from shapprune.evaluation.report import write_outputs
 
     experiment = load_config(config)
-    check_output(out, folder=True)
+    check_output(out, folder=True, resumes="experiment.json")
     check_resumable(experiment, out)
     with _cell_progress("compare") as update:
         results = run_compare(experiment, out, progress=update)
@@ -401,7 +401,7 @@ def demo(
     from shapprune.evaluation.config import parse_config
     from shapprune.evaluation.report import summarise, write_outputs
 
-    check_output(out, folder=True)
+    check_output(out, folder=True, resumes="experiment.json")
     start = time.perf_counter()
     record = rank_layer(
         "lenet5", "mnist5k", "conv2", "permutation", budget, seed, progress=_evaluation_progress
