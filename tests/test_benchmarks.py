@@ -16,6 +16,7 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         "SHAPPRUNE_CACHE": str(tmp_path / "cache"),
         "PATH": "/usr/bin:/bin",
         "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(BENCHMARKS.parent / "src"),  # this checkout's shapprune, installed or not
     }
     return subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, env=env, timeout=300
