@@ -16,3 +16,10 @@ def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(c, generator=g) * 0.3)
     return model.eval()
+
+
+# What float32 allows between two computations of one value (a game's value, a logit) that
+# went through different batch or stack shapes, thread counts or CPUs: matrix products block
+# their sums differently, so results agree to a few units in the 6th significant digit,
+# not bit for bit. Bit-identical holds only on one machine with the same stack sizes.
+F32_ACROSS_SHAPES = 1e-5

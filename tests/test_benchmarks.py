@@ -16,10 +16,90 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         "SHAPPRUNE_CACHE": str(tmp_path / "cache"),
         "PATH": "/usr/bin:/bin",
         "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(BENCHMARKS.parent / "src"),  # this checkout's shapprune, installed or not
     }
     return subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, env=env, timeout=300
     )
+
+
+def _spread_ok(s: dict) -> bool:
+    return 0 < s["min"] <= s["median"] <= s["max"]
+
+
+def _check_throughput(r: dict) -> None:
+    modes = ["naive", "prefix-cached, one", "prefix-cached + batched", "decomposed", "limit"]
+    got = {(lay["model"], lay["layer"], lay["units"]) for lay in r["layers"]}
+    assert {("lenet5", "conv2", 50), ("vgg", "features.11", 128)} <= got
+    for lay in r["layers"]:
+        rows = lay["rows"]
+        assert len(rows) == len(modes)
+        assert all(m in row["mode"] for m, row in zip(modes, rows, strict=True))
+        assert rows[0]["x_naive"] == 1.0 and rows[-1]["x_limit"] == 1.0
+        assert all(_spread_ok(row["evals_per_s"]) for row in rows)
+        naive = rows[0]["evals_per_s"]["median"]
+        for row in rows:  # the ratios are the rates divided, as written
+            assert row["x_naive"] == pytest.approx(row["evals_per_s"]["median"] / naive)
+
+
+def _check_estimators(r: dict) -> None:
+    games = [k for k in r if k != "machine"]
+    assert "tinycnn_conv1" in games and r["tinycnn_conv1"]["reference"]["evals"] == 2**8
+    for game in games:
+        rows = r[game]["rows"]
+        assert {"permutation, plain", "kernel (paired)", "leave-one-out"} <= {
+            row["estimator"] for row in rows
+        }
+        for row in rows:
+            assert 0 < row["evals"] <= row["budget"] and row["nrmse"] >= 0
+            assert -1 <= row["spearman_min"] <= row["spearman"] <= 1
+
+
+def _check_captum_vs(r: dict) -> None:
+    methods = r["methods"]
+    assert len(methods) == 3
+    assert methods["Captum ShapleyValueSampling, user's hook wrapper"]["speedup"] == 1.0
+    for name, m in methods.items():
+        assert m["runs"] and all(run["evals"] > 0 and run["seconds"] > 0 for run in m["runs"])
+        if "budget" in m["runs"][0]:
+            assert all(run["evals"] <= run["budget"] for run in m["runs"]), name
+
+
+def _check_pruned_models(r: dict) -> None:
+    assert r["models"] and r["criterion"] == "weight-l1"
+    for m in r["models"]:
+        original = m["original"]
+        assert m["pruned"]
+        for p in m["pruned"]:
+            assert p["params"] < original["params"] and p["macs"] < original["macs"]
+            assert p["macs_ratio"] == pytest.approx(p["macs"] / original["macs"])
+            assert p["macs_removed"] == pytest.approx(1 - p["macs_ratio"])
+            assert set(p["removed"]) <= set(m["layers"]) and all(p["removed"].values())
+            assert 0 <= p["accuracy"] <= 1 and _spread_ok(p["latency_ms_b1"])
+
+
+def _check_scale(r: dict) -> None:
+    assert len(r["runs"]) >= 2
+    for run in r["runs"]:
+        for lay in run["layers"]:
+            assert 0 < lay["evaluations"] <= lay["budget"]
+            assert lay["stacked_pass_mib"] == pytest.approx(
+                lay["stack_size"] * lay["per_coalition_mib"]
+            )
+            assert lay["stacked_pass_mib"] <= run["memory_mb"]  # the memory budget holds
+            assert lay["images_per_pass"] <= run["reference"]
+        assert run["evaluations"] == sum(lay["evaluations"] for lay in run["layers"])
+
+
+def _check_criteria_lenet(r: dict) -> None:
+    # half the conv filters of LeNet-5: the architecture's numbers are known exactly
+    assert (r["before"]["params"], r["before"]["macs"]) == (431_080, 2_338_170)
+    assert (r["after"]["params"], r["after"]["macs"]) == (212_045, 772_090)
+    assert {"random", "weight-l1"} <= {row["criterion"] for row in r["rows"]}
+    assert all(0 <= row["accuracy"] <= 1 and row["runs"] >= 1 for row in r["rows"])
+
+
+CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -28,7 +108,7 @@ def test_benchmark_runs_quick(tmp_path, script):
     done = _run(tmp_path, str(BENCHMARKS / f"{script}.py"), "--quick", "--out", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "|---|" in done.stdout  # printed a Markdown table
-    assert json.loads(out.read_text())
+    CHECKS[script](json.loads(out.read_text()))
 
 
 def test_run_all_writes_the_document_and_the_readme_block(tmp_path):

@@ -19,6 +19,7 @@ from shapprune.devices import resolve_device
 from shapprune.estimators.registry import ESTIMATORS, get_estimator
 from shapprune.jobs import DEMO_EXPERIMENT, rank_layer
 from shapprune.options import declared, parse_options
+from shapprune.outputs import check_output
 from shapprune.zoo.cache import load_model
 
 app = typer.Typer(
@@ -35,7 +36,7 @@ ModelOpt = Annotated[str, typer.Option(help="zoo model name or checkpoint path")
 DataOpt = Annotated[str, typer.Option(help="dataset name (mnist5k is embedded)")]
 SeedOpt = Annotated[int, typer.Option(help="random seed")]
 RootOpt = Annotated[str | None, typer.Option(help="folder holding local datasets")]
-PerClassOpt = Annotated[int, typer.Option(help="reference examples per class")]
+PerClassOpt = Annotated[int, typer.Option(min=1, help="reference examples per class")]
 # Help that lists the registered estimators and criteria: written by _refresh_help() when the
 # command line runs, so that estimators and criteria registered after import show up.
 METHOD_HELP = typer.Option(help="a registered estimator")
@@ -73,27 +74,53 @@ DeviceOpt = Annotated[
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
-    _refresh_help()
-    try:
-        code = app(standalone_mode=False)  # Ctrl-C comes back as the code 130
-        sys.exit(code if isinstance(code, int) else 0)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except typer.Abort:
-        console.print("aborted")
-        sys.exit(130)
-    except Exception as err:  # click's usage errors carry their own exit code
-        import click
+    """Entry point: every error a user can cause is one line on stderr and exit code 2.
 
-        if isinstance(err, click.ClickException):
-            err.show()
+    The command runs outside click's own ``main``, so usage errors, Ctrl-C and the user
+    errors below reach this handler as exceptions whatever typer, click or pydantic version
+    is installed (some raise usage errors from pydantic, some vendor click).
+    """
+    _refresh_help()
+    command = typer.main.get_command(app)
+    try:
+        with command.make_context("shapprune", sys.argv[1:]) as ctx:
+            command.invoke(ctx)
+    except KeyboardInterrupt:
+        _fail("interrupted; files already complete are kept, none was left half-written", 130)
+    except Exception as err:
+        kinds = {cls.__name__ for cls in type(err).__mro__}
+        if "Exit" in kinds and hasattr(err, "exit_code"):  # --help, or an explicit exit
             sys.exit(err.exit_code)
-        if isinstance(err, USER_ERRORS):
-            msg = str(err.args[0]) if err.args else str(err)
-            print(f"error: {msg}", file=sys.stderr)
-            sys.exit(2)
+        if "Abort" in kinds:
+            _fail("aborted", 130)
+        if "NoArgsIsHelpError" in kinds:  # click >= 8.2: no arguments shows the help
+            print(err.format_message())
+            sys.exit(0)
+        if "ClickException" in kinds:  # click's or typer's vendored usage errors
+            _fail(err.format_message() if hasattr(err, "format_message") else str(err))
+        if "ValidationError" in kinds and type(err).__module__.startswith("pydantic"):
+            _fail(_pydantic_message(err))
+        if isinstance(err, OSError) and err.strerror:  # the path and the reason
+            where = f"{err.filename}: " if err.filename is not None else ""
+            _fail(f"{where}{err.strerror}")
+        if isinstance(err, USER_ERRORS + (OSError,)):
+            _fail(str(err.args[0]) if err.args else type(err).__name__)
         raise
+    sys.exit(0)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """``error: message`` as one line on stderr, then exit."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _pydantic_message(err: Exception) -> str:
+    try:
+        first = err.errors()[0]
+        return f"invalid value {first.get('input')!r}: {first.get('msg')}"
+    except Exception:  # another pydantic version: its own text, made one line by _fail
+        return str(err)
 
 
 @contextmanager
@@ -111,6 +138,7 @@ def _evaluation_progress(label: str, total: int):
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_interactive,  # piped stderr: no bar, no stray blank line
     )
     task = bar.add_task(label, total=total)
 
@@ -132,6 +160,7 @@ def _cell_progress(label: str):
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=console, transient=True,
+        disable=not console.is_interactive,  # piped stderr: no bar, no stray blank line
     ) as bar:  # fmt: skip
         task = bar.add_task(label, total=None)
 
@@ -146,8 +175,11 @@ def _write_json(out: Path, record: dict, force: bool) -> None:
         raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(out)
+    try:
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _ranking_table(record: dict, show: int | None = None) -> Table:
@@ -189,8 +221,8 @@ def rank(
     device: DeviceOpt = "auto",
 ) -> None:
     """Shapley values of a layer's units, written as JSON with the ranking."""
-    if out is not None and out.exists() and not force:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
+    if out is not None:
+        check_output(out, force=force)
     decl = get_estimator(method).Options
     options = parse_options(decl, option or [], f"method {method!r}")
     record = rank_layer(
@@ -230,8 +262,7 @@ def train(
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; known models: {', '.join(sorted(MODELS))}")
     for path in (out.with_name(out.name + ".safetensors"), out.with_name(out.name + ".json")):
-        if path.exists() and not force:
-            raise FileExistsError(f"{path} exists; choose another --out or pass --force")
+        check_output(path, force=force)
     recipe = recipe_for(model, data)
     recipe.update({k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None})
     net, config, metrics, data_name = train_by_recipe(
@@ -302,6 +333,7 @@ def prune(
 
     parsed = Target.parse(target)
     where = resolve_device(device)
+    check_output(out, folder=True)
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} is not empty; choose another --out or pass --force")
     explicit = {"budget": budget, "metric": metric, "composite": composite}
@@ -365,6 +397,7 @@ def compare(
 
     where = resolve_device(device)
     experiment = load_config(config)
+    check_output(out, folder=True, resumes="experiment.json")
     check_resumable(experiment, out)
     with _cell_progress("compare") as update:
         results = run_compare(experiment, out, progress=update, device=where)
@@ -391,10 +424,14 @@ def oracle(
     from shapprune.game.pruning_game import PruningGame
     from shapprune.zoo.data import load_dataset, reference_set
 
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
-    sizes = [int(k) for k in ks.split(",") if k.strip()]
     where = resolve_device(device)
+    try:
+        sizes = [int(k) for k in ks.split(",") if k.strip()]
+    except ValueError:
+        raise ValueError(f"--ks takes set sizes as comma-separated integers, got {ks!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--ks takes set sizes >= 1, got {ks!r}")
+    check_output(out, force=force)
     net, _ = load_model(model, data, root=root)
     net = net.to(where)
     ref = reference_set(load_dataset(data, root=root).val, per_class=per_class, seed=0)
@@ -424,6 +461,7 @@ def demo(
     from shapprune.evaluation.config import parse_config
     from shapprune.evaluation.report import summarise, write_outputs
 
+    check_output(out, folder=True, resumes="experiment.json")
     start = time.perf_counter()
     where = resolve_device(device)
     record = rank_layer(

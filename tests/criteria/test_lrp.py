@@ -195,7 +195,8 @@ def test_deterministic_batch_invariant_and_model_unchanged():
     one_batch = LRPCriterion(batch_size=64).score(model.eval(), ["features.4"], (x, y))[
         "features.4"
     ]
-    np.testing.assert_allclose(first, one_batch, rtol=1e-5)
+    # batches of 3 and of 7: float32 sums in other orders, near-zero scores included
+    np.testing.assert_allclose(first, one_batch, rtol=1e-5, atol=1e-6 * np.abs(one_batch).max())
 
 
 def test_least_relevant_filters_matter_least():

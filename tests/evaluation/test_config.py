@@ -45,7 +45,11 @@ def test_bad_configs_name_the_key(raw, needle):
 def test_bad_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("criteria: [random\n")
-    with pytest.raises(ValueError, match="is not valid YAML"):
+    with pytest.raises(ValueError, match=r"is not valid YAML \(line 2, column 1\): ") as err:
+        load_config(bad)
+    assert "\n" not in str(err.value) and str(bad) in str(err.value)
+    bad.write_bytes(b"\xff\xfe\x00model")
+    with pytest.raises(ValueError, match="not a text file"):
         load_config(bad)
     with pytest.raises(FileNotFoundError, match="nothere.yaml not found"):
         load_config(tmp_path / "nothere.yaml")

@@ -7,6 +7,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 import torch
+from helpers import F32_ACROSS_SHAPES
 
 from shapprune.evaluation.oracle import (
     OracleSets,
@@ -176,7 +177,8 @@ def test_pruning_game_oracle_beats_random_subsets():
         masks = torch.ones(10, 8, dtype=torch.bool)
         for row, r in enumerate(removed):
             masks[row, r] = False
-        assert (game.value(masks).numpy() <= oracle.values[k] + 1e-6).all()
+        # the oracle's value came from a stack of 56 coalitions, these from stacks of 10 and 1
+        assert (game.value(masks).numpy() <= oracle.values[k] + F32_ACROSS_SHAPES).all()
         mask = torch.ones(8, dtype=torch.bool)
         mask[oracle.sets[k]] = False
-        assert float(game.value(mask)) == pytest.approx(oracle.values[k], abs=1e-9)
+        assert float(game.value(mask)) == pytest.approx(oracle.values[k], abs=F32_ACROSS_SHAPES)

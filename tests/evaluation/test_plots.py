@@ -1,9 +1,13 @@
 """Tests for the generic plots: they write PNG files and never open a window."""
 
-import matplotlib
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+import shapprune.evaluation.plots as plots
 from shapprune.evaluation.plots import bar_plot, line_plot
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -14,8 +18,21 @@ def _is_png(path) -> bool:
     return len(data) > 1000 and data[:8] == PNG
 
 
-def test_backend_is_agg():
-    assert matplotlib.get_backend().lower() == "agg"
+def test_plots_use_agg_even_when_the_environment_asks_for_a_window(tmp_path):
+    # a fresh process told to use an interactive backend, with no display to open it on
+    code = (
+        "import matplotlib, sys; from shapprune.evaluation.plots import bar_plot; "
+        f"bar_plot({str(tmp_path / 'b.png')!r}, {{'a': (1.0, None)}}, 'y', 't'); "
+        "print(matplotlib.get_backend().lower())"
+    )
+    src = Path(plots.__file__).resolve().parents[2]
+    env = {"MPLBACKEND": "TkAgg", "PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}
+    env["MPLCONFIGDIR"] = str(tmp_path / "mpl")
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["agg"] and _is_png(tmp_path / "b.png")
 
 
 def test_line_plot_with_bands_and_log_axis(tmp_path):

@@ -116,7 +116,7 @@ def test_json_round_trip_and_defaults(checkpoint):
         ('{"model": "lenet5", "layer": "conv1", "seed": true}', "seed must be int"),
         ('{"model": "lenet5", "layer": 3}', "layer must be str or null"),
         ('{"model": "lenet5", "layer": "conv1", "split": "dev"}', "split must be one of"),
-        ('{"model": "lenet5", "layer": "conv1", "metric": "f1"}', "metric must be one of"),
+        ('{"model": "lenet5", "layer": "conv1", "metric": "f1"}', "unknown metric 'f1'"),
         ('{"model": "lenet5", "layer": "conv1", "options": {"fast": 1}}', "unknown GameSpec opt"),
         ('{"model": "lenet5", "layer": "c", "options": {"max_stack": 1.5}}', "max_stack must be"),
         ('{"model": "lenet5"}', "exactly one of layer"),

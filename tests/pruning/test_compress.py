@@ -6,7 +6,9 @@ import pytest
 
 from shapprune import cli
 from shapprune.criteria.registry import get_criterion
+from shapprune.evaluation.measure import evaluate
 from shapprune.pruning.compress import prune_model
+from shapprune.pruning.removal import apply_removals
 from shapprune.zoo.models import build_model
 
 
@@ -27,7 +29,15 @@ def test_one_shot_half_the_conv_filters(lenet, mnist5k):
     assert pruned.conv1.out_channels == 10 and pruned.conv2.out_channels == 25
     assert summary["after"]["params"] < summary["before"]["params"]
     assert summary["after"]["macs"] < 0.5 * summary["before"]["macs"]
-    assert 0.1 < summary["after"]["accuracy"] <= 1
+    # the same model pruned by hand: the 10 and 25 filters of least L1 norm, removed directly
+    norms = {n: getattr(lenet, n).weight.detach().abs().sum((1, 2, 3)) for n in ("conv1", "conv2")}
+    lowest = {n: sorted(norms[n].argsort()[:k].tolist()) for n, k in (("conv1", 10), ("conv2", 25))}
+    assert summary["plans"][0]["removals"] == lowest
+    by_hand = apply_removals(lenet, lowest, mnist5k.val.x[:2])
+    expected = evaluate(by_hand, mnist5k.test)
+    assert summary["after"]["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
+    assert summary["after"]["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert summary["before"]["accuracy"] == evaluate(lenet, mnist5k.test)["accuracy"]
 
 
 def test_iterative_macs_target_rescores_between_steps(lenet, mnist5k):

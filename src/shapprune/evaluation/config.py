@@ -90,8 +90,13 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise FileNotFoundError(f"experiment config {path} not found")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {err}") from None
+    except yaml.YAMLError as err:  # one line: where, then what
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what = getattr(err, "problem", None) or type(err).__name__
+        raise ValueError(f"{path} is not valid YAML{where}: {what}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file (YAML expected)") from None
     return parse_config(raw, str(path))
 
 

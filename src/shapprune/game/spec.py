@@ -104,8 +104,7 @@ class GameSpec:
             raise ValueError(f"GameSpec split must be one of {', '.join(SPLITS)}, got "
                              f"{self.split!r}")  # fmt: skip
         if self.metric not in METRICS:
-            raise ValueError(f"GameSpec metric must be one of {', '.join(METRICS)}, got "
-                             f"{self.metric!r}")  # fmt: skip
+            raise ValueError(f"unknown metric {self.metric!r}; choose one of: {', '.join(METRICS)}")
         if self.per_class < 1:
             raise ValueError(f"GameSpec per_class must be >= 1, got {self.per_class}")
         for key, value in self.options.items():

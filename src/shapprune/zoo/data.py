@@ -338,8 +338,14 @@ def _load_imagefolder(path: Path, image_size: int, seed: int) -> DatasetSplits:
         )
     images = []
     for f, _ in files:
-        with Image.open(f) as im:
-            images.append(im.copy())
+        try:
+            with Image.open(f) as im:
+                images.append(im.copy())
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise ValueError(
+                f"{f} is not a readable image ({' '.join(str(err).split())}); "
+                "repair it or move it out of the image folder"
+            ) from None
     gray = all(im.mode in ("1", "L", "LA", "I", "I;16", "F") for im in images)
     mode = "L" if gray else "RGB"
     size = (image_size, image_size)
