@@ -100,13 +100,4 @@ def _accumulate(totals: dict, point: MaskPoint, a: torch.Tensor, g, n: int) -> N
     if g is not None:
         stats["ag"], stats["abs_g"] = a.double() * g.double(), g.abs().double()
     for key, t in stats.items():
-        totals[key] += _per_player(t, point, n)
-
-
-def _per_player(t: torch.Tensor, point: MaskPoint, n: int) -> torch.Tensor:
-    """Sum ``t`` over everything but the channels, then the channels into their players."""
-    per_channel = t.movedim(point.channel_dim, -1).reshape(-1, t.shape[point.channel_dim]).sum(0)
-    owner = point.player_of_channel.clone()
-    owner[owner < 0] = n  # unowned channels land in a discarded slot
-    out = torch.zeros(n + 1, dtype=torch.float64).index_add_(0, owner, per_channel)
-    return out[:n]
+        totals[key] += point.per_player(t, n)

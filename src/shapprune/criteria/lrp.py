@@ -384,13 +384,8 @@ def _unit_relevance(
     rel = torch.zeros(len(x), units.n_players, dtype=torch.float64, device=x.device)
     grads_of = iter(grads)
     for point in units.mask_points:
-        owner = point.player_of_channel.to(x.device)
-        owned = owner >= 0
-        for probe in probes[point.module]:
+        for _probe in probes[point.module]:
             grad = next(grads_of)
-            if grad is None:
-                continue
-            per_channel = grad.movedim(point.channel_dim, -1)
-            per_channel = per_channel.reshape(len(x), -1, probe.shape[point.channel_dim]).sum(1)
-            rel.index_add_(1, owner[owned], per_channel[:, owned].double())
+            if grad is not None:
+                point.per_player(grad, units.n_players, keep=1, out=rel)
     return rel

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from shapprune.game.split import SplitModel, channel_mask, channel_owner
+from shapprune.game.split import SplitModel
 from shapprune.game.tracing import trace
 from shapprune.game.units import MaskPoint, Units, find_units
 
@@ -141,7 +141,7 @@ class PruningGame:
         if self._split is not None:
             self._caches = [self._split.prepare(x) for x, _ in self._chunks]
         else:
-            self._hooks = _Hooks(self.model, self.units.mask_points, self.n_players)
+            self._hooks = _Hooks(self.model, self.units.mask_points)
         self._per_coalition = per_example * self.batch_size
 
     @property
@@ -233,11 +233,10 @@ def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
 class _Hooks:
     """Masking by forward pre-hooks: the whole network runs for every coalition."""
 
-    def __init__(self, model: nn.Module, points: tuple[MaskPoint, ...], n_players: int) -> None:
+    def __init__(self, model: nn.Module, points: tuple[MaskPoint, ...]) -> None:
         modules = dict(model.named_modules())
         self.modules = [modules[p.module] for p in points]
         self.points = points
-        self.owners = [channel_owner(p, n_players) for p in points]
         if any(isinstance(m, nn.MultiheadAttention) for m in modules.values()) and any(
             p.module.endswith("out_proj") for p in points
         ):
@@ -246,8 +245,8 @@ class _Hooks:
     def run(self, model: nn.Module, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         m, batch = masks.shape[0], x.shape[0]
         handles = []
-        for module, point, owner in zip(self.modules, self.points, self.owners, strict=True):
-            full = channel_mask(masks, owner).repeat_interleave(batch, dim=0)
+        for module, point in zip(self.modules, self.points, strict=True):
+            full = point.channel_mask(masks).repeat_interleave(batch, dim=0)
 
             def hook(_mod, args, full=full, point=point):
                 inp = args[0]

@@ -21,7 +21,7 @@ import torch_pruning as tp
 from torch import nn
 
 from shapprune.game.attention import SlimMultiheadAttention
-from shapprune.game.units import build_graph, find_units
+from shapprune.game.units import MaskPoint, build_graph, find_units, out_channel_pruner
 
 MODES = ("remove", "mask")
 HISTORY_ATTR = "shapprune_history"
@@ -78,17 +78,15 @@ def replay(model: nn.Module, steps: Sequence[Mapping], example_inputs: torch.Ten
     return model
 
 
-def _zero_inputs(model: nn.Module, points, idxs: list[int]) -> None:
+def _zero_inputs(model: nn.Module, points: tuple[MaskPoint, ...], idxs: list[int]) -> None:
     modules = dict(model.named_modules())
-    removed = torch.tensor(idxs)
     with torch.no_grad():
         for point in points:
             consumer = modules[point.module]
             weight = consumer.weight if hasattr(consumer, "weight") else None
             if weight is None:
                 raise NotImplementedError(f"cannot mask the inputs of {point.module!r}")
-            columns = torch.isin(point.player_of_channel, removed).nonzero().flatten()
-            weight.index_fill_(1, columns, 0.0)
+            weight.index_fill_(1, point.channels(idxs), 0.0)
 
 
 def _remove(model: nn.Module, layer: str, kind: str, idxs: list[int], example) -> None:
@@ -104,9 +102,7 @@ def _remove(model: nn.Module, layer: str, kind: str, idxs: list[int], example) -
     if kind == "heads":
         _remove_heads(dg, module, idxs)
     else:
-        is_conv = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
-        fn = tp.prune_conv_out_channels if is_conv else tp.prune_linear_out_channels
-        dg.get_pruning_group(module, fn, idxs=idxs).prune()
+        dg.get_pruning_group(module, out_channel_pruner(module), idxs=idxs).prune()
 
 
 def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> None:
