@@ -19,6 +19,7 @@ from torch import nn
 
 from shapprune.criteria.activations import ActivationSums, activation_sums
 from shapprune.criteria.base import Criterion
+from shapprune.game.attention import in_projection
 from shapprune.game.units import Units
 
 
@@ -76,11 +77,8 @@ def _head_rows(attn: nn.Module, n_heads: int) -> torch.Tensor:
     if isinstance(getattr(attn, "qkv", None), nn.Linear):
         qkv = attn.qkv.weight.detach().double()
         parts = qkv.chunk(3, dim=0)
-    elif isinstance(attn, nn.MultiheadAttention) and attn.in_proj_weight is not None:
-        parts = attn.in_proj_weight.detach().double().chunk(3, dim=0)
     elif isinstance(attn, nn.MultiheadAttention):
-        parts = [attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight]
-        parts = [p.detach().double() for p in parts]
+        parts = [w.detach().double() for w in in_projection(attn)[0]]
     else:
         raise ValueError(
             f"cannot find the q/k/v weights of {type(attn).__name__}: weight norms of heads "

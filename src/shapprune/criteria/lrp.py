@@ -44,7 +44,7 @@ from zennit.rules import AlphaBeta, Epsilon, Gamma, Pass, ZPlus
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 from zennit.types import Linear as LinearType
 
-from shapprune.game.attention import mha_call
+from shapprune.game.attention import in_projection, mha_call
 from shapprune.game.tracing import explicit_mha
 from shapprune.game.units import Units, find_units
 from shapprune.zoo import models
@@ -192,13 +192,7 @@ def _linear_sharing(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linea
 def _mha_lrp(name: str, module: nn.Module) -> dict[str, Any] | None:
     if not isinstance(module, nn.MultiheadAttention):
         return None
-    e = module.embed_dim
-    if module._qkv_same_embed_dim:
-        weights = module.in_proj_weight.split(e)
-    else:
-        weights = (module.q_proj_weight, module.k_proj_weight, module.v_proj_weight)
-    b = module.in_proj_bias
-    biases = (None, None, None) if b is None else b.split(e)
+    weights, biases = in_projection(module)
     attributes: dict[str, Any] = {"forward": _mha_forward.__get__(module)}
     for key, w, bias in zip("qkv", weights, biases, strict=True):
         attributes["canonizer_" + key] = _linear_sharing(w, bias)

@@ -20,7 +20,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from shapprune.game.attention import SlimMultiheadAttention
+from shapprune.game.attention import SlimMultiheadAttention, head_rows
 from shapprune.game.units import MaskPoint, build_graph, find_units, out_channel_pruner
 
 MODES = ("remove", "mask")
@@ -115,9 +115,7 @@ def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> 
     n_heads = int(attn.num_heads)
     width = qkv.out_features // 3
     head_dim = width // n_heads
-    rows = [
-        part * width + h * head_dim + j for part in range(3) for h in heads for j in range(head_dim)
-    ]
+    rows = head_rows(heads, head_dim, parts=3, width=width)
     dg.get_pruning_group(qkv, tp.prune_linear_out_channels, idxs=rows).prune()
     attn.num_heads = n_heads - len(heads)
     if hasattr(attn, "attn_dim"):  # timm keeps the concatenated heads' width
