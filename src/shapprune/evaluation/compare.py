@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from shapprune.evaluation.config import CriterionSpec, ExperimentConfig
+from shapprune.evaluation.ranking import positions, rank_correlation, ranking_from_scores
 from shapprune.zoo.data import Split, reference_set
 
 Progress = Callable[[str, int, int], None]
@@ -140,7 +141,6 @@ def _scores_of(results: dict, spec: CriterionSpec, layer: str, seed: int) -> np.
 
 def _robustness(config, model, layers, heldout, store, results, step) -> None:
     from shapprune.evaluation.experiments import robustness_curve
-    from shapprune.evaluation.oracle import ranking_from_scores
 
     for spec in config.criteria:
         for layer in layers:
@@ -177,17 +177,11 @@ def _rates(config, model, layers, test, example, store, results, step) -> None:
 def _quality(config, game, layer: str, results: dict, store: CellStore, step) -> None:
     """Each criterion's regret against the oracle sets (one batched game call) and its rank
     correlation with the Oracle rank."""
-    from shapprune.evaluation.oracle import (
-        OracleSets,
-        rank_correlation,
-        ranking_from_scores,
-        regrets,
-    )
+    from shapprune.evaluation.oracle import OracleSets, regrets
 
     record = results["oracle"][layer]
     oracle = OracleSets.from_dict(record)
-    position = np.empty(len(record["rank"]))
-    position[np.asarray(record["rank"])] = np.arange(len(record["rank"]))  # 0 = least important
+    position = positions(record["rank"])  # 0 = least important
     results.setdefault("quality", {})
     for spec in config.criteria:
         for seed in config.seeds:

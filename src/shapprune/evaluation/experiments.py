@@ -9,16 +9,15 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import nn
 
 from shapprune.estimators import estimate
 from shapprune.evaluation.measure import evaluate
+from shapprune.evaluation.ranking import agreement, positions, spearman
 from shapprune.game.pruning_game import PruningGame
 from shapprune.pruning.plan import Target, make_plan
 from shapprune.pruning.removal import apply_removals
@@ -43,10 +42,8 @@ def _check_ranking(ranking, n: int) -> np.ndarray:
 
 def nested_masks(ranking: np.ndarray) -> torch.Tensor:
     """Row j keeps every unit but the first j of ``ranking``: shape (n, n), True = kept."""
-    n = len(ranking)
-    pos = np.empty(n, dtype=np.int64)
-    pos[ranking] = np.arange(n)
-    return torch.as_tensor(pos[None, :] >= np.arange(n)[:, None])
+    pos = positions(ranking)
+    return torch.as_tensor(pos[None, :] >= np.arange(len(pos))[:, None])
 
 
 def robustness_curve(
@@ -91,12 +88,14 @@ def robustness_table(curves: Mapping[str, np.ndarray]) -> dict[str, float]:
     """AUC of each criterion's curve on one layer, all divided by one shared constant.
 
     The constant is the largest loss increase seen in any of the curves (max over criteria
-    of ``max(curve)``), so each AUC lies in [0, 1] for non-negative curves, and the numbers
-    can be compared across criteria (a curve twice another gets twice its AUC).
+    of ``max(curve)``; 1 if no curve rises above 0, so that flat curves get 0, not NaN), so
+    each AUC lies in [0, 1] for non-negative curves, and the numbers can be compared across
+    criteria (a curve twice another gets twice its AUC). Keys are free: the report passes
+    (criterion, seed) pairs.
     """
     if not curves:
         return {}
-    shared = max(float(np.max(c)) for c in curves.values())
+    shared = max(float(np.max(c)) for c in curves.values()) or 1.0
     return {name: robustness_auc(c, shared) for name, c in curves.items()}
 
 
@@ -150,25 +149,6 @@ def mean_accuracy(accs: Sequence[float]) -> float:
 # --- estimators: cost against benefit ---------------------------------------------------------
 
 
-def _positions(ranking: np.ndarray) -> np.ndarray:
-    pos = np.empty(len(ranking), dtype=np.int64)
-    pos[np.asarray(ranking, dtype=np.int64)] = np.arange(len(ranking))
-    return pos
-
-
-def agreement(values: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """How closely estimated values follow reference values: Spearman and Kendall rank
-    correlations, and the RMSE divided by the reference's standard deviation (nRMSE)."""
-    values, reference = np.asarray(values, np.float64), np.asarray(reference, np.float64)
-    rmse = float(np.sqrt(np.mean((values - reference) ** 2)))
-    std = float(np.std(reference))
-    with warnings.catch_warnings():  # a constant estimate has no rank correlation: nan
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        rho = float(stats.spearmanr(values, reference)[0])
-        tau = float(stats.kendalltau(values, reference)[0])
-    return {"spearman": rho, "kendall": tau, "nrmse": rmse / std if std > 0 else math.nan}
-
-
 def cost_benefit(
     game,
     methods: Sequence[str],
@@ -188,7 +168,7 @@ def cost_benefit(
     below a method's minimum is skipped.
     """
     reference = np.asarray(reference, dtype=np.float64)
-    oracle_pos = None if oracle_ranking is None else _positions(np.asarray(oracle_ranking))
+    oracle_pos = None if oracle_ranking is None else positions(oracle_ranking)
     rows = []
     for method in methods:
         for budget in budgets:
@@ -208,10 +188,7 @@ def cost_benefit(
                     **agreement(est.values, reference),
                 }
                 if oracle_pos is not None:  # tied estimates stay tied: no index tie-break
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-                        rho = stats.spearmanr(np.asarray(est.values), oracle_pos)[0]
-                    row["oracle_spearman"] = float(rho)
+                    row["oracle_spearman"] = spearman(est.values, oracle_pos)
                 rows.append(row)
     return rows
 
