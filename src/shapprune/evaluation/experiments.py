@@ -19,7 +19,8 @@ from shapprune.estimators import estimate
 from shapprune.evaluation.measure import evaluate
 from shapprune.evaluation.ranking import agreement, positions, spearman
 from shapprune.game.pruning_game import PruningGame
-from shapprune.pruning.plan import Target, make_plan
+from shapprune.game.units import Units
+from shapprune.pruning.plan import Target, layer_units, make_plan
 from shapprune.pruning.removal import apply_removals
 from shapprune.zoo.data import Split
 
@@ -47,7 +48,7 @@ def nested_masks(ranking: np.ndarray) -> torch.Tensor:
 
 
 def robustness_curve(
-    model: nn.Module, layer: str, ranking, data, metric: str = "loss"
+    model: nn.Module, layer: str, ranking, data, metric: str = "loss", units: Units | None = None
 ) -> np.ndarray:
     """Loss increase on ``data`` as ``layer``'s units go one by one in ``ranking`` order.
 
@@ -55,8 +56,9 @@ def robustness_curve(
     cross-entropy with the first j ranked units removed (no fine-tuning) minus that of the
     intact model, for j = 0..n-1 (one unit always stays), so ``curve[0] == 0``. With
     ``metric="accuracy"`` or ``"margin"`` it is the drop in that metric instead.
+    ``units``: ``layer``'s units, if already found on ``model``.
     """
-    game = PruningGame(model, layer, data, metric=metric)
+    game = PruningGame(model, layer, data, metric=metric, units=units)
     order = _check_ranking(ranking, game.n_players)
     values = game.value(nested_masks(order)).numpy()
     return values[0] - values  # L = -value for the loss: L(j) - L(0) = value(0) - value(j)
@@ -111,13 +113,15 @@ def accuracy_vs_rate(
     *,
     global_: bool = False,
     normalisation: str = "l1",
+    units: Mapping[str, Units] | None = None,
 ) -> list[float]:
     """Test accuracy after removing the lowest-scored fraction r of units, for each rate r.
 
     ``scores`` maps layers to one score per unit (higher = more important), computed once.
     Per layer, each layer loses the fraction r; with ``global_`` units compete across layers
     on ``normalisation``-normalised scores. Units are physically removed, no fine-tuning;
-    r = 0 is the intact model.
+    r = 0 is the intact model. ``units``: the layers' units if already found on ``model``
+    (else found once, for every rate).
     """
     accs = []
     for r in rates:
@@ -126,6 +130,7 @@ def accuracy_vs_rate(
         if r == 0:
             pruned = model
         else:
+            units = units or layer_units(model, list(scores), example)
             plan = make_plan(
                 model,
                 scores,
@@ -133,8 +138,9 @@ def accuracy_vs_rate(
                 example,
                 global_=global_,
                 normalisation=normalisation,
+                units=units,
             )
-            pruned = apply_removals(model, plan.removals, example, mode="remove")
+            pruned = apply_removals(model, plan.removals, example, mode="remove", units=units)
         accs.append(float(evaluate(pruned, test)["accuracy"]))
     return accs
 

@@ -83,6 +83,8 @@ class PruningGame:
             default as many as fit in ``WORKING_SET_BYTES`` of activations.
         cache: keep the activations that enter the layer's consumers (prefix caching).
         decompose: evaluate linear first consumers from per-player output tables.
+        units: ``layer``'s units if already found on ``model`` (e.g. by
+            ``prunable_layers``), so that they are not found again.
     """
 
     def __init__(
@@ -97,16 +99,21 @@ class PruningGame:
         max_stack: int | None = None,
         cache: bool = True,
         decompose: bool = True,
+        units: Units | None = None,
     ) -> None:
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
         if batch_size < 1 or memory_mb <= 0 or (max_stack is not None and max_stack < 1):
             raise ValueError("batch_size and max_stack must be >= 1 and memory_mb > 0")
+        if units is not None and units.layer != layer:
+            raise ValueError(f"the units given are {units.layer!r}'s, not {layer!r}'s")
         self.x, self.y = as_data(data)
         self.metric = metric
         self.layer = layer
         self.model = copy.deepcopy(model).eval()
-        self.units: Units = find_units(self.model, layer, self.x[: min(2, len(self.x))])
+        if units is None:
+            units = find_units(self.model, layer, self.x[: min(2, len(self.x))])
+        self.units: Units = units
         self.memory_bytes = memory_mb * 2**20
         self.max_stack = max_stack
         self.n_evals = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,6 +103,13 @@ def prunable_layers(model: nn.Module, example: torch.Tensor) -> dict[str, Units]
     return out
 
 
+def layer_units(model: nn.Module, layers: Sequence[str], example: torch.Tensor) -> dict[str, Units]:
+    """The units of each of ``layers``, found with one dependency graph: once per model, then
+    passed on to planning, removal and the games."""
+    graph = build_graph(model, example)
+    return {name: find_units(model, name, example, graph) for name in layers}
+
+
 def normalise(scores: np.ndarray, how: str) -> np.ndarray:
     """Per-layer normalisation, so that units of different layers can be compared."""
     s = np.asarray(scores, dtype=np.float64)
@@ -134,6 +141,7 @@ def make_plan(
     ratios: Mapping[str, float] | None = None,
     apply: Callable[[nn.Module, dict[str, list[int]]], nn.Module] | None = None,
     baseline: nn.Module | None = None,
+    units: Mapping[str, Units] | None = None,
 ) -> Plan:
     """Choose the units to remove from ``scores`` (layer -> one score per unit, higher =
     more important) so that ``target`` is met.
@@ -141,7 +149,9 @@ def make_plan(
     ``ratios`` gives each layer its own fraction of units instead (per-layer mode).
     ``apply(model, removals)`` returns a pruned copy, on which params/MACs targets are
     measured (default: physical removal, ``prune.apply_removals``);
-    ``baseline`` is the model the target's fraction refers to (default: ``model``).
+    ``baseline`` is the model the target's fraction refers to (default: ``model``);
+    ``units``: the layers' units found on ``model`` (:func:`layer_units`), passed on to the
+    default ``apply`` so that it does not find them again.
     """
     target = Target.parse(target) if isinstance(target, str | float) else target
     if normalisation not in NORMALISATIONS:
@@ -195,7 +205,7 @@ def make_plan(
     if apply is None:
 
         def apply(m: nn.Module, removals: dict[str, list[int]]) -> nn.Module:
-            return apply_removals(m, removals, example)
+            return apply_removals(m, removals, example, units=units)
 
     base = baseline if baseline is not None else model
     measure = count_params if target.kind == "params" else lambda m: count_macs(m, example)
