@@ -33,7 +33,7 @@ from captum.attr import ShapleyValueSampling
 from common import arguments, write_json
 from estimators import reference_values
 
-from shapprune.estimators import estimate
+from shapprune.estimators.registry import estimate
 from shapprune.evaluation.ranking import agreement
 from shapprune.game.pruning_game import PruningGame
 from shapprune.zoo.cache import pretrained

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from common import arguments, write_json
 
-from shapprune.estimators import estimate
+from shapprune.estimators.registry import estimate
 from shapprune.evaluation.ranking import agreement
 from shapprune.game.pruning_game import PruningGame
 from shapprune.zoo.cache import pretrained

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from common import arguments, write_json
 
-from shapprune.estimators import estimate
 from shapprune.estimators.permutation import min_budget
+from shapprune.estimators.registry import estimate
 from shapprune.game.pruning_game import PruningGame
 from shapprune.pruning.plan import prunable_layers
 from shapprune.zoo.cache import pretrained

@@ -17,3 +17,17 @@ def tiny_cnn():
     recipe = recipe_for("tinycnn", "mnist5k")
     model, *_ = train_by_recipe("tinycnn", "mnist5k", recipe, progress=False)
     return model.eval()
+
+
+@pytest.fixture
+def registries():
+    """The estimator and criterion registries, restored after the test (which may add to them)."""
+    from shapprune.criteria import registry as criteria
+    from shapprune.estimators import registry as estimators
+
+    saved = dict(estimators.ESTIMATORS), dict(criteria._REGISTERED)
+    yield
+    estimators.ESTIMATORS.clear()
+    estimators.ESTIMATORS.update(saved[0])
+    criteria._REGISTERED.clear()
+    criteria._REGISTERED.update(saved[1])

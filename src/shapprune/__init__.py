@@ -7,12 +7,26 @@ data, training).
 """
 
 from shapprune.criteria.base import Criterion
-from shapprune.criteria.registry import CRITERIA, get_criterion, score_layers
-from shapprune.estimators import METHODS, Estimate, estimate
+from shapprune.criteria.registry import (
+    CRITERIA,
+    criterion,
+    get_criterion,
+    register_criterion,
+    score_layers,
+)
+from shapprune.estimators.base import Answer, Estimate, Estimator
+from shapprune.estimators.registry import (
+    ESTIMATORS,
+    default_budget,
+    estimate,
+    get_estimator,
+    register_estimator,
+)
 from shapprune.evaluation.measure import evaluate, measure
 from shapprune.evaluation.oracle import oracle_rank, oracle_sets
 from shapprune.game.pruning_game import METRICS, PruningGame
 from shapprune.game.units import find_units
+from shapprune.options import option
 from shapprune.pruning.checkpoint import load_checkpoint, save_pruned
 from shapprune.pruning.compress import prune_model
 from shapprune.pruning.plan import Target, make_plan, prunable_layers
@@ -24,30 +38,46 @@ from shapprune.zoo.models import build_model
 
 __all__ = [
     "CRITERIA",
+    "ESTIMATORS",
     "METHODS",
     "METRICS",
+    "Answer",
     "Criterion",
     "Estimate",
+    "Estimator",
     "PruningGame",
     "Target",
     "__version__",
     "apply_removals",
     "build_model",
+    "criterion",
+    "default_budget",
     "estimate",
     "evaluate",
     "find_units",
     "get_criterion",
+    "get_estimator",
     "load_checkpoint",
     "load_dataset",
     "load_model",
     "make_plan",
     "measure",
     "oracle_rank",
+    "option",
     "oracle_sets",
     "prunable_layers",
     "prune_model",
     "pretrained",
     "reference_set",
+    "register_criterion",
+    "register_estimator",
     "save_pruned",
     "score_layers",
 ]
+
+
+def __getattr__(name: str):
+    # METHODS: the registered estimators' names, read when asked (later ones included)
+    if name == "METHODS":
+        return tuple(ESTIMATORS)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from shapprune.criteria.registry import CRITERIA, get_criterion
+from shapprune.estimators.registry import ESTIMATORS, get_estimator
 from shapprune.jobs import DEMO_EXPERIMENT, rank_layer
+from shapprune.options import declared, parse_options
 from shapprune.zoo.cache import load_model
 
 app = typer.Typer(
@@ -32,10 +35,40 @@ DataOpt = Annotated[str, typer.Option(help="dataset name (mnist5k is embedded)")
 SeedOpt = Annotated[int, typer.Option(help="random seed")]
 RootOpt = Annotated[str | None, typer.Option(help="folder holding local datasets")]
 PerClassOpt = Annotated[int, typer.Option(help="reference examples per class")]
+# Help that lists the registered estimators and criteria: written by _refresh_help() when the
+# command line runs, so that estimators and criteria registered after import show up.
+METHOD_HELP = typer.Option(help="a registered estimator")
+CRITERION_HELP = typer.Option(help="a registered criterion")
+RANK_OPTION_HELP = typer.Option("--option", help="KEY=VALUE, a declared option of the method")
+PRUNE_OPTION_HELP = typer.Option("--option", help="KEY=VALUE, a declared option of the criterion")
+
+
+def _options_of(decl: type, fixed: tuple = ()) -> str:
+    names = [n for n in declared(decl) if n not in fixed]
+    return ", ".join(names) if names else "none"
+
+
+def _refresh_help() -> None:
+    """Help texts from the registries and the declarations, as they are now."""
+    METHOD_HELP.help = f"one of: {', '.join(ESTIMATORS)}"
+    CRITERION_HELP.help = f"one of: {', '.join(CRITERIA)}"
+    RANK_OPTION_HELP.help = (
+        "KEY=VALUE, repeatable: a declared option of the method ("
+        + "; ".join(f"{name}: {_options_of(est.Options)}" for name, est in ESTIMATORS.items())
+        + ")"
+    )
+    PRUNE_OPTION_HELP.help = (
+        "KEY=VALUE, repeatable: a declared option of the criterion ("
+        + "; ".join(
+            f"{name}: {_options_of(f.declaration, tuple(f.fixed))}" for name, f in CRITERIA.items()
+        )
+        + "); --budget, --metric and --composite set the option of that name"
+    )
 
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
+    _refresh_help()
     try:
         code = app(standalone_mode=False)  # Ctrl-C comes back as the code 130
         sys.exit(code if isinstance(code, int) else 0)
@@ -138,9 +171,8 @@ def rank(
     model: ModelOpt = "lenet5",
     data: DataOpt = "mnist5k",
     layer: Annotated[str, typer.Option(help="module name, as in model.named_modules()")] = "conv2",
-    method: Annotated[
-        str, typer.Option(help="exact|permutation|kernel|partial|loo")
-    ] = "permutation",
+    method: Annotated[str, METHOD_HELP] = "permutation",
+    option: Annotated[list[str] | None, RANK_OPTION_HELP] = None,
     budget: Annotated[int | None, typer.Option(help="coalition evaluations")] = None,
     seed: SeedOpt = 0,
     metric: Annotated[str, typer.Option(help="loss|accuracy|margin")] = "loss",
@@ -152,9 +184,12 @@ def rank(
     """Shapley values of a layer's units, written as JSON with the ranking."""
     if out is not None and out.exists() and not force:
         raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
+    decl = get_estimator(method).Options
+    options = parse_options(decl, option or [], f"method {method!r}")
     record = rank_layer(
-        model, data, layer, method, budget, seed, metric, per_class, root, _evaluation_progress
-    )
+        model, data, layer, method, budget, seed, metric, per_class, root, _evaluation_progress,
+        options=options,
+    )  # fmt: skip
     console.print(_ranking_table(record, show=10))
     console.print(
         f"{record['n_evals']} evaluations in {record['seconds']:.2f} s "
@@ -200,12 +235,16 @@ def train(
     )
 
 
-def _criterion_options(name: str, budget: int | None, metric: str, composite: str) -> dict:
-    if name.startswith("shapley-") or name == "loo":
-        return {"budget": budget, "metric": metric}
-    if name == "lrp":
-        return {"composite": composite}
-    return {}
+def _criterion_options(name: str, explicit: dict, items: list[str]) -> dict:
+    """The options of criterion ``name``: the flags given explicitly (by the name of the
+    option they set) and the ``--option KEY=VALUE`` items, parsed to the declared types."""
+    if name not in CRITERIA:
+        get_criterion(name)  # the unknown-criterion error, listing the known ones
+    factory = CRITERIA[name]
+    given = {k: v for k, v in explicit.items() if v is not None}
+    factory.check(given)  # a flag the criterion does not declare is an error
+    owner = f"criterion {name!r}"
+    return {**given, **parse_options(factory.declaration, items, owner, tuple(factory.fixed))}
 
 
 def _metrics_table(summary: dict) -> Table:
@@ -224,16 +263,17 @@ def _metrics_table(summary: dict) -> Table:
 def prune(
     model: ModelOpt = "lenet5",
     data: DataOpt = "mnist5k",
-    criterion: Annotated[str, typer.Option(help="how units are scored")] = "shapley-permutation",
+    criterion: Annotated[str, CRITERION_HELP] = "shapley-permutation",
+    option: Annotated[list[str] | None, PRUNE_OPTION_HELP] = None,
     target: Annotated[str, typer.Option(help="channels=F, params=F or macs=F")] = "macs=0.5",
     layers: Annotated[str | None, typer.Option(help="comma-separated; default: all")] = None,
     global_: Annotated[bool, typer.Option("--global", help="rank units across layers")] = False,
     normalisation: Annotated[str, typer.Option(help="per-layer scores for --global")] = "l1",
     steps: Annotated[int, typer.Option(help="iterative pruning in this many steps")] = 1,
     mode: Annotated[str, typer.Option(help="remove (physically) or mask")] = "remove",
-    budget: Annotated[int | None, typer.Option(help="Shapley evaluations per layer")] = None,
-    metric: Annotated[str, typer.Option(help="Shapley payoff: loss|accuracy|margin")] = "loss",
-    composite: Annotated[str, typer.Option(help="LRP composite")] = "epsilon-plus-flat",
+    budget: Annotated[int | None, typer.Option(help="option 'budget' (Shapley)")] = None,
+    metric: Annotated[str | None, typer.Option(help="option 'metric' (Shapley)")] = None,
+    composite: Annotated[str | None, typer.Option(help="option 'composite' (LRP)")] = None,
     per_class: PerClassOpt = 25,
     finetune_epochs: Annotated[int, typer.Option(help="0 = the low-data regime")] = 0,
     finetune_lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = 1e-3,
@@ -243,7 +283,6 @@ def prune(
     force: Annotated[bool, typer.Option(help="write into a non-empty --out folder")] = False,
 ) -> None:
     """Prune a model: score units, remove them, measure before and after."""
-    from shapprune.criteria.registry import get_criterion
     from shapprune.pruning.checkpoint import save_pruned
     from shapprune.pruning.compress import prune_model
     from shapprune.pruning.plan import Target
@@ -252,7 +291,8 @@ def prune(
     parsed = Target.parse(target)
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} is not empty; choose another --out or pass --force")
-    scorer = get_criterion(criterion, **_criterion_options(criterion, budget, metric, composite))
+    explicit = {"budget": budget, "metric": metric, "composite": composite}
+    scorer = get_criterion(criterion, **_criterion_options(criterion, explicit, option or []))
     net, meta = load_model(model, data, root=root)
     splits = load_dataset(data, root=root, seed=0)
     chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from shapprune.estimators import default_budget, estimate
+from shapprune.estimators.registry import default_budget, estimate
 from shapprune.game.pruning_game import PruningGame
 from shapprune.zoo.cache import load_model
 from shapprune.zoo.data import load_dataset, reference_set
@@ -23,23 +24,27 @@ def rank_layer(
     per_class: int = 25,
     root: str | None = None,
     progress: Callable[[str, int], object] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict:
-    """Shapley values of ``layer``'s units on a reference set from the validation split."""
+    """Shapley values of ``layer``'s units on a reference set from the validation split;
+    ``options`` are the method's declared options."""
     model, meta = load_model(model_name, data_name, root=root)
     splits = load_dataset(data_name, root=root, seed=0)
     ref = reference_set(splits.val, per_class=per_class, seed=seed)
     game = PruningGame(model, layer, ref, metric=metric)
-    total = budget if budget is not None else default_budget(method, game.n_players)
+    options = options or {}
+    total = budget if budget is not None else default_budget(method, game.n_players, **options)
     if progress is None:
-        est = estimate(game, method, budget, seed)
+        est = estimate(game, method, budget, seed, **options)
     else:
         with progress(f"{method} on {layer}", total) as update:
-            est = estimate(game, method, budget, seed, progress=update)
+            est = estimate(game, method, budget, seed, progress=update, **options)
     record = {
         "model": model_name,
         "data": data_name,
         "layer": layer,
         "metric": metric,
+        "options": options,
         "reference_examples": len(ref),
         "players": game.players,
         "prefix_cached": game.cached,

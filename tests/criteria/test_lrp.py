@@ -83,7 +83,7 @@ def test_two_layer_linear_network_by_hand():
     net = nn.Sequential(nn.Linear(3, 2, bias=False), nn.Linear(2, 1, bias=False))
     x, _ = _data((3,), n=5)
     y = torch.zeros(5, dtype=torch.long)
-    scores = LRPCriterion("epsilon", epsilon=1e-9).score(net, "0", (x, y))
+    scores = LRPCriterion("epsilon", epsilon=1e-9).score(net, ["0"], (x, y))["0"]
     with torch.no_grad():
         contributions = net[0](x) * net[1].weight[0]  # a_j * w2_j, summing to the output
         assert torch.allclose(contributions.sum(1, keepdim=True), net(x))
@@ -103,7 +103,7 @@ def test_two_layer_linear_network_by_hand():
 def test_lrp0_equals_gradient_times_input(name, layer, shape):
     model = randomise_norms(build_model(name, image_size=shape[-1]))
     x, y = _data(shape)
-    scores = LRPCriterion("epsilon", epsilon=1e-9).score(model, layer, (x, y))
+    scores = LRPCriterion("epsilon", epsilon=1e-9).score(model, [layer], (x, y))[layer]
     np.testing.assert_allclose(scores, _grad_times_input(model, layer, x, y), rtol=2e-3)
 
 
@@ -122,7 +122,7 @@ def test_one_finite_nonnegative_score_per_unit(name, layer, shape):
     model = randomise_norms(build_model(name, image_size=shape[-1]))
     x, y = _data(shape)
     before = _snapshot(model)
-    scores = LRPCriterion().score(model, layer, (x, y))
+    scores = LRPCriterion().score(model, [layer], (x, y))[layer]
     assert scores.shape == (find_units(model, layer, x[:2]).n_players,)
     assert np.isfinite(scores).all() and (scores >= 0).all() and scores.sum() > 0
     _assert_untouched(model, before, training=False)
@@ -131,17 +131,17 @@ def test_one_finite_nonnegative_score_per_unit(name, layer, shape):
 def test_scores_under_inference_mode_like_outside():
     model = build_model("lenet5")
     x, y = _data((1, 28, 28), n=2)
-    expected = LRPCriterion().score(model, "conv2", (x, y))
+    expected = LRPCriterion().score(model, ["conv2"], (x, y))["conv2"]
     with torch.inference_mode():
         data = (x.clone(), y.clone())  # inference tensors
-        scores = LRPCriterion().score(model, "conv2", data)
+        scores = LRPCriterion().score(model, ["conv2"], data)["conv2"]
     np.testing.assert_array_equal(scores, expected)
 
 
 @pytest.mark.parametrize("composite", COMPOSITES)
 def test_every_composite_runs(composite):
     x, y = _data((1, 28, 28), n=3)
-    scores = LRPCriterion(composite).score(build_model("lenet5"), "conv2", (x, y))
+    scores = LRPCriterion(composite).score(build_model("lenet5"), ["conv2"], (x, y))["conv2"]
     assert scores.shape == (50,)
     assert np.isfinite(scores).all() and (scores >= 0).all() and scores.sum() > 0
 
@@ -152,7 +152,7 @@ def test_torchvision_multihead_attention_heads(canonize):
     x, y = _data((3, 16, 16), n=3, classes=1000)
     layer = "encoder.layers.encoder_layer_1.self_attention"
     before = _snapshot(model)
-    scores = LRPCriterion("epsilon", canonize=canonize).score(model, layer, (x, y))
+    scores = LRPCriterion("epsilon", canonize=canonize).score(model, [layer], (x, y))[layer]
     assert scores.shape == (2,)
     assert np.isfinite(scores).all() and (scores > 0).all()
     _assert_untouched(model, before, training=False)
@@ -188,11 +188,13 @@ def test_deterministic_batch_invariant_and_model_unchanged():
     model = randomise_norms(build_model("vgg", image_size=16)).train()
     x, y = _data((1, 16, 16), n=7)
     before = _snapshot(model)
-    first = LRPCriterion(batch_size=3).score(model, "features.4", (x, y))
-    second = LRPCriterion(batch_size=3).score(model, "features.4", (x, y))
+    first = LRPCriterion(batch_size=3).score(model, ["features.4"], (x, y))["features.4"]
+    second = LRPCriterion(batch_size=3).score(model, ["features.4"], (x, y))["features.4"]
     np.testing.assert_array_equal(first, second)
     _assert_untouched(model, before, training=True)  # mode and BN statistics kept
-    one_batch = LRPCriterion(batch_size=64).score(model.eval(), "features.4", (x, y))
+    one_batch = LRPCriterion(batch_size=64).score(model.eval(), ["features.4"], (x, y))[
+        "features.4"
+    ]
     np.testing.assert_allclose(first, one_batch, rtol=1e-5)
 
 
@@ -201,7 +203,7 @@ def test_least_relevant_filters_matter_least():
     model = build_model("tinycnn")
     train_model(model, data, epochs=1, lr=3e-3, batch_size=64, progress=False)
     ref = reference_set(data.train, per_class=10, seed=0)
-    scores = LRPCriterion().score(model, "conv1", (ref.x, ref.y))
+    scores = LRPCriterion().score(model, ["conv1"], (ref.x, ref.y))["conv1"]
     order = np.argsort(scores)
 
     def accuracy_without(filters):

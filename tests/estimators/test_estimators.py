@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shapprune.estimators import METHODS, estimate
+from shapprune.estimators.registry import METHODS, estimate
 from shapprune.game.synthetic import (
     AdditiveGame,
     GloveGame,

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from toys import register_toys
 
 from shapprune.evaluation.config import load_config, parse_config
 
@@ -48,3 +49,27 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(bad)
     with pytest.raises(FileNotFoundError, match="nothere.yaml not found"):
         load_config(tmp_path / "nothere.yaml")
+
+
+@pytest.mark.parametrize(
+    "entry,needle",
+    [
+        ({"name": "shapley-permutation", "budgt": 2000}, "config: key 'criteria': criterion "
+         "'shapley-permutation' has no option 'budgt'; its options: budget, metric"),
+        ({"name": "shapley-kernel", "budget": "many"}, "option 'budget' must be int or None"),
+        ({"name": "weight-l1", "budget": 10}, "'weight-l1' has no option 'budget'"),
+        ("nope", "key 'criteria' has unknown criterion 'nope'; known: apoz"),
+    ],
+)  # fmt: skip
+def test_criterion_options_are_checked_against_the_declaration(entry, needle):
+    with pytest.raises(ValueError) as err:
+        parse_config({"criteria": [entry]})
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cost_methods_must_be_registered(registries):
+    with pytest.raises(ValueError, match="key 'cost_methods' has unknown \\['toyloo'\\]"):
+        parse_config({"criteria": ["random"], "cost_methods": ["toyloo"]})
+    register_toys()  # registered later, accepted without editing the config code
+    config = parse_config({"criteria": ["toy-index", "shapley-toyloo"], "cost_methods": ["toyloo"]})
+    assert [c.name for c in config.criteria] == ["toy-index", "shapley-toyloo"]

@@ -7,7 +7,7 @@ import torchvision
 from helpers import randomise_norms
 from torch import nn
 
-from shapprune.estimators import estimate
+from shapprune.estimators.registry import estimate
 from shapprune.game.pruning_game import PruningGame, metric_sums
 from shapprune.game.split import SplitModel
 from shapprune.game.tracing import trace

@@ -36,9 +36,9 @@ def test_iterative_macs_target_rescores_between_steps(lenet, mnist5k):
     class Spy:
         name = "spy"
 
-        def score(self, model, layer, data, seed=0):
-            calls.append((layer, getattr(model, layer).out_channels))
-            return get_criterion("weight-l2").score(model, layer, data, seed=seed)
+        def score(self, model, layers, data, seed=0):
+            calls.extend((layer, getattr(model, layer).out_channels) for layer in layers)
+            return get_criterion("weight-l2").score(model, layers, data, seed=seed)
 
     pruned, summary = prune_model(
         lenet, mnist5k, Spy(), "macs=0.5", layers=["conv1", "conv2"], steps=2

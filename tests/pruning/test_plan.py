@@ -99,9 +99,8 @@ def test_params_target_and_unreachable_target():
 
 
 def test_layer_units_are_the_units_found_one_by_one():
-    from shapprune.game.units import find_units
+    from shapprune.game.units import find_units, layer_units
     from shapprune.pruning.compress import select_layers
-    from shapprune.pruning.plan import layer_units
 
     model, x = build_model("resnet20"), torch.randn(2, 1, 28, 28)
     found = layer_units(model, ["conv1", "layer2.0.conv1"], x)

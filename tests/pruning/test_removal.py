@@ -139,8 +139,8 @@ def test_torchvision_vit_heads_round_trip(tmp_path):
 @pytest.mark.parametrize("mode", ["mask", "remove"])
 def test_units_passed_on_give_the_same_model(mode, monkeypatch):
     from shapprune.game import units as units_module
+    from shapprune.game.units import layer_units
     from shapprune.pruning import removal
-    from shapprune.pruning.plan import layer_units
 
     model = randomise_norms(build_model("resnet20", seed=0))
     x = torch.randn(3, 1, 28, 28)
@@ -159,7 +159,7 @@ def test_units_passed_on_give_the_same_model(mode, monkeypatch):
 
 
 def test_a_layer_coupled_to_an_earlier_removal_is_found_anew():
-    from shapprune.pruning.plan import layer_units
+    from shapprune.game.units import layer_units
 
     model = build_model("resnet20", seed=0)
     x = torch.randn(2, 1, 28, 28)

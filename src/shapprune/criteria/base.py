@@ -1,9 +1,15 @@
-"""The criterion contract: ``score(model, layer, data, seed)`` -> one score per unit."""
+"""The criterion contract: ``score(model, layers, data, seed)`` -> ``{layer: one score per unit}``.
+
+A criterion declares its options once (a dataclass, see :mod:`shapprune.options`), checks
+them when it is built, and answers for several layers at once, so that a network-wide
+criterion fits the same contract as a per-layer one.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -11,6 +17,7 @@ from torch import nn
 
 from shapprune.game.pruning_game import as_data
 from shapprune.game.units import Units, find_units
+from shapprune.options import NoOptions, build_options, declared
 
 __all__ = ["Criterion", "Data"]
 
@@ -18,34 +25,86 @@ Data = tuple[torch.Tensor, torch.Tensor]
 
 
 class Criterion:
-    """Scores the units of one layer; subclasses implement ``_score``."""
+    """Scores the units of layers; subclasses declare ``Options`` and implement one hook.
+
+    Per-layer criteria implement ``_score_layer(model, units, x, y, seed)``; a criterion that
+    looks at several layers together overrides ``_score_layers(model, layers, x, y, seed)``.
+    Options are keyword arguments (or positional, in declaration order), checked against
+    the declaration here; the built options are ``self.options``.
+    """
 
     name: str = "criterion"
+    Options: ClassVar[type] = NoOptions
 
-    def score(self, model: nn.Module, layer: str, data: Data, *, seed: int = 0) -> np.ndarray:
-        """One finite score per unit of ``layer`` (higher = more important), as float64.
+    def __init__(self, *args: Any, **options: Any) -> None:
+        decl = self.declaration()
+        names = list(declared(decl))
+        if len(args) > len(names):
+            raise TypeError(f"{self.name} takes at most {len(names)} positional options")
+        for key, value in zip(names, args, strict=False):
+            if key in options:
+                raise TypeError(f"{self.name}: option {key!r} given twice")
+            options[key] = value
+        self.options = build_options(decl, options, f"criterion {self.name!r}")
+
+    @classmethod
+    def declaration_for(cls, **fixed: Any) -> type:
+        """The dataclass declaring the options of this class registered with ``fixed``."""
+        return cls.Options
+
+    def declaration(self) -> type:
+        """The dataclass declaring this criterion's options."""
+        return type(self).Options
+
+    def __getattr__(self, key: str) -> Any:
+        # options read as attributes (self.batch_size); only called when normal lookup fails
+        options = self.__dict__.get("options")
+        if options is not None and hasattr(options, key):
+            return getattr(options, key)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+
+    def score(
+        self, model: nn.Module, layers: str | Sequence[str], data: Data, seed: int = 0
+    ) -> dict[str, np.ndarray]:
+        """One finite float64 score per unit of each layer (higher = more important).
 
         Deterministic given ``seed``; ``model`` is left unchanged.
         """
+        layers = [layers] if isinstance(layers, str) else list(layers)
         x, y = as_data(data)
         with _untouched(model), torch.inference_mode(False), torch.enable_grad():
             model.eval()
-            units = find_units(model, layer, x[:2].clone())  # tracing needs autograd
-            scores = self._score(model, units, x, y, seed)
-        return _checked(scores, units.n_players, self.name)
+            found = self._score_layers(model, layers, x, y, seed)
+        missing = [layer for layer in layers if layer not in found]
+        if missing:
+            raise RuntimeError(f"criterion {self.name!r} gave no scores for {missing}")
+        return {layer: _checked(found[layer], None, self.name) for layer in layers}
 
-    def _score(
+    def _score_layers(
+        self, model: nn.Module, layers: list[str], x: torch.Tensor, y: torch.Tensor, seed: int
+    ) -> dict[str, np.ndarray]:
+        """The multi-layer hook; by default, each layer's units on their own."""
+        out = {}
+        for layer in layers:
+            units = find_units(model, layer, x[:2].clone())  # tracing needs autograd
+            scores = self._score_layer(model, units, x, y, seed)
+            out[layer] = _checked(scores, units.n_players, self.name)
+        return out
+
+    def _score_layer(
         self, model: nn.Module, units: Units, x: torch.Tensor, y: torch.Tensor, seed: int
     ) -> np.ndarray:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r})"
+        options = self.__dict__.get("options")
+        shown = ", ".join(f"{k}={v!r}" for k, v in vars(options).items()) if options else ""
+        return f"{type(self).__name__}({shown})"
 
 
-def _checked(scores, n: int, name: str) -> np.ndarray:
+def _checked(scores, n: int | None, name: str) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
-    if scores.shape != (n,):
+    if scores.ndim != 1 or (n is not None and scores.shape != (n,)):
         raise RuntimeError(f"criterion {name!r} gave shape {scores.shape}, expected ({n},)")
     if not np.all(np.isfinite(scores)):
         raise ValueError(f"criterion {name!r} gave non-finite scores (is the model finite?)")

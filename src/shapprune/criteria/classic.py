@@ -1,7 +1,7 @@
 """Criteria: one interface for every way to score the units of a layer.
 
-Every criterion answers ``score(model, layer, data, seed=...)`` with one finite float64
-score per unit (higher = more important), so criteria are interchangeable in a loop.
+Every criterion answers ``score(model, layers, data, seed=...)`` with one finite float64
+score per unit of each layer (higher = more important), so criteria are interchangeable.
 Activation and gradient criteria read each unit where the rest of the network sees it:
 the inputs of the layer's consumers (the game's mask points), summed over the channels a
 unit owns, over all mask points and over spatial positions or tokens. Gradients are of
@@ -12,6 +12,7 @@ over the data to a first-order estimate of the change of L. The model is left as
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from shapprune.criteria.activations import ActivationSums, activation_sums
 from shapprune.criteria.base import Criterion
 from shapprune.game.attention import in_projection
 from shapprune.game.units import Units
+from shapprune.options import option
 
 
 class RandomCriterion(Criterion):
@@ -28,11 +30,20 @@ class RandomCriterion(Criterion):
 
     name = "random"
 
-    def _score(self, model, units, x, y, seed) -> np.ndarray:
+    def _score_layer(self, model, units, x, y, seed) -> np.ndarray:
         return np.random.default_rng(seed).random(units.n_players)
 
 
 # --- weights ------------------------------------------------------------------------------
+
+
+@dataclass
+class WeightNormOptions:
+    p: int = option(1, "order of the norm: 1 or 2")
+
+    def __post_init__(self) -> None:
+        if self.p not in (1, 2):
+            raise ValueError(f"weight norm order must be 1 or 2, got {self.p}")
 
 
 class WeightNormCriterion(Criterion):
@@ -42,13 +53,14 @@ class WeightNormCriterion(Criterion):
     producers. Heads: the head's q, k and v rows of the input projection.
     """
 
-    def __init__(self, p: int = 1) -> None:
-        if p not in (1, 2):
-            raise ValueError(f"weight norm order must be 1 or 2, got {p}")
-        self.p = p
-        self.name = f"weight-l{p}"
+    name = "weight-l1"
+    Options = WeightNormOptions
 
-    def _score(self, model, units, x, y, seed) -> np.ndarray:
+    def __init__(self, *args, **options) -> None:
+        super().__init__(*args, **options)
+        self.name = f"weight-l{self.p}"
+
+    def _score_layer(self, model, units, x, y, seed) -> np.ndarray:
         rows = _unit_rows(model, units)
         if self.p == 1:
             return sum(r.abs().sum(1) for r in rows).numpy()
@@ -94,7 +106,7 @@ class BNScaleCriterion(Criterion):
 
     name = "bn-scale"
 
-    def _score(self, model, units, x, y, seed) -> np.ndarray:
+    def _score_layer(self, model, units, x, y, seed) -> np.ndarray:
         norms = _following_norms(model, units.coupled, x[:2])
         total = torch.zeros(units.n_players, dtype=torch.float64)
         for producer in units.coupled:
@@ -143,17 +155,30 @@ def _following_norms(
 # --- activations and gradients at the consumers' inputs -----------------------------------
 
 
+@dataclass
+class ActivationOptions:
+    batch_size: int = option(256, "examples per forward (and backward) pass")
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class TaylorOptions:
+    signed: bool = option(False, "score the signed loss change rather than its magnitude")
+    batch_size: int = option(256, "examples per forward and backward pass")
+
+    __post_init__ = ActivationOptions.__post_init__
+
+
 class _ActivationCriterion(Criterion):
     """A criterion computed from ``ActivationSums`` over the data, in batches of ``batch_size``."""
 
     needs_grad = True
+    Options = ActivationOptions
 
-    def __init__(self, batch_size: int = 256) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
-
-    def _score(self, model, units, x, y, seed) -> np.ndarray:
+    def _score_layer(self, model, units, x, y, seed) -> np.ndarray:
         sums = activation_sums(model, units, x, y, self.batch_size, self.needs_grad)
         return self._from_sums(sums)
 
@@ -168,10 +193,12 @@ class TaylorCriterion(_ActivationCriterion):
     unit's activations are set to zero: ``signed=True`` scores that, else its absolute value.
     """
 
-    def __init__(self, signed: bool = False, batch_size: int = 256) -> None:
-        super().__init__(batch_size)
-        self.signed = signed
-        self.name = "taylor-signed" if signed else "taylor"
+    name = "taylor"
+    Options = TaylorOptions
+
+    def __init__(self, *args, **options) -> None:
+        super().__init__(*args, **options)
+        self.name = "taylor-signed" if self.signed else "taylor"
 
     def _from_sums(self, sums: ActivationSums) -> np.ndarray:
         return -sums.ag if self.signed else np.abs(sums.ag)

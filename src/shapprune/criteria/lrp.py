@@ -44,29 +44,15 @@ from zennit.rules import AlphaBeta, Epsilon, Gamma, Pass, ZPlus
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 from zennit.types import Linear as LinearType
 
+from shapprune.criteria.base import Criterion
+from shapprune.criteria.lrp_options import COMPOSITES, LRPOptions
+from shapprune.criteria.lrp_options import check_composite as _check_composite
 from shapprune.game.attention import in_projection, mha_call
 from shapprune.game.tracing import explicit_mha
 from shapprune.game.units import Units, find_units
 from shapprune.zoo import models
 
 __all__ = ["COMPOSITES", "LRPCriterion", "build_composite", "canonized", "lrp_canonizers"]
-
-COMPOSITES: tuple[str, ...] = (
-    "epsilon",
-    "gamma",
-    "alpha2-beta1",
-    "z-plus",
-    "epsilon-plus",
-    "epsilon-plus-flat",
-    "epsilon-alpha2-beta1",
-    "epsilon-alpha2-beta1-flat",
-    "epsilon-gamma-box",
-)
-
-
-def _check_composite(name: str) -> None:
-    if name not in COMPOSITES:
-        raise ValueError(f"unknown LRP composite {name!r}; known: {', '.join(COMPOSITES)}")
 
 
 def build_composite(
@@ -241,7 +227,7 @@ def canonized(model: nn.Module, canonize: bool = True) -> Iterator[nn.Module]:
 # --- the criterion -----------------------------------------------------------------------------
 
 
-class LRPCriterion:
+class LRPCriterion(Criterion):
     """Units scored by their LRP relevance for the true class (Hatefi et al. 2024).
 
     ``composite`` names the LRP rules (:data:`COMPOSITES`); ``batch_size`` bounds memory;
@@ -250,50 +236,19 @@ class LRPCriterion:
     """
 
     name = "lrp"
+    Options = LRPOptions
 
-    def __init__(
-        self,
-        composite: str = "epsilon-plus-flat",
-        batch_size: int = 64,
-        canonize: bool = True,
-        *,
-        epsilon: float = 1e-6,
-        gamma: float = 0.25,
-    ) -> None:
-        _check_composite(composite)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if epsilon < 0 or gamma < 0:
-            raise ValueError(f"epsilon and gamma must be >= 0, got {epsilon} and {gamma}")
-        self.composite = composite
-        self.batch_size = batch_size
-        self.canonize = canonize
-        self.epsilon = epsilon
-        self.gamma = gamma
-
-    def score(
-        self,
-        model: nn.Module,
-        layer: str,
-        data: tuple[torch.Tensor, torch.Tensor],
-        *,
-        seed: int = 0,
-    ) -> np.ndarray:
-        """One score per unit of ``layer`` (higher = more relevant): |R| of the unit, summed
+    def _score_layers(
+        self, model: nn.Module, layers: list[str], x: torch.Tensor, y: torch.Tensor, seed: int
+    ) -> dict[str, np.ndarray]:
+        """One score per unit of each layer (higher = more relevant): |R| of the unit, summed
         over the reference examples; LRP started from the true class's output logit.
 
         The model is scored in eval mode on a copy; ``seed`` is unused (LRP is deterministic).
         """
-        del seed
-        with torch.inference_mode(False), torch.enable_grad():
-            return self._score(model, layer, *data)
+        return {layer: self._score(model, layer, x, y) for layer in layers}
 
     def _score(self, model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-        if len(x) != len(y) or len(x) == 0 or y.ndim != 1:
-            raise ValueError(
-                f"data must be (x, y) with as many labels as examples (at least one), "
-                f"got x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)}"
-            )
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         work = copy.deepcopy(model).float().eval().requires_grad_(True)
@@ -315,12 +270,6 @@ class LRPCriterion:
             relevance = _unit_relevance(work, units, composite, xb, yb, check=check)
             totals += relevance.abs().sum(0).cpu().numpy()
         return totals
-
-    def __repr__(self) -> str:
-        return (
-            f"LRPCriterion(composite={self.composite!r}, batch_size={self.batch_size}, "
-            f"canonize={self.canonize}, epsilon={self.epsilon}, gamma={self.gamma})"
-        )
 
 
 def _unit_relevance(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 
 from shapprune.estimators._budget import BudgetedGame
+from shapprune.estimators.base import Estimator
 
 MAX_EXACT_PLAYERS = 20
 
@@ -53,3 +55,23 @@ def exact(game: BudgetedGame) -> tuple[np.ndarray, np.ndarray, dict]:
     v = np.concatenate([game.values(chunk) for chunk in np.array_split(z, max(1, len(z) // 4096))])
     values = shapley_from_sizes(z, v, list(range(n)))
     return values, np.zeros(n), {"coalitions": len(z)}
+
+
+class Exact(Estimator):
+    """Enumeration of all 2^n coalitions: no error, refused above ``MAX_EXACT_PLAYERS``."""
+
+    name = "exact"
+    deterministic = True
+
+    def check(self, n: int, options: Any) -> None:
+        if n > MAX_EXACT_PLAYERS:
+            raise ValueError(
+                f"exact Shapley needs 2^{n} evaluations for {n} players; it is refused above "
+                f"{MAX_EXACT_PLAYERS} players: use method='permutation' or 'kernel'"
+            )
+
+    def min_budget(self, n: int, options: Any) -> int:
+        return 2**n
+
+    def __call__(self, game: BudgetedGame, rng: np.random.Generator, options: Any):
+        return exact(game)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from shapprune.estimators._budget import BudgetedGame
+from shapprune.estimators.base import Estimator
+from shapprune.estimators.permutation import sampling_default_budget
 
 
 def min_budget(n: int) -> int:
@@ -52,3 +56,18 @@ def kernel(game: BudgetedGame, rng: np.random.Generator) -> tuple[np.ndarray, np
     cov_u = np.cov(u, rowvar=False, ddof=1) / pairs if pairs > 1 else np.zeros((n, n))
     stderr = np.sqrt(np.clip(np.diag(m @ cov_u @ m.T), 0.0, None))
     return phi, stderr, {"pairs": int(pairs)}
+
+
+class Kernel(Estimator):
+    """KernelSHAP with paired coalitions and a sandwich standard error."""
+
+    name = "kernel"
+
+    def min_budget(self, n: int, options: Any) -> int:
+        return min_budget(n)
+
+    def default_budget(self, n: int, options: Any) -> int:
+        return sampling_default_budget(n)
+
+    def __call__(self, game: BudgetedGame, rng: np.random.Generator, options: Any):
+        return kernel(game, rng)

@@ -1,13 +1,16 @@
-"""Partial Shapley values (Adamczewski et al.) and leave-one-out."""
+"""Partial Shapley values (Adamczewski et al.)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from shapprune.estimators._budget import BudgetedGame
+from shapprune.estimators.base import Estimator
 from shapprune.estimators.exact import all_coalitions, shapley_from_sizes
+from shapprune.options import option
 
 
 def partial_sizes(n: int, k: int) -> list[int]:
@@ -39,10 +42,32 @@ def partial(game: BudgetedGame, k: int) -> tuple[np.ndarray, np.ndarray, dict]:
     return shapley_from_sizes(z, v, sizes), np.zeros(n), {"k": k, "sizes": sizes}
 
 
-def loo(game: BudgetedGame) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Leave-one-out: v(N) - v(N without i)."""
-    n = game.n
-    z = np.ones((n + 1, n), dtype=bool)
-    z[np.arange(n), np.arange(n)] = False
-    v = game.values(z)
-    return v[n] - v[:n], np.zeros(n), {}
+@dataclass
+class PartialOptions:
+    """Options of the partial Shapley value."""
+
+    k: int | None = option(
+        None, "depth (coalition sizes < k and >= n - k); default: deepest that fits"
+    )
+
+    def __post_init__(self) -> None:
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"partial needs depth k >= 1, got k={self.k}")
+
+
+class Partial(Estimator):
+    """The Shapley average restricted to the smallest and largest coalitions."""
+
+    name = "partial"
+    Options = PartialOptions
+    deterministic = True
+
+    def min_budget(self, n: int, options: PartialOptions) -> int:
+        return partial_cost(n, options.k if options.k is not None else 1)
+
+    def default_budget(self, n: int, options: PartialOptions) -> int:
+        return partial_cost(n, 1)
+
+    def __call__(self, game: BudgetedGame, rng: np.random.Generator, options: PartialOptions):
+        k = options.k if options.k is not None else deepest_affordable(game.n, game.budget)
+        return partial(game, k)

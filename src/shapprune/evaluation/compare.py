@@ -104,7 +104,7 @@ def run_compare(config: ExperimentConfig, out: Path, progress: Progress | None =
                 def compute(spec=spec, layer=layer, seed=seed, ref=ref) -> dict:
                     start = time.perf_counter()
                     crit = get_criterion(spec.name, **spec.options)
-                    s = crit.score(model, layer, (ref.x, ref.y), seed=seed)
+                    s = crit.score(model, [layer], (ref.x, ref.y), seed=seed)[layer]
                     est = getattr(crit, "last_estimate", None)
                     return {
                         "scores": np.asarray(s).tolist(),
@@ -202,7 +202,7 @@ def _quality(config, game, layer: str, results: dict, store: CellStore, step) ->
 
 
 def _oracle_and_cost(config, model, units, data, store, results, step) -> None:
-    from shapprune.estimators import estimate
+    from shapprune.estimators.registry import estimate
     from shapprune.evaluation.experiments import cost_benefit
     from shapprune.evaluation.oracle import oracle_rank, oracle_sets
     from shapprune.game.pruning_game import PruningGame

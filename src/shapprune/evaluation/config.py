@@ -8,6 +8,9 @@ from typing import Any
 
 import yaml
 
+from shapprune.criteria.registry import CRITERIA
+from shapprune.estimators.registry import ESTIMATORS
+
 EXPERIMENTS = ("robustness", "rates", "oracle", "cost_benefit")
 
 
@@ -117,6 +120,11 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
         raise ValueError(
             f"{source}: key 'experiments' has unknown {unknown}; use {', '.join(EXPERIMENTS)}"
         )
+    methods = [m for m in config.cost_methods if m not in ESTIMATORS]
+    if methods:
+        raise ValueError(
+            f"{source}: key 'cost_methods' has unknown {methods}; use {', '.join(ESTIMATORS)}"
+        )
     if not config.criteria and set(config.experiments) & {"robustness", "rates"}:
         raise ValueError(f"{source}: key 'criteria' must list at least one criterion")
     if any(not 0 <= r < 1 for r in config.rates):
@@ -126,12 +134,24 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
 
 def _criterion(entry: Any, source: str) -> CriterionSpec:
     if isinstance(entry, str):
-        return CriterionSpec(entry)
-    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-        return CriterionSpec(entry["name"], {k: v for k, v in entry.items() if k != "name"})
-    raise ValueError(
-        f"{source}: key 'criteria' entries must be a name or a mapping with 'name', got {entry!r}"
-    )
+        spec = CriterionSpec(entry)
+    elif isinstance(entry, dict) and isinstance(entry.get("name"), str):
+        spec = CriterionSpec(entry["name"], {k: v for k, v in entry.items() if k != "name"})
+    else:
+        raise ValueError(
+            f"{source}: key 'criteria' entries must be a name or a mapping with 'name', "
+            f"got {entry!r}"
+        )
+    if spec.name not in CRITERIA:
+        raise ValueError(
+            f"{source}: key 'criteria' has unknown criterion {spec.name!r}; "
+            f"known: {', '.join(sorted(CRITERIA))}"
+        )
+    try:  # the options against the criterion's declaration, before any work starts
+        CRITERIA[spec.name].check(spec.options)
+    except ValueError as err:
+        raise ValueError(f"{source}: key 'criteria': {err}") from None
+    return spec
 
 
 def _name(kind) -> str:

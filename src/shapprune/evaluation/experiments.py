@@ -15,16 +15,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from shapprune.estimators import estimate
+from shapprune.estimators.registry import estimate, get_estimator
 from shapprune.evaluation.measure import evaluate
 from shapprune.evaluation.ranking import agreement, positions, spearman
 from shapprune.game.pruning_game import PruningGame
-from shapprune.game.units import Units
-from shapprune.pruning.plan import Target, layer_units, make_plan
+from shapprune.game.units import Units, layer_units
+from shapprune.pruning.plan import Target, make_plan
 from shapprune.pruning.removal import apply_removals
 from shapprune.zoo.data import Split
 
-DETERMINISTIC = ("exact", "partial", "loo")
 COST_FIELDS = ("n_evals", "seconds", "spearman", "kendall", "nrmse", "oracle_spearman")
 
 
@@ -170,7 +169,7 @@ def cost_benefit(
     ``oracle_spearman``, the Spearman correlation between the estimated values and the
     oracle positions (i.e. between the two rankings, with tied estimates kept tied, so a
     constant estimate gives nan rather than the index order).
-    Deterministic methods (exact, partial, loo) run with the first seed only; a budget
+    Deterministic methods (``Estimator.deterministic``) run with the first seed only; a budget
     below a method's minimum is skipped.
     """
     reference = np.asarray(reference, dtype=np.float64)
@@ -178,7 +177,7 @@ def cost_benefit(
     rows = []
     for method in methods:
         for budget in budgets:
-            for seed in seeds[:1] if method in DETERMINISTIC else seeds:
+            for seed in seeds[:1] if get_estimator(method).deterministic else seeds:
                 try:
                     est = estimate(game, method, budget=int(budget), seed=int(seed))
                 except ValueError as err:

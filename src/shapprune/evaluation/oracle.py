@@ -21,7 +21,7 @@ from itertools import combinations, islice
 import numpy as np
 import torch
 
-from shapprune.estimators import Game
+from shapprune.estimators._budget import Game
 from shapprune.evaluation.ranking import lowest
 
 Progress = Callable[[int, int], None]

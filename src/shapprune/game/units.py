@@ -155,6 +155,15 @@ def find_units(
     return _channel_units(model, layer, module, graph or build_graph(model, example_inputs))
 
 
+def layer_units(
+    model: nn.Module, layers: Sequence[str], example_inputs: torch.Tensor
+) -> dict[str, Units]:
+    """The units of each of ``layers``, found with one dependency graph: once per model, then
+    passed on (to planning, removal, the games)."""
+    graph = build_graph(model, example_inputs)
+    return {name: find_units(model, name, example_inputs, graph) for name in layers}
+
+
 def _head_units(layer: str, module: nn.Module) -> Units:
     proj = module.out_proj if isinstance(module, nn.MultiheadAttention) else None
     proj = proj or _output_projection(module)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from shapprune.evaluation.measure import measure
-from shapprune.game.units import Units
-from shapprune.pruning.plan import Target, layer_units, make_plan, prunable_layers
+from shapprune.game.units import Units, layer_units
+from shapprune.pruning.plan import Target, make_plan, prunable_layers
 from shapprune.pruning.removal import apply_removals, history
 from shapprune.zoo.data import DatasetSplits, reference_set
 
@@ -49,7 +48,7 @@ def prune_model(
     finetune_lr: float = 1e-3,
     report: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Prune ``model`` by ``criterion`` (an object with ``score(model, layer, data, seed)``)
+    """Prune ``model`` by ``criterion`` (an object with ``score(model, layers, data, seed)``)
     until ``target`` is met; return the pruned model and a summary of before/after.
 
     Scores come from ``per_class`` reference examples per class of the validation split.
@@ -70,10 +69,8 @@ def prune_model(
     current, plans = model, []
     for step in range(1, steps + 1):
         step_target = _step_target(target, step, steps)
-        scores = {}
-        for name in chosen:
-            say(f"step {step}/{steps}: scoring {name}")
-            scores[name] = np.asarray(criterion.score(current, name, (ref.x, ref.y), seed=seed))
+        say(f"step {step}/{steps}: scoring {', '.join(chosen)}")
+        scores = criterion.score(current, chosen, (ref.x, ref.y), seed=seed)
         plan = make_plan(
             current,
             scores,

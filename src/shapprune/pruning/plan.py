@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,13 +101,6 @@ def prunable_layers(model: nn.Module, example: torch.Tensor) -> dict[str, Units]
             seen.add(key)
             out[name] = units
     return out
-
-
-def layer_units(model: nn.Module, layers: Sequence[str], example: torch.Tensor) -> dict[str, Units]:
-    """The units of each of ``layers``, found with one dependency graph: once per model, then
-    passed on to planning, removal and the games."""
-    graph = build_graph(model, example)
-    return {name: find_units(model, name, example, graph) for name in layers}
 
 
 def normalise(scores: np.ndarray, how: str) -> np.ndarray:

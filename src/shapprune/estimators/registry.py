@@ -1,0 +1,137 @@
+"""The estimators by name, and the one verb: ``estimate(game, method, budget, seed, **options)``.
+
+Every method reads the game through the same budgeted view, so ``n_evals`` is the number
+of coalitions really evaluated and never exceeds ``budget``. A new estimator is a subclass
+of :class:`~shapprune.estimators.base.Estimator` plus ``register_estimator(...)``; it is then
+reachable here, as the criterion ``shapley-<name>``, from the CLI and in experiment files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from shapprune.estimators._budget import BudgetedGame, Game
+from shapprune.estimators.base import Answer, Estimate, Estimator
+from shapprune.estimators.exact import Exact
+from shapprune.estimators.kernel import Kernel
+from shapprune.estimators.loo import LeaveOneOut
+from shapprune.estimators.partial import Partial
+from shapprune.estimators.permutation import Permutation
+from shapprune.options import build_options
+
+__all__ = [
+    "ESTIMATORS",
+    "default_budget",
+    "estimate",
+    "get_estimator",
+    "register_estimator",
+]
+
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register_estimator(estimator: Estimator | type[Estimator], *, replace: bool = False):
+    """Make ``estimator`` (an instance, or a class built without arguments) reachable by its
+    name; usable as a class decorator. Returns what it was given."""
+    instance = estimator() if isinstance(estimator, type) else estimator
+    if not isinstance(instance, Estimator) or not instance.name:
+        raise TypeError(f"{estimator!r} is not an Estimator with a name")
+    if instance.name in ESTIMATORS and not replace:
+        raise ValueError(
+            f"an estimator named {instance.name!r} is already registered; pass replace=True"
+        )
+    ESTIMATORS[instance.name] = instance
+    return estimator
+
+
+for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut):
+    register_estimator(_builtin)
+
+
+def __getattr__(name: str) -> Any:
+    # METHODS is derived from the registry when read, so later registrations show up
+    if name == "METHODS":
+        return tuple(ESTIMATORS)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def get_estimator(name: str) -> Estimator:
+    """The estimator registered as ``name``."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[name]
+
+
+def estimator_options(method: str, options: dict[str, Any]) -> Any:
+    """``options`` checked against ``method``'s declaration, as that declaration."""
+    return build_options(get_estimator(method).Options, options, f"method {method!r}")
+
+
+def default_budget(method: str, n: int, **options: Any) -> int:
+    """The budget used when none is given: enough for a usable answer."""
+    est = get_estimator(method)
+    opts = estimator_options(method, options)
+    return max(est.min_budget(n, opts), est.default_budget(n, opts))
+
+
+def estimate(
+    game: Game,
+    method: str = "permutation",
+    budget: int | None = None,
+    seed: int = 0,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    **options: Any,
+) -> Estimate:
+    """Estimate the value of every player of ``game``.
+
+    ``method`` is a registered estimator (``ESTIMATORS``); ``budget`` caps the coalitions
+    evaluated (default: ``default_budget``); ``options`` are the method's declared options
+    (e.g. permutation: ``antithetic``, ``control``, ``truncation``, ``patience``; partial:
+    depth ``k``). ``progress(done, budget)`` is called after each evaluation batch.
+    """
+    est = get_estimator(method)
+    opts = estimator_options(method, options)
+    n = int(game.n_players)
+    est.check(n, opts)
+    need = est.min_budget(n, opts)
+    if budget is None:
+        budget = max(need, est.default_budget(n, opts))
+    if budget < need:
+        raise ValueError(
+            f"budget {budget} is too small for {method} on {n} players: "
+            f"it needs at least {need} evaluations"
+        )
+    rng = np.random.default_rng(seed)
+    view = BudgetedGame(game, budget, progress=progress)
+    start = time.perf_counter()
+    answer = est(view, rng, opts)
+    seconds = time.perf_counter() - start
+    if not isinstance(answer, Answer):
+        answer = Answer(*answer)
+    values = np.asarray(answer.values, dtype=np.float64)
+    if values.shape != (n,):
+        raise RuntimeError(f"estimator {method!r} gave {values.shape} values for {n} players")
+    stderr = np.zeros(n) if answer.stderr is None else np.asarray(answer.stderr, np.float64)
+    selected = answer.selected
+    if selected is not None:
+        selected = np.asarray(selected, dtype=np.int64)
+        if len(np.unique(selected)) != len(selected) or np.any((selected < 0) | (selected >= n)):
+            raise RuntimeError(f"estimator {method!r} selected {selected}: not distinct players")
+    return Estimate(
+        values,
+        stderr,
+        view.n_evals,
+        seconds,
+        method,
+        budget,
+        seed,
+        answer.info,
+        selected=selected,
+        confidence=answer.confidence,
+        intervals=None if answer.intervals is None else np.asarray(answer.intervals),
+    )
