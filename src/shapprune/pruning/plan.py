@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from shapprune.evaluation.measure import count_macs, count_params
+from shapprune.evaluation.ranking import positions, ranking_from_scores
 from shapprune.game.units import Units, build_graph, candidate_layers, find_units, is_attention
 from shapprune.pruning.removal import apply_removals
 
@@ -113,14 +114,14 @@ def normalise(scores: np.ndarray, how: str) -> np.ndarray:
     if how == "max":
         return s / max(np.abs(s).max(), 1e-12)
     if how == "rank":
-        return (np.argsort(np.argsort(s, kind="stable"), kind="stable") + 1) / len(s)
+        return (positions(ranking_from_scores(s)) + 1) / len(s)
     if how == "none":
         return s
     raise ValueError(f"unknown normalisation {how!r}; use one of {', '.join(NORMALISATIONS)}")
 
 
 def _lowest(scores: np.ndarray, k: int) -> list[int]:
-    return sorted(np.argsort(scores, kind="stable")[:k].tolist())
+    return sorted(ranking_from_scores(scores)[:k].tolist())
 
 
 def make_plan(
