@@ -14,6 +14,7 @@ from shapprune.criteria.registry import (
     register_criterion,
     score_layers,
 )
+from shapprune.devices import available_devices, resolve_device
 from shapprune.estimators.base import Answer, Estimate, Estimator
 from shapprune.estimators.registry import (
     ESTIMATORS,
@@ -25,6 +26,7 @@ from shapprune.estimators.registry import (
 from shapprune.evaluation.measure import evaluate, measure
 from shapprune.evaluation.oracle import oracle_rank, oracle_sets
 from shapprune.game.pruning_game import METRICS, PruningGame
+from shapprune.game.spec import GameSpec
 from shapprune.game.units import find_units
 from shapprune.options import option
 from shapprune.pruning.checkpoint import load_checkpoint, save_pruned
@@ -45,10 +47,12 @@ __all__ = [
     "Criterion",
     "Estimate",
     "Estimator",
+    "GameSpec",
     "PruningGame",
     "Target",
     "__version__",
     "apply_removals",
+    "available_devices",
     "build_model",
     "criterion",
     "default_budget",
@@ -71,6 +75,7 @@ __all__ = [
     "reference_set",
     "register_criterion",
     "register_estimator",
+    "resolve_device",
     "save_pruned",
     "score_layers",
 ]

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from shapprune.criteria.registry import CRITERIA, get_criterion
+from shapprune.devices import resolve_device
 from shapprune.estimators.registry import ESTIMATORS, get_estimator
 from shapprune.jobs import DEMO_EXPERIMENT, rank_layer
 from shapprune.options import declared, parse_options
@@ -64,6 +65,11 @@ def _refresh_help() -> None:
         )
         + "); --budget, --metric and --composite set the option of that name"
     )
+
+
+DeviceOpt = Annotated[
+    str, typer.Option(help="cpu, cuda, cuda:N, mps, or auto: the first accelerator, else cpu")
+]
 
 
 def main() -> None:
@@ -180,6 +186,7 @@ def rank(
     root: RootOpt = None,
     out: Annotated[Path | None, typer.Option(help="write the result as JSON here")] = None,
     force: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Shapley values of a layer's units, written as JSON with the ranking."""
     if out is not None and out.exists() and not force:
@@ -189,6 +196,7 @@ def rank(
     record = rank_layer(
         model, data, layer, method, budget, seed, metric, per_class, root, _evaluation_progress,
         options=options,
+        device=resolve_device(device),
     )  # fmt: skip
     console.print(_ranking_table(record, show=10))
     console.print(
@@ -212,6 +220,7 @@ def train(
     seed: SeedOpt = 0,
     root: RootOpt = None,
     force: Annotated[bool, typer.Option(help="replace an existing checkpoint")] = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Train a zoo model and save it as safetensors weights plus a JSON description."""
     from shapprune.pruning.checkpoint import save_checkpoint
@@ -225,7 +234,9 @@ def train(
             raise FileExistsError(f"{path} exists; choose another --out or pass --force")
     recipe = recipe_for(model, data)
     recipe.update({k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None})
-    net, config, metrics, data_name = train_by_recipe(model, data, recipe, seed=seed, root=root)
+    net, config, metrics, data_name = train_by_recipe(
+        model, data, recipe, seed=seed, root=root, device=resolve_device(device)
+    )
     paths = save_checkpoint(
         out, net, name=model, config=config, metrics=metrics, dataset=data_name, overwrite=force
     )
@@ -281,6 +292,7 @@ def prune(
     root: RootOpt = None,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("pruned"),
     force: Annotated[bool, typer.Option(help="write into a non-empty --out folder")] = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Prune a model: score units, remove them, measure before and after."""
     from shapprune.pruning.checkpoint import save_pruned
@@ -289,11 +301,13 @@ def prune(
     from shapprune.zoo.data import load_dataset
 
     parsed = Target.parse(target)
+    where = resolve_device(device)
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} is not empty; choose another --out or pass --force")
     explicit = {"budget": budget, "metric": metric, "composite": composite}
     scorer = get_criterion(criterion, **_criterion_options(criterion, explicit, option or []))
     net, meta = load_model(model, data, root=root)
+    net = net.to(where)
     splits = load_dataset(data, root=root, seed=0)
     chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
     with console.status("pruning") as status:
@@ -339,6 +353,7 @@ def compare(
     out: Annotated[Path, typer.Option(help="output folder (rerun to resume)")] = Path(
         "runs/compare"
     ),
+    device: DeviceOpt = "auto",
 ) -> None:
     """Compare criteria on layers, rates and seeds: JSON, CSV, plots and a Markdown report.
 
@@ -348,10 +363,11 @@ def compare(
     from shapprune.evaluation.config import load_config
     from shapprune.evaluation.report import write_outputs
 
+    where = resolve_device(device)
     experiment = load_config(config)
     check_resumable(experiment, out)
     with _cell_progress("compare") as update:
-        results = run_compare(experiment, out, progress=update)
+        results = run_compare(experiment, out, progress=update, device=where)
     report = write_outputs(experiment, results, out)
     console.print(f"{results['cells_computed']} cells computed; wrote {report} and plots in {out}")
 
@@ -368,6 +384,7 @@ def oracle(
     root: RootOpt = None,
     out: Annotated[Path, typer.Option(help="JSON file")] = Path("oracle.json"),
     force: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Oracle sets of a layer: for each k, the k units whose joint removal hurts least."""
     from shapprune.evaluation.oracle import oracle_rank, oracle_sets
@@ -377,7 +394,9 @@ def oracle(
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
     sizes = [int(k) for k in ks.split(",") if k.strip()]
+    where = resolve_device(device)
     net, _ = load_model(model, data, root=root)
+    net = net.to(where)
     ref = reference_set(load_dataset(data, root=root).val, per_class=per_class, seed=0)
     game = PruningGame(net, layer, (ref.x, ref.y))
     found = oracle_sets(game, sizes, max_subsets=max_subsets, beam_width=beam_width)
@@ -397,6 +416,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="report folder (rerun to resume)")] = Path(
         "shapprune-demo"
     ),
+    device: DeviceOpt = "auto",
 ) -> None:
     """LeNet-5 on the embedded MNIST 5k: Shapley ranking of conv2, then criteria compared
     (layer-wise robustness, oracle sets, accuracy vs pruning rate) in a report with plots."""
@@ -405,9 +425,11 @@ def demo(
     from shapprune.evaluation.report import summarise, write_outputs
 
     start = time.perf_counter()
+    where = resolve_device(device)
     record = rank_layer(
-        "lenet5", "mnist5k", "conv2", "permutation", budget, seed, progress=_evaluation_progress
-    )
+        "lenet5", "mnist5k", "conv2", "permutation", budget, seed,
+        progress=_evaluation_progress, device=where,
+    )  # fmt: skip
     acc = record["model_metrics"].get("test_accuracy")
     console.print(
         f"LeNet-5 on MNIST 5k: test accuracy {acc:.4f}; game on "
@@ -419,7 +441,7 @@ def demo(
     experiment = parse_config(DEMO_EXPERIMENT, "demo")
     check_resumable(experiment, out)
     with _cell_progress("comparing criteria") as update:
-        results = run_compare(experiment, out, progress=update)
+        results = run_compare(experiment, out, progress=update, device=where)
     report = write_outputs(experiment, results, out)
     summary = summarise(experiment, results)
     table = Table(title="Layer-wise robustness AUC (lower is better) and mean accuracy vs rate")

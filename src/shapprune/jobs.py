@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from shapprune.estimators.registry import default_budget, estimate
-from shapprune.game.pruning_game import PruningGame
-from shapprune.zoo.cache import load_model
-from shapprune.zoo.data import load_dataset, reference_set
+from shapprune.game.spec import GameSpec
 
 __all__ = ["DEMO_EXPERIMENT", "rank_layer"]
 
@@ -25,13 +25,24 @@ def rank_layer(
     root: str | None = None,
     progress: Callable[[str, int], object] | None = None,
     options: dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
 ) -> dict:
     """Shapley values of ``layer``'s units on a reference set from the validation split;
-    ``options`` are the method's declared options."""
-    model, meta = load_model(model_name, data_name, root=root)
-    splits = load_dataset(data_name, root=root, seed=0)
-    ref = reference_set(splits.val, per_class=per_class, seed=seed)
-    game = PruningGame(model, layer, ref, metric=metric)
+    ``options`` are the method's declared options. The game is built from a ``GameSpec`` (in
+    the record, to rebuild it) on ``device`` (None / "auto": the first available accelerator,
+    else the CPU)."""
+    spec = GameSpec(
+        model=model_name,
+        layer=layer,
+        data=data_name,
+        root=root,
+        split="val",
+        per_class=per_class,
+        seed=seed,
+        metric=metric,
+    )
+    model, meta, ref = spec.load(device)
+    game = spec.game(model, ref)
     options = options or {}
     total = budget if budget is not None else default_budget(method, game.n_players, **options)
     if progress is None:
@@ -48,6 +59,8 @@ def rank_layer(
         "reference_examples": len(ref),
         "players": game.players,
         "prefix_cached": game.cached,
+        "device": str(game.device),
+        "spec": spec.to_dict(),
         **est.to_dict(),
         "model_metrics": meta.get("metrics", {}),
     }

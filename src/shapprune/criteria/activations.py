@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shapprune.devices import as_float64
 from shapprune.game.units import MaskPoint, Units
 
 
@@ -34,14 +35,15 @@ def activation_sums(
 ) -> ActivationSums:
     """Run the model on the data in batches, reading the units at the mask points."""
     n = units.n_players
-    totals = {k: torch.zeros(n, dtype=torch.float64) for k in ("ag", "abs_g", "zeros", "entries")}
+    keys = ("ag", "abs_g", "zeros", "entries")
+    totals = {k: torch.zeros(n, dtype=torch.float64, device="cpu") for k in keys}
     for p in model.parameters():
         p.requires_grad_(False)  # only the activations need gradients
     with _Recorder(model, units.mask_points, grad) as rec:
         for start in range(0, len(x), batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
             with torch.set_grad_enabled(grad):
-                seen = rec.forward(xb.clone().float(), yb, len(x))
+                seen = rec.forward(xb.clone(), yb, len(x))  # any input dtype (token ids)
             for point, a, g in seen:
                 _accumulate(totals, point, a, g, n)
     return ActivationSums(**{k: v.numpy() for k, v in totals.items()})
@@ -96,8 +98,10 @@ class _Recorder:
 def _accumulate(totals: dict, point: MaskPoint, a: torch.Tensor, g, n: int) -> None:
     """Add one consumer input's per-player sums (over examples, positions, channels)."""
     a = a.detach()
-    stats = {"zeros": (a == 0).double(), "entries": torch.ones_like(a, dtype=torch.float64)}
+    wide = as_float64(a)  # on a's device (the CPU for MPS, which has no float64)
+    stats = {"zeros": (wide == 0).double(), "entries": torch.ones_like(wide)}
     if g is not None:
-        stats["ag"], stats["abs_g"] = a.double() * g.double(), g.abs().double()
+        g = as_float64(g)
+        stats["ag"], stats["abs_g"] = wide * g, g.abs()
     for key, t in stats.items():
-        totals[key] += point.per_player(t, n)
+        totals[key] += point.per_player(t, n).cpu()

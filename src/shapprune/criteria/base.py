@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shapprune.devices import device_of, to_device
 from shapprune.game.pruning_game import as_data
 from shapprune.game.units import Units, layer_units
 from shapprune.options import NoOptions, build_options, declared
@@ -72,6 +73,7 @@ class Criterion:
         """
         layers = [layers] if isinstance(layers, str) else list(layers)
         x, y = as_data(data)
+        x, y = to_device(x, model), y.to(device_of(model))  # moved once, to the model
         with _untouched(model), torch.inference_mode(False), torch.enable_grad():
             model.eval()
             found = self._score_layers(model, layers, x, y, seed)

@@ -20,6 +20,7 @@ from torch import nn
 
 from shapprune.criteria.activations import ActivationSums, activation_sums
 from shapprune.criteria.base import Criterion
+from shapprune.devices import as_float64
 from shapprune.game.attention import in_projection
 from shapprune.game.units import Units
 from shapprune.options import option
@@ -63,8 +64,8 @@ class WeightNormCriterion(Criterion):
     def _score_layer(self, model, units, x, y, seed) -> np.ndarray:
         rows = _unit_rows(model, units)
         if self.p == 1:
-            return sum(r.abs().sum(1) for r in rows).numpy()
-        return torch.sqrt(sum((r**2).sum(1) for r in rows)).numpy()
+            return sum(r.abs().sum(1) for r in rows).cpu().numpy()
+        return torch.sqrt(sum((r**2).sum(1) for r in rows)).cpu().numpy()
 
 
 def _unit_rows(model: nn.Module, units: Units) -> list[torch.Tensor]:
@@ -74,7 +75,7 @@ def _unit_rows(model: nn.Module, units: Units) -> list[torch.Tensor]:
         return [_head_rows(modules[units.layer], units.n_players)]
     rows = []
     for name in units.coupled:
-        weight = modules[name].weight.detach().double()
+        weight = as_float64(modules[name].weight.detach())
         if weight.shape[0] != units.n_players:
             raise ValueError(
                 f"producer {name!r} has {weight.shape[0]} outputs for {units.n_players} "
@@ -87,10 +88,10 @@ def _unit_rows(model: nn.Module, units: Units) -> list[torch.Tensor]:
 def _head_rows(attn: nn.Module, n_heads: int) -> torch.Tensor:
     """(n_heads, 3 * head_dim * in_dim): each head's q, k and v projection rows."""
     if isinstance(getattr(attn, "qkv", None), nn.Linear):
-        qkv = attn.qkv.weight.detach().double()
+        qkv = as_float64(attn.qkv.weight.detach())
         parts = qkv.chunk(3, dim=0)
     elif isinstance(attn, nn.MultiheadAttention):
-        parts = [w.detach().double() for w in in_projection(attn)[0]]
+        parts = [as_float64(w.detach()) for w in in_projection(attn)[0]]
     else:
         raise ValueError(
             f"cannot find the q/k/v weights of {type(attn).__name__}: weight norms of heads "
@@ -108,7 +109,7 @@ class BNScaleCriterion(Criterion):
 
     def _score_layer(self, model, units, x, y, seed) -> np.ndarray:
         norms = _following_norms(model, units.coupled, x[:2])
-        total = torch.zeros(units.n_players, dtype=torch.float64)
+        total = torch.zeros(units.n_players, dtype=torch.float64, device="cpu")
         for producer in units.coupled:
             bn = norms.get(producer)
             if bn is None or bn.weight is None or bn.num_features != units.n_players:
@@ -117,7 +118,7 @@ class BNScaleCriterion(Criterion):
                     f"{units.n_players} features); {units.layer!r} has none there: choose "
                     "another criterion"
                 )
-            total += bn.weight.detach().double().abs()
+            total += as_float64(bn.weight.detach()).abs().cpu()
         return total.numpy()
 
 

@@ -47,6 +47,7 @@ from zennit.types import Linear as LinearType
 from shapprune.criteria.base import Criterion
 from shapprune.criteria.lrp_options import COMPOSITES, LRPOptions
 from shapprune.criteria.lrp_options import check_composite as _check_composite
+from shapprune.devices import device_of, to_device
 from shapprune.game.attention import in_projection, mha_call
 from shapprune.game.tracing import explicit_mha
 from shapprune.game.units import Units, find_units
@@ -249,19 +250,17 @@ class LRPCriterion(Criterion):
         return {layer: self._score(model, layer, x, y) for layer in layers}
 
     def _score(self, model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
         work = copy.deepcopy(model).float().eval().requires_grad_(True)
-        x = x.to(torch.float32).clone()  # not an inference tensor
-        y = y.clone()
-        units = find_units(work, layer, x[:2].to(device))  # needs trainable parameters
+        # moved to the model's device once; clones are not inference tensors
+        x, y = to_device(x, work).clone(), y.to(device_of(work)).clone()
+        units = find_units(work, layer, x[:2])  # needs trainable parameters
         work.requires_grad_(False)
         rules = {"epsilon": self.epsilon, "gamma": self.gamma}
         bounds = {"low": float(x.min()), "high": float(x.max())}
         totals = np.zeros(units.n_players)
         for start in range(0, len(x), self.batch_size):
-            xb = x[start : start + self.batch_size].to(device)
-            yb = y[start : start + self.batch_size].to(device=device, dtype=torch.long)
+            xb = x[start : start + self.batch_size]
+            yb = y[start : start + self.batch_size].long()
             check = start == 0
             # a fresh composite (and canonizers) per batch: zennit's hooks hold on to tensors
             composite = build_composite(
@@ -324,7 +323,8 @@ def _unit_relevance(
     finally:
         for handle in handles:
             handle.remove()
-    rel = torch.zeros(len(x), units.n_players, dtype=torch.float64, device=x.device)
+    wide = torch.device("cpu") if x.device.type == "mps" else x.device  # MPS: no float64
+    rel = torch.zeros(len(x), units.n_players, dtype=torch.float64, device=wide)
     grads_of = iter(grads)
     for point in units.mask_points:
         for _probe in probes[point.module]:

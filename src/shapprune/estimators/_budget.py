@@ -70,7 +70,9 @@ class BudgetedGame:
                     f"{self.n_evals + len(todo)} evaluations needed, budget is {self.budget}"
                 )
             vals = self.game.value(torch.from_numpy(z[todo]))
-            vals = np.asarray(torch.as_tensor(vals, dtype=torch.float64)).reshape(-1)
+            if isinstance(vals, torch.Tensor):  # as_tensor would follow the default device
+                vals = vals.detach().cpu()
+            vals = np.asarray(vals, dtype=np.float64).reshape(-1)
             out[todo] = vals
             self.n_evals += len(todo)
             if self._memo is not None:

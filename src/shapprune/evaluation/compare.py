@@ -15,7 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from shapprune.devices import resolve_device
 from shapprune.evaluation.config import CriterionSpec, ExperimentConfig
 from shapprune.evaluation.ranking import positions, rank_correlation, ranking_from_scores
 from shapprune.zoo.data import Split, reference_set
@@ -71,14 +73,21 @@ def check_resumable(config: ExperimentConfig, out: Path) -> None:
     path.write_text(json.dumps(identity, indent=2))
 
 
-def run_compare(config: ExperimentConfig, out: Path, progress: Progress | None = None) -> dict:
-    """Run every cell the config asks for (loading finished ones) and return the results."""
+def run_compare(
+    config: ExperimentConfig,
+    out: Path,
+    progress: Progress | None = None,
+    device: str | torch.device | None = None,
+) -> dict:
+    """Run every cell the config asks for (loading finished ones) and return the results,
+    with the model on ``device`` (None / "auto": the first available accelerator, else CPU)."""
     from shapprune.criteria.registry import get_criterion
     from shapprune.pruning.compress import select_layers
     from shapprune.zoo.cache import load_model
     from shapprune.zoo.data import load_dataset
 
     model, _ = load_model(config.model, config.data, root=config.root)
+    model = model.to(resolve_device(device))
     data = load_dataset(config.data, root=config.root, seed=0)
     example = data.val.x[:2]
     units = select_layers(model, example, config.layers or None)  # found once, passed on

@@ -10,13 +10,10 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from shapprune.devices import device_of, to_device
 from shapprune.zoo.data import Split
 
-
-def device_of(model: nn.Module) -> torch.device:
-    """Where the model's parameters live (CPU for a model without any)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+__all__ = ["count_macs", "count_params", "device_of", "evaluate", "latency", "measure"]
 
 
 @torch.inference_mode()
@@ -53,22 +50,27 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     was_training = model.training
     model.eval()
     try:
-        macs, _ = tp.utils.count_ops_and_params(model, example[:1])
+        macs, _ = tp.utils.count_ops_and_params(model, to_device(example[:1], model))
     finally:
         model.train(was_training)
     return int(macs)
 
 
 def latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time in seconds of one forward pass on ``example`` (CPU, inference mode)."""
+    """Median wall time in seconds of one forward pass on ``example`` (inference mode, on the
+    model's device; CUDA is synchronised around each pass)."""
     was_training = model.training
     model.eval()
+    example = to_device(example, model)
+    sync = torch.cuda.synchronize if example.device.type == "cuda" else lambda: None
     times = []
     try:
         with torch.inference_mode():
             for i in range(warmup + repeats):
+                sync()
                 start = time.perf_counter()
                 model(example)
+                sync()
                 if i >= warmup:
                     times.append(time.perf_counter() - start)
     finally:
@@ -79,8 +81,8 @@ def latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, warmup: 
 def measure(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, latency_batch: int = 64
 ) -> dict[str, float]:
-    """Accuracy, loss, parameters, MACs (per example) and median CPU latency (batch 1 and
-    ``latency_batch``) of ``model`` on (x, y)."""
+    """Accuracy, loss, parameters, MACs (per example) and median latency on the model's
+    device (batch 1 and ``latency_batch``) of ``model`` on (x, y)."""
     quality = evaluate(model, Split(x, y))
     return {
         "accuracy": quality["accuracy"],

@@ -125,15 +125,24 @@ def mha_call(
 class SlimMultiheadAttention(nn.Module):
     """Attention with ``num_heads`` heads of width ``head_dim`` over ``embed_dim`` features."""
 
-    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, batch_first: bool) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int,
+        batch_first: bool,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
+        where = {"device": device, "dtype": dtype}
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
         self.batch_first = batch_first
         width = num_heads * head_dim
-        self.q_proj = nn.Linear(embed_dim, width)
-        self.k_proj = nn.Linear(embed_dim, width)
-        self.v_proj = nn.Linear(embed_dim, width)
-        self.out_proj = nn.Linear(width, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, width, **where)
+        self.k_proj = nn.Linear(embed_dim, width, **where)
+        self.v_proj = nn.Linear(embed_dim, width, **where)
+        self.out_proj = nn.Linear(width, embed_dim, **where)
 
     @classmethod
     def from_torch(cls, mha: nn.MultiheadAttention) -> SlimMultiheadAttention:
@@ -141,7 +150,10 @@ class SlimMultiheadAttention(nn.Module):
         if mha.bias_k is not None or mha.add_zero_attn or not mha._qkv_same_embed_dim:
             raise NotImplementedError("bias_k, add_zero_attn and kdim/vdim are not supported")
         e = mha.embed_dim
-        slim = cls(e, mha.num_heads, e // mha.num_heads, mha.batch_first)
+        weight = mha.out_proj.weight
+        slim = cls(
+            e, mha.num_heads, e // mha.num_heads, mha.batch_first, weight.device, weight.dtype
+        )
         projections = (slim.q_proj, slim.k_proj, slim.v_proj)
         with torch.no_grad():
             for proj, weight, bias in zip(projections, *in_projection(mha), strict=True):
@@ -160,7 +172,7 @@ class SlimMultiheadAttention(nn.Module):
     def remove_heads(self, heads: list[int]) -> None:
         """Cut the given heads out of the projections."""
         kept = [h for h in range(self.num_heads) if h not in set(heads)]
-        keep = torch.tensor(head_rows(kept, self.head_dim))
+        keep = torch.tensor(head_rows(kept, self.head_dim), device=self.q_proj.weight.device)
         with torch.no_grad():
             for proj in (self.q_proj, self.k_proj, self.v_proj):
                 proj.weight = nn.Parameter(proj.weight[keep].clone())

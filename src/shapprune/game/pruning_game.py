@@ -6,6 +6,11 @@ removed, in effect: they are zeroed where they enter their consumers, which comp
 exactly what the physically pruned network computes. The value is minus the mean
 cross-entropy (``metric="loss"``), the accuracy, or the mean correct-class margin, on
 exactly the data given.
+
+The game runs on the model's device (``game.device``): the data is moved there once, masks
+are built there, and values come back as float64 on the CPU. Inputs may be any tensor the
+model takes (token ids stay integers); the model must return ``(batch, classes)`` logits.
+``PruningGame.from_spec`` builds a game from a plain ``GameSpec`` (``shapprune.game.spec``).
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ import copy
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from shapprune.devices import as_float64, device_of, to_device
 from shapprune.game.split import SplitModel
 from shapprune.game.tracing import trace
 from shapprune.game.units import MaskPoint, Units, find_units
@@ -37,31 +44,42 @@ def metric_sums(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Ten
     flat = logits.reshape(m * batch, k)
     index = y.repeat(m).view(-1, 1)
     if metric == "accuracy":
-        return (flat.argmax(dim=1) == index.squeeze(1)).view(m, batch).sum(dim=1).double()
+        return as_float64((flat.argmax(dim=1) == index.squeeze(1)).view(m, batch).sum(dim=1))
     correct = flat.gather(1, index).squeeze(1)
     if metric == "loss":
         top = flat.amax(dim=1, keepdim=True)
         log_sum = (flat - top).exp_().sum(dim=1).log_().add_(top.squeeze(1))
-        per_example = (correct - log_sum).double()
+        per_example = as_float64(correct - log_sum)
     else:
         others = flat.scatter(1, index, -math.inf)
-        per_example = (correct - others.amax(dim=1)).double()
+        per_example = as_float64(correct - others.amax(dim=1))
     return per_example.view(m, batch).sum(dim=1)
 
 
 def as_data(data) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` from a pair of tensors or an object with ``.x`` and ``.y``, checked."""
+    """``(x, y)`` from a pair of tensors or an object with ``.x`` and ``.y``, checked.
+
+    ``x`` may be any input the model takes (images, token ids: its dtype is kept); tensors
+    stay on their device, anything else becomes a CPU tensor.
+    """
     if hasattr(data, "x") and hasattr(data, "y"):
         data = (data.x, data.y)
     if not (isinstance(data, Sequence) and len(data) == 2):
         raise TypeError("data must be a pair (x, y) of tensors, or have .x and .y")
-    x, y = (torch.as_tensor(t) for t in data)
+    x, y = (t if isinstance(t, torch.Tensor) else torch.as_tensor(t, device="cpu") for t in data)
     if x.shape[0] != y.shape[0] or y.dim() != 1 or x.shape[0] == 0:
         raise ValueError(
             f"data must be x of shape (N, ...) and labels y of shape (N,), N >= 1; "
             f"got x {tuple(x.shape)} and y {tuple(y.shape)}"
         )
-    return x.float(), y.long()
+    return x, y.long()
+
+
+class _Spec(Protocol):
+    """What ``PruningGame.from_spec`` needs of a spec (``shapprune.game.spec.GameSpec``,
+    which imports this module, so it is not imported here)."""
+
+    def build(self, device: Any = None) -> PruningGame: ...
 
 
 class PruningGame:
@@ -107,16 +125,19 @@ class PruningGame:
             raise ValueError("batch_size and max_stack must be >= 1 and memory_mb > 0")
         if units is not None and units.layer != layer:
             raise ValueError(f"the units given are {units.layer!r}'s, not {layer!r}'s")
-        self.x, self.y = as_data(data)
+        x, y = as_data(data)
         self.metric = metric
         self.layer = layer
         self.model = copy.deepcopy(model).eval()
+        self.device = device_of(self.model)  # everything runs there; the data moves once
+        self.x, self.y = to_device(x, self.model), y.to(self.device)
         if units is None:
             units = find_units(self.model, layer, self.x[: min(2, len(self.x))])
         self.units: Units = units
         self.memory_bytes = memory_mb * 2**20
         self.max_stack = max_stack
         self.n_evals = 0
+        self.spec: Any = None  # the GameSpec it was built from (see from_spec), else None
         self._split: SplitModel | None = None
         if cache:
             try:
@@ -150,6 +171,13 @@ class PruningGame:
         else:
             self._hooks = _Hooks(self.model, self.units.mask_points)
         self._per_coalition = per_example * self.batch_size
+
+    @classmethod
+    def from_spec(cls, spec: _Spec, device: Any = None) -> PruningGame:
+        """The game a ``GameSpec`` describes, on ``device`` (None / "auto": the first
+        available accelerator, else the CPU); its ``spec`` is that spec. Rebuilt from
+        ``spec.to_json()`` in another process it is the same game."""
+        return spec.build(device)
 
     @property
     def n_players(self) -> int:
@@ -186,7 +214,7 @@ class PruningGame:
 
     def value(self, masks: torch.Tensor) -> torch.Tensor:
         """Value of each coalition: masks (n,) or (m, n), True = kept -> () or (m,) float64."""
-        masks = torch.as_tensor(masks)
+        masks = _tensor(masks)
         if masks.dtype != torch.bool:
             raise TypeError(f"masks must be a bool tensor (True = kept), got {masks.dtype}")
         single = masks.dim() == 1
@@ -196,26 +224,33 @@ class PruningGame:
                 f"masks must have shape ({self.n_players},) or (m, {self.n_players}) for the "
                 f"{self.n_players} players of {self.layer!r}; got {tuple(masks.shape)}"
             )
-        totals = torch.zeros(masks.shape[0], dtype=torch.float64)
+        masks = masks.to(self.device)
+        totals = torch.zeros(masks.shape[0], dtype=torch.float64, device="cpu")
         step = self.stack_size()
         for c, (_, y) in enumerate(self._chunks):
             for start in range(0, masks.shape[0], step):
                 sub = masks[start : start + step]
                 logits = self._logits(c, sub)
-                totals[start : start + len(sub)] += metric_sums(logits, y, self.metric)
+                totals[start : start + len(sub)] += metric_sums(logits, y, self.metric).cpu()
         self.n_evals += masks.shape[0]
         values = totals / len(self.x)
         return values[0] if single else values
 
     def logits(self, mask: torch.Tensor) -> torch.Tensor:
         """The network's outputs (N, K) on the game's data with only ``mask``'s units kept."""
-        mask = torch.as_tensor(mask, dtype=torch.bool).reshape(1, self.n_players)
+        mask = _tensor(mask).to(self.device, torch.bool).reshape(1, self.n_players)
         return torch.cat([self._logits(c, mask)[0] for c in range(len(self._chunks))])
 
     def _logits(self, chunk: int, masks: torch.Tensor) -> torch.Tensor:
         if self._split is not None:
             return self._split.run(self._caches[chunk], masks)
         return self._hooks.run(self.model, self._chunks[chunk][0], masks)
+
+
+def _tensor(value) -> torch.Tensor:
+    """A tensor as it is (``torch.as_tensor`` would move it to the default device), else a
+    new CPU tensor."""
+    return value if isinstance(value, torch.Tensor) else torch.as_tensor(value, device="cpu")
 
 
 def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:

@@ -190,7 +190,8 @@ class SplitModel:
             if e.kind == "table" and _table_pays(e.module, self.n_players, m):
                 # the consumer's output: a weighted sum of per-player outputs
                 if weights is None:
-                    weights = torch.cat([masks.float(), torch.ones(m, 1)], dim=1)
+                    ones = torch.ones(m, 1, device=masks.device)
+                    weights = torch.cat([masks.float(), ones], dim=1)
                 table = self._table(cache, j)
                 out = weights @ table.reshape(table.shape[0], -1)
                 args.append(out.reshape(m * table.shape[1], *table.shape[2:]))
@@ -291,7 +292,9 @@ def _table(x: torch.Tensor, module, point: MaskPoint, cd: int, n: int) -> torch.
 
     def part(channels: torch.Tensor) -> torch.Tensor:
         if len(channels) == 0:
-            channels = torch.zeros(1, dtype=torch.long)  # an empty part: its output times 0
+            channels = torch.zeros(
+                1, dtype=torch.long, device=x.device
+            )  # an empty part: its output times 0
             return 0 * part(channels)
         xs = x.index_select(cd, channels)
         w = module.weight.index_select(1, channels)
@@ -299,15 +302,17 @@ def _table(x: torch.Tensor, module, point: MaskPoint, cd: int, n: int) -> torch.
             return torch.nn.functional.linear(xs, w)
         return module._conv_forward(xs, w, None)
 
-    last = part(point.channels(UNOWNED))
+    last = part(point.channels(UNOWNED, x.device))
     if module.bias is not None:
         shape = [1] * last.dim()
         shape[1 if not isinstance(module, torch.nn.Linear) else -1] = -1
         last = last + module.bias.reshape(shape)
-    table = torch.empty((n + 1, *last.shape), dtype=last.dtype)  # filled in place: no copies
+    table = torch.empty(
+        (n + 1, *last.shape), dtype=last.dtype, device=last.device
+    )  # filled in place: no copies
     table[n] = last
     for p in range(n):
-        table[p] = part(point.channels(p))
+        table[p] = part(point.channels(p, x.device))
     return table
 
 

@@ -20,6 +20,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from shapprune.devices import as_float64, to_device
+
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS_ACROSS_CHANNELS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 UNOWNED = -1  # a mask point's channel that no player owns
@@ -41,40 +43,51 @@ class MaskPoint:
     def _one_to_one(self) -> bool:
         """Whether channel c is player c's for every channel (worked out once per point)."""
         owner = self.player_of_channel
-        return bool((owner == torch.arange(len(owner))).all())
+        return bool((owner == torch.arange(len(owner), device=owner.device)).all())
+
+    def _owner_on(self, device: torch.device) -> torch.Tensor:
+        """``player_of_channel`` (a CPU record) on ``device``, copied there once."""
+        copies = self.__dict__.setdefault("_owner_copies", {})  # frozen: not a field
+        if device not in copies:
+            copies[device] = self.player_of_channel.to(device)
+        return copies[device]
 
     def channel_mask(self, masks: torch.Tensor) -> torch.Tensor:
-        """(m, n) player masks -> (m, C) float channel masks; unowned channels (-1) are kept.
+        """(m, n) player masks -> (m, C) float channel masks on the masks' device; unowned
+        channels (-1) are kept.
 
         Where channel c is player c's (the common case) the channel mask is the player mask,
         with no indexing: this runs once per stacked pass of coalitions.
         """
-        owner = self.player_of_channel
-        if masks.shape[1] == len(owner) and self._one_to_one:
+        if masks.shape[1] == len(self.player_of_channel) and self._one_to_one:
             return masks.float()
-        keep_all = torch.ones(masks.shape[0], 1, dtype=torch.bool)
-        return torch.cat([masks, keep_all], dim=1)[:, owner].float()
+        keep_all = torch.ones(masks.shape[0], 1, dtype=torch.bool, device=masks.device)
+        return torch.cat([masks, keep_all], dim=1)[:, self._owner_on(masks.device)].float()
 
-    def channels(self, players: int | Sequence[int]) -> torch.Tensor:
-        """Indices (along ``channel_dim``) of the channels owned by any of ``players``;
-        ``UNOWNED`` gives the channels no player owns."""
-        return torch.isin(self.player_of_channel, torch.as_tensor(players)).nonzero().flatten()
+    def channels(
+        self, players: int | Sequence[int], device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """Indices (along ``channel_dim``, on ``device``) of the channels owned by any of
+        ``players``; ``UNOWNED`` gives the channels no player owns."""
+        owner = self.player_of_channel
+        found = torch.isin(owner, torch.as_tensor(players, device=owner.device))
+        return found.nonzero().flatten().to(device)
 
     def per_player(
         self, t: torch.Tensor, n_players: int, keep: int = 0, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``t`` (shaped like this point's input) summed per player, in float64: over every
         dimension but the first ``keep`` (e.g. examples) and the channels, then the channels
-        into their players (unowned ones dropped). Shape ``(*t.shape[:keep], n_players)``;
-        added into ``out`` if given."""
+        into their players (unowned ones dropped). Shape ``(*t.shape[:keep], n_players)``, on
+        t's device (the CPU for MPS, which has no float64); added into ``out`` if given."""
         cd = self.channel_dim % t.dim()
         lead = t.shape[:keep]
-        per_channel = t.movedim(cd, -1).reshape(*lead, -1, t.shape[cd]).sum(keep)
-        owner = self.player_of_channel.to(t.device)
+        per_channel = as_float64(t.movedim(cd, -1).reshape(*lead, -1, t.shape[cd]).sum(keep))
+        owner = self._owner_on(per_channel.device)
         owned = owner >= 0
         if out is None:
-            out = torch.zeros(*lead, n_players, dtype=torch.float64, device=t.device)
-        return out.index_add_(keep, owner[owned], per_channel[..., owned].double())
+            out = torch.zeros(*lead, n_players, dtype=torch.float64, device=per_channel.device)
+        return out.index_add_(keep, owner[owned], per_channel[..., owned])
 
 
 @dataclass(frozen=True)
@@ -119,7 +132,9 @@ def candidate_layers(model: nn.Module) -> list[str]:
 
 def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
     """torch-pruning's dependency graph of ``model`` (its parameter warnings silenced; the
-    train/eval flags of the modules, which its tracing sets to eval, restored)."""
+    train/eval flags of the modules, which its tracing sets to eval, restored). The example
+    inputs are moved to the model's device."""
+    example_inputs = to_device(example_inputs, model)
     flags = {m: m.training for m in model.modules()}
     try:
         with warnings.catch_warnings():
@@ -172,7 +187,7 @@ def _head_units(layer: str, module: nn.Module) -> Units:
     if width % n_heads:
         raise ValueError(f"{layer}: projection width {width} is not a multiple of {n_heads} heads")
     proj_name = layer + "." + next(n for n, m in module.named_children() if m is proj)
-    owner = torch.arange(width) // (width // n_heads)
+    owner = torch.arange(width, device="cpu") // (width // n_heads)
     point = MaskPoint(proj_name, -1, owner)
     return Units(layer, "heads", n_heads, (point,), (layer,))
 
@@ -206,8 +221,9 @@ def _channel_units(
             coupled.append(names[target])
         elif dg.is_in_channel_pruning_fn(handler) and not _is_depthwise(target):
             width = target.in_channels if isinstance(target, _CONV) else target.in_features
-            owner = torch.full((width,), UNOWNED, dtype=torch.long)
-            owner[torch.as_tensor(item.idxs)] = torch.as_tensor(item.root_idxs)
+            owner = torch.full((width,), UNOWNED, dtype=torch.long, device="cpu")  # records: CPU
+            idxs, roots = (torch.as_tensor(i, device="cpu") for i in (item.idxs, item.root_idxs))
+            owner[idxs] = roots
             dim = 1 if isinstance(target, _CONV) else -1
             points.append(MaskPoint(names[target], dim, owner))
     if not points:

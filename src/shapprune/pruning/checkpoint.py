@@ -97,7 +97,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     model = build_model(meta["model"], **meta["config"])
     pruning = meta.get("pruning")
     if pruning:  # rebuild the pruned architecture by replaying its history
-        example = torch.zeros(2, *pruning["input_shape"])
+        example = torch.zeros(2, *pruning["input_shape"], device="cpu")
         replay(model, pruning["history"], example)
     try:
         model.load_state_dict(state, strict=True)

@@ -119,7 +119,7 @@ def _zero_inputs(model: nn.Module, points: tuple[MaskPoint, ...], idxs: list[int
             weight = consumer.weight if hasattr(consumer, "weight") else None
             if weight is None:
                 raise NotImplementedError(f"cannot mask the inputs of {point.module!r}")
-            weight.index_fill_(1, point.channels(idxs), 0.0)
+            weight.index_fill_(1, point.channels(idxs, weight.device), 0.0)
 
 
 def _remove(

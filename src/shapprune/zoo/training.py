@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shapprune.evaluation.measure import device_of, evaluate
+from shapprune.devices import device_of, resolve_device
+from shapprune.evaluation.measure import evaluate
 from shapprune.zoo.data import DatasetSplits, load_dataset
 from shapprune.zoo.models import build_model
 
@@ -81,13 +82,15 @@ def _augment(x: torch.Tensor, kinds: Mapping[str, int], gen: torch.Generator) ->
     pad = kinds.get("crop", 0)
     if pad:
         xp = F.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-        x = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[:, None, None], rows, cols]
+        # drawn on the CPU generator (the same draws on every device), used on x's device
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device="cpu").to(x.device)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device="cpu").to(x.device)
+        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        bi, ci = torch.arange(b, device=x.device), torch.arange(c, device=x.device)
+        x = xp[bi[:, None, None, None], ci[:, None, None], rows, cols]
     if "flip" in kinds:
-        flip = torch.rand(b, generator=gen) < 0.5
+        flip = (torch.rand(b, generator=gen, device="cpu") < 0.5).to(x.device)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return x
 
@@ -172,6 +175,7 @@ def train_model(
     if steps == 0:
         raise ValueError(f"training split has {n} examples; need at least 2")
     device = device_of(model)
+    train_x, train_y = train.x.to(device), train.y.to(device)  # moved once
     start = time.perf_counter()
     history: list[dict[str, float]] = []
     epoch_loss = float("nan")
@@ -183,14 +187,14 @@ def train_model(
         task = bar.add_task(f"epoch 1/{epochs}", total=epochs * steps, loss=float("nan"))
         for epoch in range(epochs):
             model.train()
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=gen, device="cpu")
             loss_sum, seen = 0.0, 0
             for i in range(steps):
                 idx = perm[i * batch_size : (i + 1) * batch_size]
-                x = train.x[idx]
+                on_device = idx.to(device)
+                x, y = train_x[on_device], train_y[on_device]
                 if aug:
                     x = _augment(x, aug, gen)
-                x, y = x.to(device), train.y[idx].to(device)
                 loss = F.cross_entropy(model(x), y)
                 if not torch.isfinite(loss):
                     raise RuntimeError(
@@ -261,10 +265,12 @@ def train_by_recipe(
     seed: int = 0,
     progress: bool = True,
     root: str | Path | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any], str]:
-    """Build zoo model ``name`` for ``dataset`` and train it by ``recipe``.
+    """Build zoo model ``name`` for ``dataset`` and train it by ``recipe`` on ``device``
+    (see :func:`shapprune.devices.resolve_device`; "auto" picks an accelerator).
 
-    Returns the model, its build config, its metrics and the dataset's name.
+    Returns the model (on ``device``), its build config, its metrics and the dataset's name.
     """
     data = load_dataset(dataset, root=root, seed=DATA_SEED, image_size=recipe["image_size"])
     config = {
@@ -274,7 +280,7 @@ def train_by_recipe(
         "seed": seed,
         **recipe["model"],
     }
-    model = build_model(name, **config)
+    model = build_model(name, **config).to(resolve_device(device))
     train_kwargs = {k: recipe[k] for k in _TRAIN_KEYS}
     metrics = train_model(model, data, seed=seed, progress=progress, **train_kwargs)
     return model, config, metrics, data.name

@@ -1,0 +1,188 @@
+"""A game you can ship: a plain, JSON-ready description from which any process rebuilds it.
+
+``GameSpec`` names the model (a zoo name or a checkpoint path), the layer(s), the data and
+how the reference examples are drawn, the payoff and the game's options; ``to_json`` /
+``from_json`` carry it between processes, and ``PruningGame.from_spec(spec)`` (or
+``spec.build()``) rebuilds the same game: the same players and, on the same machine with
+the same stack sizes, the same values bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from shapprune.devices import resolve_device
+from shapprune.game.pruning_game import METRICS, PruningGame
+from shapprune.zoo.cache import load_model
+from shapprune.zoo.data import Split, load_dataset, reference_set
+
+__all__ = ["GAME_OPTIONS", "GameSpec"]
+
+SPLITS = ("train", "val", "test")
+GAME_OPTIONS: dict[str, tuple[type, ...]] = {
+    "batch_size": (int,),
+    "memory_mb": (int, float),
+    "max_stack": (int, type(None)),
+    "cache": (bool,),
+    "decompose": (bool,),
+}
+"""The keyword options of ``PruningGame`` a spec may set, with their JSON types."""
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "layer": (str, type(None)),
+    "layers": (list, type(None)),
+    "data": (str,),
+    "root": (str, type(None)),
+    "split": (str,),
+    "per_class": (int,),
+    "seed": (int,),
+    "metric": (str,),
+    "options": (dict,),
+}
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def _check_type(what: str, value: Any, types: tuple[type, ...]) -> None:
+    # bool is an int in Python, but not in a spec: per_class=True is a mistake
+    wrong = isinstance(value, bool) and bool not in types
+    if wrong or not isinstance(value, types):
+        raise ValueError(
+            f"GameSpec {what} must be {_type_names(types)}, got {type(value).__name__} {value!r}"
+        )
+
+
+@dataclass(frozen=True)
+class GameSpec:
+    """What a pruning game is made of, in plain values (JSON-ready).
+
+    Args:
+        model: a zoo name (trained by its recipe on ``data``, cached) or a checkpoint path.
+        layer: the layer whose units are the players; or ``layers`` for a game over several
+            layers (accepted here; building one is not supported yet).
+        data: ``mnist5k``, a dataset name read from ``root``, or an image folder.
+        root: the folder holding local datasets (None: the default data root).
+        split: the split the reference examples are drawn from: train, val or test.
+        per_class: reference examples per class.
+        seed: the seed of the reference draw (the dataset's own split uses seed 0).
+        metric: the game's payoff: loss, accuracy or margin.
+        options: ``PruningGame`` keyword options (see ``GAME_OPTIONS``).
+    """
+
+    model: str
+    layer: str | None = None
+    layers: list[str] | None = None
+    data: str = "mnist5k"
+    root: str | None = None
+    split: str = "val"
+    per_class: int = 25
+    seed: int = 0
+    metric: str = "loss"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, types in _TYPES.items():
+            _check_type(name, getattr(self, name), types)
+        if not self.model:
+            raise ValueError("GameSpec model must name a zoo model or a checkpoint path")
+        if (self.layer is None) == (self.layers is None):
+            raise ValueError("GameSpec needs exactly one of layer='name' or layers=[...]")
+        if self.layers is not None:
+            if not self.layers or not all(isinstance(n, str) and n for n in self.layers):
+                raise ValueError(f"GameSpec layers must be a non-empty list of names, got "
+                                 f"{self.layers!r}")  # fmt: skip
+            object.__setattr__(self, "layers", list(self.layers))
+        if self.split not in SPLITS:
+            raise ValueError(f"GameSpec split must be one of {', '.join(SPLITS)}, got "
+                             f"{self.split!r}")  # fmt: skip
+        if self.metric not in METRICS:
+            raise ValueError(f"GameSpec metric must be one of {', '.join(METRICS)}, got "
+                             f"{self.metric!r}")  # fmt: skip
+        if self.per_class < 1:
+            raise ValueError(f"GameSpec per_class must be >= 1, got {self.per_class}")
+        for key, value in self.options.items():
+            if key not in GAME_OPTIONS:
+                raise ValueError(
+                    f"unknown GameSpec option {key!r}; known options: {', '.join(GAME_OPTIONS)}"
+                )
+            _check_type(f"option {key}", value, GAME_OPTIONS[key])
+        object.__setattr__(self, "options", dict(self.options))
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The layer(s) whose units are the players."""
+        return [self.layer] if self.layer is not None else list(self.layers or [])
+
+    # --- plain values --------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as a dict of plain values (every field, defaults included)."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """The spec as JSON text (keys sorted: the same spec gives the same text)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GameSpec:
+        """A spec from plain values; unknown keys or wrong types raise ValueError."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a GameSpec must be a JSON object, got {type(values).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown GameSpec keys {unknown}; known keys: {', '.join(known)}")
+        if "model" not in values:
+            raise ValueError("a GameSpec needs 'model' (a zoo name or a checkpoint path)")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> GameSpec:
+        """A spec from ``to_json``'s text; bad JSON, unknown keys or wrong types raise
+        ValueError."""
+        try:
+            values = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as err:
+            raise ValueError(f"a GameSpec must be JSON text: {err}") from None
+        return cls.from_dict(values)
+
+    # --- building ------------------------------------------------------------------------
+
+    def load(self, device: str | torch.device | None = None) -> tuple[nn.Module, dict, Split]:
+        """The model on ``device`` (None / "auto": the first available accelerator, else the
+        CPU), its metadata, and the reference examples."""
+        model, meta = load_model(self.model, self.data, root=self.root)
+        model = model.to(resolve_device(device))
+        splits = load_dataset(self.data, root=self.root, seed=0)
+        ref = reference_set(getattr(splits, self.split), per_class=self.per_class, seed=self.seed)
+        return model, meta, ref
+
+    def game(self, model: nn.Module, ref: Split) -> PruningGame:
+        """The game on an already loaded model and reference set (as ``load`` gives them)."""
+        layer = self._single_layer()
+        game = PruningGame(model, layer, ref, metric=self.metric, **self.options)
+        game.spec = self
+        return game
+
+    def build(self, device: str | torch.device | None = None) -> PruningGame:
+        """The game this spec describes, on ``device`` (see ``load``)."""
+        self._single_layer()  # refused before anything is loaded
+        model, _, ref = self.load(device)
+        return self.game(model, ref)
+
+    def _single_layer(self) -> str:
+        names = self.layer_names
+        if len(names) > 1:
+            raise NotImplementedError(
+                f"a game over several layers ({', '.join(self.layer_names)}) is not built yet "
+                "(no network-wide game): give one layer"
+            )
+        return names[0]
