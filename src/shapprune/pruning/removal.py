@@ -158,7 +158,7 @@ def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> 
     width = qkv.out_features // 3
     head_dim = width // n_heads
     rows = head_rows(heads, head_dim, parts=3, width=width)
-    dg.get_pruning_group(qkv, tp.prune_linear_out_channels, idxs=rows).prune()
+    dg.get_pruning_group(qkv, out_channel_pruner(qkv), idxs=rows).prune()
     attn.num_heads = n_heads - len(heads)
     if hasattr(attn, "attn_dim"):  # timm keeps the concatenated heads' width
         attn.attn_dim = attn.num_heads * head_dim
