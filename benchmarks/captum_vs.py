@@ -34,7 +34,7 @@ from common import arguments, write_json
 from estimators import reference_values
 
 from shapprune.estimators.registry import estimate
-from shapprune.evaluation.experiments import agreement
+from shapprune.evaluation.ranking import agreement
 from shapprune.game.pruning_game import PruningGame
 from shapprune.zoo.cache import pretrained
 from shapprune.zoo.data import load_dataset

@@ -20,7 +20,7 @@ import numpy as np
 from common import arguments, write_json
 
 from shapprune.estimators.registry import estimate
-from shapprune.evaluation.experiments import agreement
+from shapprune.evaluation.ranking import agreement
 from shapprune.game.pruning_game import PruningGame
 from shapprune.zoo.cache import pretrained
 from shapprune.zoo.data import load_dataset

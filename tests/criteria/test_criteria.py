@@ -364,3 +364,14 @@ def test_score_layers():
         score_layers(crit, model, ["conv2"], data)["conv2"],
         crit.score(model, ["conv2"], data)["conv2"],
     )
+
+
+@pytest.mark.parametrize("name", ["taylor", "sensitivity", "apoz", "weight-l1"])
+def test_several_layers_at_once_equal_one_at_a_time(name):
+    """The units of every layer are found before any is scored: a gradient criterion leaves
+    the parameters without gradients until it returns, which the dependency graph skips."""
+    model, data = _model("lenet5"), _data(n=4)
+    together = get_criterion(name).score(model, ["conv1", "conv2", "fc1"], data)
+    for layer in ("conv1", "conv2", "fc1"):
+        alone = get_criterion(name).score(model, [layer], data)[layer]
+        np.testing.assert_allclose(together[layer], alone, rtol=1e-6, atol=1e-12)

@@ -148,3 +148,10 @@ def test_summarise_groups_by_method_and_budget():
     assert out[0]["spearman_std"] == pytest.approx(0.1)
     assert out[2]["n_evals_mean"] == 8 and out[1]["spearman_std"] == 0.0
     assert "seed_mean" not in out[0]
+
+
+def test_robustness_table_of_flat_curves_is_zero_not_nan():
+    # no curve rises above 0: the shared normaliser falls back to 1 (as the report has it)
+    table = robustness_table({"a": np.zeros(4), "b": np.array([0.0, -0.3, -0.6, -0.9])})
+    assert table["a"] == 0.0
+    assert table["b"] == pytest.approx(robustness_auc(np.array([0.0, -0.3, -0.6, -0.9]), 1.0))

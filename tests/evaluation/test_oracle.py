@@ -14,12 +14,14 @@ from shapprune.evaluation.oracle import (
     area_under_curve,
     oracle_rank,
     oracle_sets,
+    regret_at_k,
+    regrets,
+)
+from shapprune.evaluation.ranking import (
     overlap_at_k,
     overlaps,
     rank_correlation,
     ranking_from_scores,
-    regret_at_k,
-    regrets,
 )
 from shapprune.game.pruning_game import PruningGame
 from shapprune.game.synthetic import AdditiveGame, TableGame

@@ -297,3 +297,16 @@ def test_tables_are_built_only_for_passes_that_repay_reading_them():
     together = split.run(cache, masks)
     assert all(cache.tables[j] is not None for j in tabled)  # 8 x 144 >= 10 x 17
     torch.testing.assert_close(one_by_one, together, atol=1e-5, rtol=1e-5)
+
+
+def test_units_passed_on_give_the_same_game():
+    model = build_model("lenet5", seed=0)
+    x, y = _data((1, 28, 28), n=8)
+    units = find_units(model, "conv2", x[:2])
+    game = PruningGame(model, "conv2", (x, y), units=units)
+    assert game.units is units
+    masks = torch.rand(3, units.n_players, generator=torch.Generator().manual_seed(0)) > 0.5
+    expected = PruningGame(model, "conv2", (x, y)).value(masks)
+    torch.testing.assert_close(game.value(masks), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="'conv2'.s, not 'conv1'"):
+        PruningGame(model, "conv1", (x, y), units=units)

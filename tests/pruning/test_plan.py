@@ -96,3 +96,21 @@ def test_params_target_and_unreachable_target():
     assert 1 - count_params(pruned) / count_params(model) >= 0.3
     with pytest.raises(ValueError, match="target macs=0.95 is unreachable"):
         make_plan(model, {"conv1": scores["conv1"]}, "macs=0.95", x, apply=apply)
+
+
+def test_layer_units_are_the_units_found_one_by_one():
+    from shapprune.game.units import find_units, layer_units
+    from shapprune.pruning.compress import select_layers
+
+    model, x = build_model("resnet20"), torch.randn(2, 1, 28, 28)
+    found = layer_units(model, ["conv1", "layer2.0.conv1"], x)
+    for name, units in found.items():
+        alone = find_units(model, name, x)
+        assert (units.layer, units.kind, units.n_players, units.coupled) == (
+            alone.layer, alone.kind, alone.n_players, alone.coupled,
+        )  # fmt: skip
+        assert [(p.module, p.player_of_channel.tolist()) for p in units.mask_points] == [
+            (p.module, p.player_of_channel.tolist()) for p in alone.mask_points
+        ]
+    chosen = select_layers(model, x, ["layer2.0.conv1"])  # the layers, with their units
+    assert list(chosen) == ["layer2.0.conv1"] and chosen["layer2.0.conv1"].n_players == 32

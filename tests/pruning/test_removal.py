@@ -134,3 +134,39 @@ def test_torchvision_vit_heads_round_trip(tmp_path):
         torch.testing.assert_close(loaded(x), pruned(x), atol=0, rtol=0)
     with pytest.raises(ValueError, match="torchvision has no model 'resnet9000'"):
         build_model("torchvision:resnet9000")
+
+
+@pytest.mark.parametrize("mode", ["mask", "remove"])
+def test_units_passed_on_give_the_same_model(mode, monkeypatch):
+    from shapprune.game import units as units_module
+    from shapprune.game.units import layer_units
+    from shapprune.pruning import removal
+
+    model = randomise_norms(build_model("resnet20", seed=0))
+    x = torch.randn(3, 1, 28, 28)
+    layers = ["conv1", "layer2.0.conv1", "layer3.0.conv2"]
+    removals = _half(model, layers, x[:2])
+    expected = apply_removals(model, removals, x[:2], mode=mode)
+    known = layer_units(model, layers, x[:2])
+    found = []
+    monkeypatch.setattr(removal, "find_units", lambda *a, **k: found.append(a[1]) or
+                        units_module.find_units(*a, **k))  # fmt: skip
+    got = apply_removals(model, removals, x[:2], mode=mode, units=known)
+    assert found == []  # none found again
+    with torch.no_grad():
+        torch.testing.assert_close(got(x), expected(x), atol=1e-5, rtol=1e-5)
+    assert history(got) == history(expected)
+
+
+def test_a_layer_coupled_to_an_earlier_removal_is_found_anew():
+    from shapprune.game.units import layer_units
+
+    model = build_model("resnet20", seed=0)
+    x = torch.randn(2, 1, 28, 28)
+    # conv1 and layer1.0.conv2 write the same residual stream: removing from one narrows both
+    known = layer_units(model, ["conv1", "layer1.0.conv2"], x)
+    assert "layer1.0.conv2" in known["conv1"].coupled
+    n = known["conv1"].n_players
+    removals = {"conv1": [0, 1], "layer1.0.conv2": [n - 1]}  # valid only for the old width
+    with pytest.raises(ValueError, match=f"units 0..{n - 3}"):
+        apply_removals(model, removals, x, units=known)

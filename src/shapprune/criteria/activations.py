@@ -104,13 +104,4 @@ def _accumulate(totals: dict, point: MaskPoint, a: torch.Tensor, g, n: int) -> N
         g = as_float64(g)
         stats["ag"], stats["abs_g"] = wide * g, g.abs()
     for key, t in stats.items():
-        totals[key] += _per_player(t, point, n).cpu()
-
-
-def _per_player(t: torch.Tensor, point: MaskPoint, n: int) -> torch.Tensor:
-    """Sum ``t`` over everything but the channels, then the channels into their players."""
-    per_channel = t.movedim(point.channel_dim, -1).reshape(-1, t.shape[point.channel_dim]).sum(0)
-    owner = point.player_of_channel.to(t.device, copy=True)
-    owner[owner < 0] = n  # unowned channels land in a discarded slot
-    out = torch.zeros(n + 1, dtype=t.dtype, device=t.device).index_add_(0, owner, per_channel)
-    return out[:n]
+        totals[key] += point.per_player(t, n).cpu()

@@ -17,7 +17,7 @@ from torch import nn
 
 from shapprune.devices import device_of, to_device
 from shapprune.game.pruning_game import as_data
-from shapprune.game.units import Units, find_units
+from shapprune.game.units import Units, layer_units
 from shapprune.options import NoOptions, build_options, declared
 
 __all__ = ["Criterion", "Data"]
@@ -86,9 +86,12 @@ class Criterion:
         self, model: nn.Module, layers: list[str], x: torch.Tensor, y: torch.Tensor, seed: int
     ) -> dict[str, np.ndarray]:
         """The multi-layer hook; by default, each layer's units on their own."""
+        # all units found first, with one graph: a criterion may leave the parameters
+        # without gradients (restored on exit), and torch-pruning's graph skips those
+        found = layer_units(model, layers, x[:2].clone())  # tracing needs autograd
         out = {}
         for layer in layers:
-            units = find_units(model, layer, x[:2].clone())  # tracing needs autograd
+            units = found[layer]
             scores = self._score_layer(model, units, x, y, seed)
             out[layer] = _checked(scores, units.n_players, self.name)
         return out

@@ -21,6 +21,7 @@ from torch import nn
 from shapprune.criteria.activations import ActivationSums, activation_sums
 from shapprune.criteria.base import Criterion
 from shapprune.devices import as_float64
+from shapprune.game.attention import in_projection
 from shapprune.game.units import Units
 from shapprune.options import option
 
@@ -89,11 +90,8 @@ def _head_rows(attn: nn.Module, n_heads: int) -> torch.Tensor:
     if isinstance(getattr(attn, "qkv", None), nn.Linear):
         qkv = as_float64(attn.qkv.weight.detach())
         parts = qkv.chunk(3, dim=0)
-    elif isinstance(attn, nn.MultiheadAttention) and attn.in_proj_weight is not None:
-        parts = as_float64(attn.in_proj_weight.detach()).chunk(3, dim=0)
     elif isinstance(attn, nn.MultiheadAttention):
-        parts = [attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight]
-        parts = [as_float64(p.detach()) for p in parts]
+        parts = [as_float64(w.detach()) for w in in_projection(attn)[0]]
     else:
         raise ValueError(
             f"cannot find the q/k/v weights of {type(attn).__name__}: weight norms of heads "

@@ -47,8 +47,8 @@ from zennit.types import Linear as LinearType
 from shapprune.criteria.base import Criterion
 from shapprune.criteria.lrp_options import COMPOSITES, LRPOptions
 from shapprune.criteria.lrp_options import check_composite as _check_composite
-from shapprune.devices import as_float64, device_of, to_device
-from shapprune.game.attention import mha_call
+from shapprune.devices import device_of, to_device
+from shapprune.game.attention import in_projection, mha_call
 from shapprune.game.tracing import explicit_mha
 from shapprune.game.units import Units, find_units
 from shapprune.zoo import models
@@ -179,13 +179,7 @@ def _linear_sharing(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linea
 def _mha_lrp(name: str, module: nn.Module) -> dict[str, Any] | None:
     if not isinstance(module, nn.MultiheadAttention):
         return None
-    e = module.embed_dim
-    if module._qkv_same_embed_dim:
-        weights = module.in_proj_weight.split(e)
-    else:
-        weights = (module.q_proj_weight, module.k_proj_weight, module.v_proj_weight)
-    b = module.in_proj_bias
-    biases = (None, None, None) if b is None else b.split(e)
+    weights, biases = in_projection(module)
     attributes: dict[str, Any] = {"forward": _mha_forward.__get__(module)}
     for key, w, bias in zip("qkv", weights, biases, strict=True):
         attributes["canonizer_" + key] = _linear_sharing(w, bias)
@@ -333,13 +327,8 @@ def _unit_relevance(
     rel = torch.zeros(len(x), units.n_players, dtype=torch.float64, device=wide)
     grads_of = iter(grads)
     for point in units.mask_points:
-        owner = point.player_of_channel.to(wide)
-        owned = owner >= 0
-        for probe in probes[point.module]:
+        for _probe in probes[point.module]:
             grad = next(grads_of)
-            if grad is None:
-                continue
-            per_channel = grad.movedim(point.channel_dim, -1)
-            per_channel = per_channel.reshape(len(x), -1, probe.shape[point.channel_dim]).sum(1)
-            rel.index_add_(1, owner[owned], as_float64(per_channel)[:, owned])
+            if grad is not None:
+                point.per_player(grad, units.n_players, keep=1, out=rel)
     return rel

@@ -19,6 +19,7 @@ import torch
 
 from shapprune.devices import resolve_device
 from shapprune.evaluation.config import CriterionSpec, ExperimentConfig
+from shapprune.evaluation.ranking import positions, rank_correlation, ranking_from_scores
 from shapprune.zoo.data import Split, reference_set
 
 Progress = Callable[[str, int, int], None]
@@ -89,7 +90,8 @@ def run_compare(
     model = model.to(resolve_device(device))
     data = load_dataset(config.data, root=config.root, seed=0)
     example = data.val.x[:2]
-    layers = select_layers(model, example, config.layers or None)
+    units = select_layers(model, example, config.layers or None)  # found once, passed on
+    layers = list(units)
     heldout = Split(data.test.x[: config.heldout], data.test.y[: config.heldout])
     store = CellStore(out)
     total = _n_cells(config, layers)
@@ -122,11 +124,11 @@ def run_compare(
                 results["scores"][key] = store.get(key, compute)
                 step(f"scores {spec.label} {layer}")
     if "robustness" in config.experiments:
-        _robustness(config, model, layers, heldout, store, results, step)
+        _robustness(config, model, units, heldout, store, results, step)
     if "rates" in config.experiments:
-        _rates(config, model, layers, data.test, example, store, results, step)
+        _rates(config, model, units, data.test, example, store, results, step)
     if "oracle" in config.experiments or "cost_benefit" in config.experiments:
-        _oracle_and_cost(config, model, layers, data, store, results, step)
+        _oracle_and_cost(config, model, units, data, store, results, step)
     results["cells_computed"] = store.computed
     return results
 
@@ -147,35 +149,35 @@ def _scores_of(results: dict, spec: CriterionSpec, layer: str, seed: int) -> np.
     return np.asarray(results["scores"][f"scores/{spec.label}/{layer}/{seed}"]["scores"])
 
 
-def _robustness(config, model, layers, heldout, store, results, step) -> None:
+def _robustness(config, model, units, heldout, store, results, step) -> None:
     from shapprune.evaluation.experiments import robustness_curve
-    from shapprune.evaluation.oracle import ranking_from_scores
 
     for spec in config.criteria:
-        for layer in layers:
+        for layer in units:
             for seed in config.seeds:
                 key = f"robustness/{spec.label}/{layer}/{seed}"
                 ranking = ranking_from_scores(_scores_of(results, spec, layer, seed))
 
                 def compute(layer=layer, ranking=ranking) -> dict:
-                    curve = robustness_curve(model, layer, ranking, (heldout.x, heldout.y))
+                    data = (heldout.x, heldout.y)
+                    curve = robustness_curve(model, layer, ranking, data, units=units[layer])
                     return {"curve": np.asarray(curve).tolist()}
 
                 results["robustness"][key] = store.get(key, compute)
                 step(f"robustness {spec.label} {layer}")
 
 
-def _rates(config, model, layers, test, example, store, results, step) -> None:
+def _rates(config, model, units, test, example, store, results, step) -> None:
     from shapprune.evaluation.experiments import accuracy_vs_rate
 
     for spec in config.criteria:
         for seed in config.seeds:
             key = f"rates/{spec.label}/{seed}"
-            scores = {layer: _scores_of(results, spec, layer, seed) for layer in layers}
+            scores = {layer: _scores_of(results, spec, layer, seed) for layer in units}
 
             def compute(scores=scores) -> dict:
                 accs = accuracy_vs_rate(
-                    model, scores, config.rates, test, example, global_=config.global_
+                    model, scores, config.rates, test, example, global_=config.global_, units=units
                 )
                 return {"rates": list(config.rates), "accuracy": list(map(float, accs))}
 
@@ -186,17 +188,11 @@ def _rates(config, model, layers, test, example, store, results, step) -> None:
 def _quality(config, game, layer: str, results: dict, store: CellStore, step) -> None:
     """Each criterion's regret against the oracle sets (one batched game call) and its rank
     correlation with the Oracle rank."""
-    from shapprune.evaluation.oracle import (
-        OracleSets,
-        rank_correlation,
-        ranking_from_scores,
-        regrets,
-    )
+    from shapprune.evaluation.oracle import OracleSets, regrets
 
     record = results["oracle"][layer]
     oracle = OracleSets.from_dict(record)
-    position = np.empty(len(record["rank"]))
-    position[np.asarray(record["rank"])] = np.arange(len(record["rank"]))  # 0 = least important
+    position = positions(record["rank"])  # 0 = least important
     results.setdefault("quality", {})
     for spec in config.criteria:
         for seed in config.seeds:
@@ -214,7 +210,7 @@ def _quality(config, game, layer: str, results: dict, store: CellStore, step) ->
             step(f"regret {spec.label} {layer}")
 
 
-def _oracle_and_cost(config, model, layers, data, store, results, step) -> None:
+def _oracle_and_cost(config, model, units, data, store, results, step) -> None:
     from shapprune.estimators.registry import estimate
     from shapprune.evaluation.experiments import cost_benefit
     from shapprune.evaluation.oracle import oracle_rank, oracle_sets
@@ -222,8 +218,8 @@ def _oracle_and_cost(config, model, layers, data, store, results, step) -> None:
 
     ref = reference_set(data.val, per_class=config.per_class, seed=0)
     results["oracle"], results["cost_benefit"] = {}, {}
-    for layer in layers:
-        game = PruningGame(model, layer, (ref.x, ref.y))
+    for layer in units:
+        game = PruningGame(model, layer, (ref.x, ref.y), units=units[layer])
         n = game.n_players
         if "oracle" in config.experiments:
 

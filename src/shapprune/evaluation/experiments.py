@@ -9,17 +9,17 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import nn
 
 from shapprune.estimators.registry import estimate, get_estimator
 from shapprune.evaluation.measure import evaluate
+from shapprune.evaluation.ranking import agreement, positions, spearman
 from shapprune.game.pruning_game import PruningGame
+from shapprune.game.units import Units, layer_units
 from shapprune.pruning.plan import Target, make_plan
 from shapprune.pruning.removal import apply_removals
 from shapprune.zoo.data import Split
@@ -42,14 +42,12 @@ def _check_ranking(ranking, n: int) -> np.ndarray:
 
 def nested_masks(ranking: np.ndarray) -> torch.Tensor:
     """Row j keeps every unit but the first j of ``ranking``: shape (n, n), True = kept."""
-    n = len(ranking)
-    pos = np.empty(n, dtype=np.int64)
-    pos[ranking] = np.arange(n)
-    return torch.as_tensor(pos[None, :] >= np.arange(n)[:, None])
+    pos = positions(ranking)
+    return torch.as_tensor(pos[None, :] >= np.arange(len(pos))[:, None])
 
 
 def robustness_curve(
-    model: nn.Module, layer: str, ranking, data, metric: str = "loss"
+    model: nn.Module, layer: str, ranking, data, metric: str = "loss", units: Units | None = None
 ) -> np.ndarray:
     """Loss increase on ``data`` as ``layer``'s units go one by one in ``ranking`` order.
 
@@ -57,8 +55,9 @@ def robustness_curve(
     cross-entropy with the first j ranked units removed (no fine-tuning) minus that of the
     intact model, for j = 0..n-1 (one unit always stays), so ``curve[0] == 0``. With
     ``metric="accuracy"`` or ``"margin"`` it is the drop in that metric instead.
+    ``units``: ``layer``'s units, if already found on ``model``.
     """
-    game = PruningGame(model, layer, data, metric=metric)
+    game = PruningGame(model, layer, data, metric=metric, units=units)
     order = _check_ranking(ranking, game.n_players)
     values = game.value(nested_masks(order)).numpy()
     return values[0] - values  # L = -value for the loss: L(j) - L(0) = value(0) - value(j)
@@ -90,12 +89,14 @@ def robustness_table(curves: Mapping[str, np.ndarray]) -> dict[str, float]:
     """AUC of each criterion's curve on one layer, all divided by one shared constant.
 
     The constant is the largest loss increase seen in any of the curves (max over criteria
-    of ``max(curve)``), so each AUC lies in [0, 1] for non-negative curves, and the numbers
-    can be compared across criteria (a curve twice another gets twice its AUC).
+    of ``max(curve)``; 1 if no curve rises above 0, so that flat curves get 0, not NaN), so
+    each AUC lies in [0, 1] for non-negative curves, and the numbers can be compared across
+    criteria (a curve twice another gets twice its AUC). Keys are free: the report passes
+    (criterion, seed) pairs.
     """
     if not curves:
         return {}
-    shared = max(float(np.max(c)) for c in curves.values())
+    shared = max(float(np.max(c)) for c in curves.values()) or 1.0
     return {name: robustness_auc(c, shared) for name, c in curves.items()}
 
 
@@ -111,13 +112,15 @@ def accuracy_vs_rate(
     *,
     global_: bool = False,
     normalisation: str = "l1",
+    units: Mapping[str, Units] | None = None,
 ) -> list[float]:
     """Test accuracy after removing the lowest-scored fraction r of units, for each rate r.
 
     ``scores`` maps layers to one score per unit (higher = more important), computed once.
     Per layer, each layer loses the fraction r; with ``global_`` units compete across layers
     on ``normalisation``-normalised scores. Units are physically removed, no fine-tuning;
-    r = 0 is the intact model.
+    r = 0 is the intact model. ``units``: the layers' units if already found on ``model``
+    (else found once, for every rate).
     """
     accs = []
     for r in rates:
@@ -126,6 +129,7 @@ def accuracy_vs_rate(
         if r == 0:
             pruned = model
         else:
+            units = units or layer_units(model, list(scores), example)
             plan = make_plan(
                 model,
                 scores,
@@ -133,8 +137,9 @@ def accuracy_vs_rate(
                 example,
                 global_=global_,
                 normalisation=normalisation,
+                units=units,
             )
-            pruned = apply_removals(model, plan.removals, example, mode="remove")
+            pruned = apply_removals(model, plan.removals, example, mode="remove", units=units)
         accs.append(float(evaluate(pruned, test)["accuracy"]))
     return accs
 
@@ -147,25 +152,6 @@ def mean_accuracy(accs: Sequence[float]) -> float:
 
 
 # --- estimators: cost against benefit ---------------------------------------------------------
-
-
-def _positions(ranking: np.ndarray) -> np.ndarray:
-    pos = np.empty(len(ranking), dtype=np.int64)
-    pos[np.asarray(ranking, dtype=np.int64)] = np.arange(len(ranking))
-    return pos
-
-
-def agreement(values: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """How closely estimated values follow reference values: Spearman and Kendall rank
-    correlations, and the RMSE divided by the reference's standard deviation (nRMSE)."""
-    values, reference = np.asarray(values, np.float64), np.asarray(reference, np.float64)
-    rmse = float(np.sqrt(np.mean((values - reference) ** 2)))
-    std = float(np.std(reference))
-    with warnings.catch_warnings():  # a constant estimate has no rank correlation: nan
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        rho = float(stats.spearmanr(values, reference)[0])
-        tau = float(stats.kendalltau(values, reference)[0])
-    return {"spearman": rho, "kendall": tau, "nrmse": rmse / std if std > 0 else math.nan}
 
 
 def cost_benefit(
@@ -187,7 +173,7 @@ def cost_benefit(
     below a method's minimum is skipped.
     """
     reference = np.asarray(reference, dtype=np.float64)
-    oracle_pos = None if oracle_ranking is None else _positions(np.asarray(oracle_ranking))
+    oracle_pos = None if oracle_ranking is None else positions(oracle_ranking)
     rows = []
     for method in methods:
         for budget in budgets:
@@ -207,10 +193,7 @@ def cost_benefit(
                     **agreement(est.values, reference),
                 }
                 if oracle_pos is not None:  # tied estimates stay tied: no index tie-break
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-                        rho = stats.spearmanr(np.asarray(est.values), oracle_pos)[0]
-                    row["oracle_spearman"] = float(rho)
+                    row["oracle_spearman"] = spearman(est.values, oracle_pos)
                 rows.append(row)
     return rows
 

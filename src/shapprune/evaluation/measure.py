@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -29,14 +31,21 @@ def _evaluate(model: nn.Module, split: Split, batch_size: int) -> dict[str, floa
     return {"accuracy": correct / n, "loss": total_loss / n, "n": len(split)}
 
 
-def evaluate(model: nn.Module, split: Split, batch_size: int = 512) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``split`` (in eval mode)."""
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block, then back in the mode it was in."""
     was_training = model.training
     model.eval()
     try:
-        return _evaluate(model, split, batch_size)
+        yield
     finally:
         model.train(was_training)
+
+
+def evaluate(model: nn.Module, split: Split, batch_size: int = 512) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``split`` (in eval mode)."""
+    with _eval_mode(model):
+        return _evaluate(model, split, batch_size)
 
 
 def count_params(model: nn.Module) -> int:
@@ -47,34 +56,25 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of one forward pass on ``example`` (batch of one), per
     torch-pruning's counter."""
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         macs, _ = tp.utils.count_ops_and_params(model, to_device(example[:1], model))
-    finally:
-        model.train(was_training)
     return int(macs)
 
 
 def latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
     """Median wall time in seconds of one forward pass on ``example`` (inference mode, on the
     model's device; CUDA is synchronised around each pass)."""
-    was_training = model.training
-    model.eval()
     example = to_device(example, model)
     sync = torch.cuda.synchronize if example.device.type == "cuda" else lambda: None
     times = []
-    try:
-        with torch.inference_mode():
-            for i in range(warmup + repeats):
-                sync()
-                start = time.perf_counter()
-                model(example)
-                sync()
-                if i >= warmup:
-                    times.append(time.perf_counter() - start)
-    finally:
-        model.train(was_training)
+    with _eval_mode(model), torch.inference_mode():
+        for i in range(warmup + repeats):
+            sync()
+            start = time.perf_counter()
+            model(example)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 

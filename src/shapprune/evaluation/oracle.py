@@ -1,11 +1,11 @@
-"""Oracle sets and the quality of a ranking against them (Adamczewski et al., 2024).
+"""Oracle sets and the regret of a ranking against them (Adamczewski et al., 2024).
 
 For each size k the *oracle set* is the k units whose joint removal keeps the game's
 value highest: ``argmax over |R| = k of v(N minus R)``. It is found by exhaustive search
 when there are at most ``max_subsets`` subsets of size k, otherwise by beam search
 (approximate). A ranking (unit indices, least important first) is scored by how well its
-k lowest units match the oracle set of size k (overlap) and by the value it gives up
-(regret).
+k lowest units match the oracle set of size k (overlap, in
+:mod:`shapprune.evaluation.ranking`) and by the value it gives up (regret, here).
 
 Tie rule: among sets of equal value the lexicographically smallest sorted index list wins,
 both for the oracle set and for the order of the beam.
@@ -20,9 +20,9 @@ from itertools import combinations, islice
 
 import numpy as np
 import torch
-from scipy import stats
 
 from shapprune.estimators._budget import Game
+from shapprune.evaluation.ranking import lowest
 
 Progress = Callable[[int, int], None]
 Subset = tuple[int, ...]
@@ -186,28 +186,6 @@ def oracle_rank(oracle: OracleSets, n: int) -> np.ndarray:
     return np.lexsort((np.arange(n), first))
 
 
-def ranking_from_scores(scores) -> np.ndarray:
-    """Unit indices from the lowest score to the highest (stable: ties by index)."""
-    return np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")
-
-
-def _lowest(ranking, k: int) -> list[int]:
-    ranking = np.asarray(ranking, dtype=np.int64)
-    if not 1 <= k <= len(ranking):
-        raise ValueError(f"k must be in 1..{len(ranking)}, got {k}")
-    return ranking[:k].tolist()
-
-
-def overlap_at_k(ranking, oracle: OracleSets, k: int) -> float:
-    """|the k lowest units of ``ranking`` ∩ the oracle set of size k| / k."""
-    return len(set(_lowest(ranking, k)) & set(oracle.sets[k])) / k
-
-
-def overlaps(ranking, oracle: OracleSets) -> dict[int, float]:
-    """:func:`overlap_at_k` for every size k of the oracle."""
-    return {k: overlap_at_k(ranking, oracle, k) for k in sorted(oracle.sets)}
-
-
 def regret_at_k(game: Game, ranking, oracle: OracleSets, k: int) -> float:
     """oracle.values[k] - v(N minus the k lowest units of ``ranking``); >= 0 if exhaustive."""
     return regrets(game, ranking, oracle, ks=[k])[k]
@@ -218,21 +196,9 @@ def regrets(
 ) -> dict[int, float]:
     """:func:`regret_at_k` for every size k of the oracle (or of ``ks``), in one game call."""
     ks = sorted(oracle.sets) if ks is None else list(ks)
-    subsets = [tuple(_lowest(ranking, k)) for k in ks]
+    subsets = [tuple(lowest(ranking, k)) for k in ks]
     values = np.asarray(game.value(_removal_masks(subsets, game.n_players)), dtype=np.float64)
     return {k: oracle.values[k] - float(v) for k, v in zip(ks, values.reshape(-1), strict=True)}
-
-
-def rank_correlation(scores, reference) -> dict[str, float]:
-    """Spearman's rho and Kendall's tau between two score vectors (NaN if one is constant)."""
-    a = np.asarray(scores, dtype=np.float64)
-    b = np.asarray(reference, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"scores and reference must be 1-d of equal length: {a.shape}, {b.shape}")
-    return {
-        "spearman": float(stats.spearmanr(a, b).statistic),
-        "kendall": float(stats.kendalltau(a, b).statistic),
-    }
 
 
 def area_under_curve(x, y) -> float:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from shapprune.evaluation.config import ExperimentConfig
+from shapprune.evaluation.ranking import overlaps, ranking_from_scores
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -23,8 +24,7 @@ def _fmt(mean: float, std: float) -> str:
 
 def summarise(config: ExperimentConfig, results: dict) -> dict:
     """The numbers of the report: robustness AUCs, rate AUCs, oracle overlaps, costs."""
-    from shapprune.evaluation.experiments import robustness_auc
-    from shapprune.evaluation.oracle import overlaps, ranking_from_scores
+    from shapprune.evaluation.experiments import mean_accuracy, robustness_table
 
     labels = [c.label for c in config.criteria]
     out: dict = {"robustness": {}, "rates": {}, "overlap": {}, "cost_benefit": {}}
@@ -38,10 +38,9 @@ def summarise(config: ExperimentConfig, results: dict) -> dict:
             if f"robustness/{label}/{layer}/{seed}" in results["robustness"]
         }
         if curves:
-            shared = max(float(np.max(c)) for c in curves.values()) or 1.0
+            aucs = robustness_table(curves)  # one normaliser for every criterion and seed
             out["robustness"][layer] = {
-                label: _mean_std([robustness_auc(curves[label, s], shared) for s in config.seeds])
-                for label in labels
+                label: _mean_std([aucs[label, s] for s in config.seeds]) for label in labels
             }
         quality = {
             label: [results["quality"][f"quality/{label}/{layer}/{s}"] for s in config.seeds]
@@ -68,7 +67,7 @@ def summarise(config: ExperimentConfig, results: dict) -> dict:
                 for seed in config.seeds:
                     scores = results["scores"][f"scores/{label}/{layer}/{seed}"]["scores"]
                     ranking = ranking_from_scores(np.asarray(scores))
-                    for k, v in overlaps(ranking, _Sets(sets)).items():
+                    for k, v in overlaps(ranking, sets).items():
                         per_k[k].append(v)
                 out["overlap"][layer][label] = {k: _mean_std(v) for k, v in sorted(per_k.items())}
         cost = results.get("cost_benefit", {}).get(layer)
@@ -88,16 +87,9 @@ def summarise(config: ExperimentConfig, results: dict) -> dict:
                 "rates": runs[0]["rates"],
                 "mean": acc.mean(axis=0).tolist(),
                 "std": (acc.std(axis=0, ddof=1) if len(acc) > 1 else 0 * acc[0]).tolist(),
-                "auc": _mean_std(acc.mean(axis=1).tolist()),
+                "auc": _mean_std([mean_accuracy(r["accuracy"]) for r in runs]),
             }
     return out
-
-
-class _Sets:
-    """The slice of ``OracleSets`` that ``overlaps`` reads."""
-
-    def __init__(self, sets: dict[int, list[int]]) -> None:
-        self.sets = sets
 
 
 def write_outputs(config: ExperimentConfig, results: dict, out: Path) -> Path:

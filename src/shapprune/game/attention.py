@@ -11,13 +11,40 @@ wherever the heads must be visible (tracing, LRP, this module).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 Projection = Callable[[torch.Tensor], torch.Tensor]
+
+
+def in_projection(
+    mha: nn.MultiheadAttention,
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor | None, ...]]:
+    """The q, k and v weights and biases of ``mha``'s input projection, as views of its
+    parameters: the packed ``in_proj_weight`` split in three, or the separate q/k/v weights
+    (when keys or values have their own width); biases are None where it has none. Slices,
+    not ``split``: under fx tracing the parameters are proxies, which cannot be iterated."""
+    e = mha.embed_dim
+    if mha._qkv_same_embed_dim:
+        weights = tuple(mha.in_proj_weight[i * e : (i + 1) * e] for i in range(3))
+    else:
+        weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
+    b = mha.in_proj_bias
+    biases = (None, None, None) if b is None else tuple(b[i * e : (i + 1) * e] for i in range(3))
+    return weights, biases
+
+
+def head_rows(heads: Iterable[int], head_dim: int, parts: int = 1, width: int = 0) -> list[int]:
+    """The rows of ``heads`` in a projection whose head h owns rows ``h * head_dim`` to
+    ``(h + 1) * head_dim - 1``; with ``parts`` blocks stacked (a fused q/k/v projection:
+    3 blocks of ``width`` rows each), those rows in every block, block by block."""
+    heads = list(heads)
+    return [
+        p * width + h * head_dim + j for p in range(parts) for h in heads for j in range(head_dim)
+    ]
 
 
 def refuse_masks(key_padding_mask, attn_mask, is_causal: bool, mha=None) -> None:
@@ -127,11 +154,12 @@ class SlimMultiheadAttention(nn.Module):
         slim = cls(
             e, mha.num_heads, e // mha.num_heads, mha.batch_first, weight.device, weight.dtype
         )
+        projections = (slim.q_proj, slim.k_proj, slim.v_proj)
         with torch.no_grad():
-            for i, proj in enumerate((slim.q_proj, slim.k_proj, slim.v_proj)):
-                proj.weight.copy_(mha.in_proj_weight[i * e : (i + 1) * e])
-                if mha.in_proj_bias is not None:
-                    proj.bias.copy_(mha.in_proj_bias[i * e : (i + 1) * e])
+            for proj, weight, bias in zip(projections, *in_projection(mha), strict=True):
+                proj.weight.copy_(weight)
+                if bias is not None:
+                    proj.bias.copy_(bias)
                 else:
                     proj.bias.zero_()
             slim.out_proj.weight.copy_(mha.out_proj.weight)
@@ -143,11 +171,8 @@ class SlimMultiheadAttention(nn.Module):
 
     def remove_heads(self, heads: list[int]) -> None:
         """Cut the given heads out of the projections."""
-        keep = torch.tensor(
-            [h * self.head_dim + j for h in range(self.num_heads) if h not in set(heads)
-             for j in range(self.head_dim)],
-            device=self.q_proj.weight.device,
-        )  # fmt: skip
+        kept = [h for h in range(self.num_heads) if h not in set(heads)]
+        keep = torch.tensor(head_rows(kept, self.head_dim), device=self.q_proj.weight.device)
         with torch.no_grad():
             for proj in (self.q_proj, self.k_proj, self.v_proj):
                 proj.weight = nn.Parameter(proj.weight[keep].clone())

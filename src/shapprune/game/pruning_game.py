@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from shapprune.devices import as_float64, device_of, to_device
-from shapprune.game.split import SplitModel, channel_mask, channel_owner
+from shapprune.game.split import SplitModel
 from shapprune.game.tracing import trace
 from shapprune.game.units import MaskPoint, Units, find_units
 
@@ -101,6 +101,8 @@ class PruningGame:
             default as many as fit in ``WORKING_SET_BYTES`` of activations.
         cache: keep the activations that enter the layer's consumers (prefix caching).
         decompose: evaluate linear first consumers from per-player output tables.
+        units: ``layer``'s units if already found on ``model`` (e.g. by
+            ``prunable_layers``), so that they are not found again.
     """
 
     def __init__(
@@ -115,18 +117,23 @@ class PruningGame:
         max_stack: int | None = None,
         cache: bool = True,
         decompose: bool = True,
+        units: Units | None = None,
     ) -> None:
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
         if batch_size < 1 or memory_mb <= 0 or (max_stack is not None and max_stack < 1):
             raise ValueError("batch_size and max_stack must be >= 1 and memory_mb > 0")
+        if units is not None and units.layer != layer:
+            raise ValueError(f"the units given are {units.layer!r}'s, not {layer!r}'s")
         x, y = as_data(data)
         self.metric = metric
         self.layer = layer
         self.model = copy.deepcopy(model).eval()
         self.device = device_of(self.model)  # everything runs there; the data moves once
         self.x, self.y = to_device(x, self.model), y.to(self.device)
-        self.units: Units = find_units(self.model, layer, self.x[: min(2, len(self.x))])
+        if units is None:
+            units = find_units(self.model, layer, self.x[: min(2, len(self.x))])
+        self.units: Units = units
         self.memory_bytes = memory_mb * 2**20
         self.max_stack = max_stack
         self.n_evals = 0
@@ -162,7 +169,7 @@ class PruningGame:
         if self._split is not None:
             self._caches = [self._split.prepare(x) for x, _ in self._chunks]
         else:
-            self._hooks = _Hooks(self.model, self.units.mask_points, self.n_players, self.device)
+            self._hooks = _Hooks(self.model, self.units.mask_points)
         self._per_coalition = per_example * self.batch_size
 
     @classmethod
@@ -268,17 +275,10 @@ def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
 class _Hooks:
     """Masking by forward pre-hooks: the whole network runs for every coalition."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        points: tuple[MaskPoint, ...],
-        n_players: int,
-        device: torch.device,
-    ) -> None:
+    def __init__(self, model: nn.Module, points: tuple[MaskPoint, ...]) -> None:
         modules = dict(model.named_modules())
         self.modules = [modules[p.module] for p in points]
         self.points = points
-        self.owners = [channel_owner(p, n_players, device) for p in points]
         if any(isinstance(m, nn.MultiheadAttention) for m in modules.values()) and any(
             p.module.endswith("out_proj") for p in points
         ):
@@ -287,8 +287,8 @@ class _Hooks:
     def run(self, model: nn.Module, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         m, batch = masks.shape[0], x.shape[0]
         handles = []
-        for module, point, owner in zip(self.modules, self.points, self.owners, strict=True):
-            full = channel_mask(masks, owner).repeat_interleave(batch, dim=0)
+        for module, point in zip(self.modules, self.points, strict=True):
+            full = point.channel_mask(masks).repeat_interleave(batch, dim=0)
 
             def hook(_mod, args, full=full, point=point):
                 inp = args[0]

@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 from torch.fx.interpreter import Interpreter
 
-from shapprune.game.units import MaskPoint
+from shapprune.game.units import UNOWNED, MaskPoint
 
 
 @dataclass
@@ -84,7 +84,6 @@ class SplitModel:
         graph = gm.graph
         self.points = points
         self.n_players = n_players
-        self._owners = [channel_owner(p, n_players, example.device) for p in points]
         modules = dict(gm.named_modules())
         consumers = []
         for j, point in enumerate(points):
@@ -198,7 +197,7 @@ class SplitModel:
                 args.append(out.reshape(m * table.shape[1], *table.shape[2:]))
                 continue
             if e.point not in channel:
-                channel[e.point] = channel_mask(masks, self._owners[e.point])
+                channel[e.point] = self.points[e.point].channel_mask(masks)
             mask = channel[e.point]
             if e.kind != "input":  # "weights", or a table too costly for m coalitions
                 args.append(_masked_consumer(e, cache.tensors[e.source], mask))
@@ -217,29 +216,6 @@ class SplitModel:
             point, x = self.points[e.point], cache.tensors[e.source]
             cache.tables[j] = _table(x, e.module, point, e.channel_dim, self.n_players)
         return cache.tables[j]
-
-
-def channel_mask(masks: torch.Tensor, owner: torch.Tensor | None) -> torch.Tensor:
-    """(m, n) player masks -> (m, C) float channel masks; ``owner`` is a mask point's
-    ``player_of_channel`` as ``channel_owner`` gives it (None: channel c is player c's).
-    Unowned channels (-1) are kept."""
-    if owner is None:
-        return masks.float()
-    keep_all = torch.ones(masks.shape[0], 1, dtype=torch.bool, device=masks.device)
-    return torch.cat([masks, keep_all], dim=1)[:, owner].float()
-
-
-def channel_owner(
-    point: MaskPoint, n_players: int, device: torch.device | None = None
-) -> torch.Tensor | None:
-    """The point's ``player_of_channel`` (on ``device``, where the masks will be), or None
-    where channel c is player c's for every channel (the common case: then a channel mask
-    is the player mask, with no indexing)."""
-    owner = point.player_of_channel
-    same = torch.arange(n_players, device=owner.device)
-    if len(owner) == n_players and bool((owner == same).all()):
-        return None
-    return owner if device is None else owner.to(device)
 
 
 DECOMPOSE_GAIN = 2
@@ -313,7 +289,6 @@ def _table(x: torch.Tensor, module, point: MaskPoint, cd: int, n: int) -> torch.
     channels alone (no bias); the last row is the output from the unowned channels plus
     the bias. For any coalition, the consumer's output is the sum of its players' rows
     and the last row: the layer is linear in its input channels."""
-    owner = point.player_of_channel.to(x.device)
 
     def part(channels: torch.Tensor) -> torch.Tensor:
         if len(channels) == 0:
@@ -327,7 +302,7 @@ def _table(x: torch.Tensor, module, point: MaskPoint, cd: int, n: int) -> torch.
             return torch.nn.functional.linear(xs, w)
         return module._conv_forward(xs, w, None)
 
-    last = part((owner < 0).nonzero().flatten())
+    last = part(point.channels(UNOWNED, x.device))
     if module.bias is not None:
         shape = [1] * last.dim()
         shape[1 if not isinstance(module, torch.nn.Linear) else -1] = -1
@@ -337,7 +312,7 @@ def _table(x: torch.Tensor, module, point: MaskPoint, cd: int, n: int) -> torch.
     )  # filled in place: no copies
     table[n] = last
     for p in range(n):
-        table[p] = part((owner == p).nonzero().flatten())
+        table[p] = part(point.channels(p, x.device))
     return table
 
 

@@ -16,7 +16,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from shapprune.game.attention import mha_call
+from shapprune.game.attention import in_projection, mha_call
 
 
 def explicit_mha(
@@ -31,13 +31,7 @@ def explicit_mha(
 
     Attention weights are not returned (None); masks must be None.
     """
-    e = mha.embed_dim
-    if mha._qkv_same_embed_dim:
-        weights = [mha.in_proj_weight[i * e : (i + 1) * e] for i in range(3)]
-    else:
-        weights = [mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight]
-    b = mha.in_proj_bias
-    biases = [None] * 3 if b is None else [b[i * e : (i + 1) * e] for i in range(3)]
+    weights, biases = in_projection(mha)
     projections = tuple(
         functools.partial(F.linear, weight=w, bias=bias)
         for w, bias in zip(weights, biases, strict=True)

@@ -11,17 +11,20 @@ the index mapping through flattening and concatenation.
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from shapprune.devices import to_device
+from shapprune.devices import as_float64, to_device
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS_ACROSS_CHANNELS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+UNOWNED = -1  # a mask point's channel that no player owns
 
 
 @dataclass(frozen=True)
@@ -29,12 +32,62 @@ class MaskPoint:
     """Where a layer's units are zeroed: the input of one consuming module.
 
     ``player_of_channel[c]`` is the player that channel ``c`` of that input belongs to,
-    or -1 for channels no player owns; channels lie along ``channel_dim``.
+    or ``UNOWNED`` (-1) for channels no player owns; channels lie along ``channel_dim``.
     """
 
     module: str
     channel_dim: int
     player_of_channel: torch.Tensor
+
+    @functools.cached_property
+    def _one_to_one(self) -> bool:
+        """Whether channel c is player c's for every channel (worked out once per point)."""
+        owner = self.player_of_channel
+        return bool((owner == torch.arange(len(owner), device=owner.device)).all())
+
+    def _owner_on(self, device: torch.device) -> torch.Tensor:
+        """``player_of_channel`` (a CPU record) on ``device``, copied there once."""
+        copies = self.__dict__.setdefault("_owner_copies", {})  # frozen: not a field
+        if device not in copies:
+            copies[device] = self.player_of_channel.to(device)
+        return copies[device]
+
+    def channel_mask(self, masks: torch.Tensor) -> torch.Tensor:
+        """(m, n) player masks -> (m, C) float channel masks on the masks' device; unowned
+        channels (-1) are kept.
+
+        Where channel c is player c's (the common case) the channel mask is the player mask,
+        with no indexing: this runs once per stacked pass of coalitions.
+        """
+        if masks.shape[1] == len(self.player_of_channel) and self._one_to_one:
+            return masks.float()
+        keep_all = torch.ones(masks.shape[0], 1, dtype=torch.bool, device=masks.device)
+        return torch.cat([masks, keep_all], dim=1)[:, self._owner_on(masks.device)].float()
+
+    def channels(
+        self, players: int | Sequence[int], device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """Indices (along ``channel_dim``, on ``device``) of the channels owned by any of
+        ``players``; ``UNOWNED`` gives the channels no player owns."""
+        owner = self.player_of_channel
+        found = torch.isin(owner, torch.as_tensor(players, device=owner.device))
+        return found.nonzero().flatten().to(device)
+
+    def per_player(
+        self, t: torch.Tensor, n_players: int, keep: int = 0, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``t`` (shaped like this point's input) summed per player, in float64: over every
+        dimension but the first ``keep`` (e.g. examples) and the channels, then the channels
+        into their players (unowned ones dropped). Shape ``(*t.shape[:keep], n_players)``, on
+        t's device (the CPU for MPS, which has no float64); added into ``out`` if given."""
+        cd = self.channel_dim % t.dim()
+        lead = t.shape[:keep]
+        per_channel = as_float64(t.movedim(cd, -1).reshape(*lead, -1, t.shape[cd]).sum(keep))
+        owner = self._owner_on(per_channel.device)
+        owned = owner >= 0
+        if out is None:
+            out = torch.zeros(*lead, n_players, dtype=torch.float64, device=per_channel.device)
+        return out.index_add_(keep, owner[owned], per_channel[..., owned])
 
 
 @dataclass(frozen=True)
@@ -117,6 +170,15 @@ def find_units(
     return _channel_units(model, layer, module, graph or build_graph(model, example_inputs))
 
 
+def layer_units(
+    model: nn.Module, layers: Sequence[str], example_inputs: torch.Tensor
+) -> dict[str, Units]:
+    """The units of each of ``layers``, found with one dependency graph: once per model, then
+    passed on (to planning, removal, the games)."""
+    graph = build_graph(model, example_inputs)
+    return {name: find_units(model, name, example_inputs, graph) for name in layers}
+
+
 def _head_units(layer: str, module: nn.Module) -> Units:
     proj = module.out_proj if isinstance(module, nn.MultiheadAttention) else None
     proj = proj or _output_projection(module)
@@ -130,13 +192,17 @@ def _head_units(layer: str, module: nn.Module) -> Units:
     return Units(layer, "heads", n_heads, (point,), (layer,))
 
 
+def out_channel_pruner(module: nn.Module) -> Callable:
+    """torch-pruning's function that removes output channels of a convolution or linear layer."""
+    return tp.prune_conv_out_channels if isinstance(module, _CONV) else tp.prune_linear_out_channels
+
+
 def _channel_units(
     model: nn.Module, layer: str, module: nn.Module, dg: tp.DependencyGraph
 ) -> Units:
     is_conv = isinstance(module, _CONV)
-    fn = tp.prune_conv_out_channels if is_conv else tp.prune_linear_out_channels
     n = module.out_channels if is_conv else module.out_features
-    group = dg.get_pruning_group(module, fn, idxs=list(range(n)))
+    group = dg.get_pruning_group(module, out_channel_pruner(module), idxs=list(range(n)))
     names = {m: k for k, m in model.named_modules()}
     points, coupled = [], []
     for item in group.items:
@@ -155,7 +221,7 @@ def _channel_units(
             coupled.append(names[target])
         elif dg.is_in_channel_pruning_fn(handler) and not _is_depthwise(target):
             width = target.in_channels if isinstance(target, _CONV) else target.in_features
-            owner = torch.full((width,), -1, dtype=torch.long, device="cpu")  # records: CPU
+            owner = torch.full((width,), UNOWNED, dtype=torch.long, device="cpu")  # records: CPU
             idxs, roots = (torch.as_tensor(i, device="cpu") for i in (item.idxs, item.root_idxs))
             owner[idxs] = roots
             dim = 1 if isinstance(target, _CONV) else -1

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from shapprune.evaluation.measure import measure
+from shapprune.game.units import Units, layer_units
 from shapprune.pruning.plan import Target, make_plan, prunable_layers
 from shapprune.pruning.removal import apply_removals, history
 from shapprune.zoo.data import DatasetSplits, reference_set
@@ -16,17 +17,18 @@ from shapprune.zoo.data import DatasetSplits, reference_set
 
 def select_layers(
     model: nn.Module, example: torch.Tensor, layers: Sequence[str] | None
-) -> list[str]:
-    """The layers to prune: the given ones (checked), else every prunable layer."""
+) -> dict[str, Units]:
+    """The layers to prune, with their units: the given ones (checked), else every prunable
+    layer."""
     available = prunable_layers(model, example)
     if not layers:
-        return list(available)
+        return available
     unknown = [name for name in layers if name not in available]
     if unknown:
         raise ValueError(
             f"not prunable layer(s): {', '.join(unknown)}; prunable layers: " + ", ".join(available)
         )
-    return list(layers)
+    return {name: available[name] for name in layers}
 
 
 def prune_model(
@@ -61,7 +63,8 @@ def prune_model(
     say = report or (lambda _msg: None)
     example = data.val.x[:2]
     ref = reference_set(data.val, per_class=per_class, seed=seed)
-    chosen = select_layers(model, example, layers)
+    units = select_layers(model, example, layers)  # found once per model, then passed on
+    chosen = list(units)
     start = time.perf_counter()
     current, plans = model, []
     for step in range(1, steps + 1):
@@ -76,8 +79,11 @@ def prune_model(
             global_=global_,
             normalisation=normalisation,
             baseline=model,
+            units=units,
         )
-        current = apply_removals(current, plan.removals, example, mode=mode)
+        current = apply_removals(current, plan.removals, example, mode=mode, units=units)
+        if step < steps:
+            units = layer_units(current, chosen, example)
         plans.append({**plan.to_dict(), "scores": {k: v.tolist() for k, v in scores.items()}})
     score_seconds = time.perf_counter() - start
     if finetune_epochs > 0:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from shapprune.evaluation.measure import count_macs, count_params
+from shapprune.evaluation.ranking import positions, ranking_from_scores
 from shapprune.game.units import Units, build_graph, candidate_layers, find_units, is_attention
 from shapprune.pruning.removal import apply_removals
 
@@ -113,14 +114,14 @@ def normalise(scores: np.ndarray, how: str) -> np.ndarray:
     if how == "max":
         return s / max(np.abs(s).max(), 1e-12)
     if how == "rank":
-        return (np.argsort(np.argsort(s, kind="stable"), kind="stable") + 1) / len(s)
+        return (positions(ranking_from_scores(s)) + 1) / len(s)
     if how == "none":
         return s
     raise ValueError(f"unknown normalisation {how!r}; use one of {', '.join(NORMALISATIONS)}")
 
 
 def _lowest(scores: np.ndarray, k: int) -> list[int]:
-    return sorted(np.argsort(scores, kind="stable")[:k].tolist())
+    return sorted(ranking_from_scores(scores)[:k].tolist())
 
 
 def make_plan(
@@ -134,6 +135,7 @@ def make_plan(
     ratios: Mapping[str, float] | None = None,
     apply: Callable[[nn.Module, dict[str, list[int]]], nn.Module] | None = None,
     baseline: nn.Module | None = None,
+    units: Mapping[str, Units] | None = None,
 ) -> Plan:
     """Choose the units to remove from ``scores`` (layer -> one score per unit, higher =
     more important) so that ``target`` is met.
@@ -141,7 +143,9 @@ def make_plan(
     ``ratios`` gives each layer its own fraction of units instead (per-layer mode).
     ``apply(model, removals)`` returns a pruned copy, on which params/MACs targets are
     measured (default: physical removal, ``prune.apply_removals``);
-    ``baseline`` is the model the target's fraction refers to (default: ``model``).
+    ``baseline`` is the model the target's fraction refers to (default: ``model``);
+    ``units``: the layers' units found on ``model`` (:func:`layer_units`), passed on to the
+    default ``apply`` so that it does not find them again.
     """
     target = Target.parse(target) if isinstance(target, str | float) else target
     if normalisation not in NORMALISATIONS:
@@ -195,7 +199,7 @@ def make_plan(
     if apply is None:
 
         def apply(m: nn.Module, removals: dict[str, list[int]]) -> nn.Module:
-            return apply_removals(m, removals, example)
+            return apply_removals(m, removals, example, units=units)
 
     base = baseline if baseline is not None else model
     measure = count_params if target.kind == "params" else lambda m: count_macs(m, example)

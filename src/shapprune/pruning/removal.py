@@ -20,8 +20,15 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from shapprune.game.attention import SlimMultiheadAttention
-from shapprune.game.units import build_graph, find_units
+from shapprune.game.attention import SlimMultiheadAttention, head_rows
+from shapprune.game.units import (
+    MaskPoint,
+    Units,
+    build_graph,
+    find_units,
+    is_attention,
+    out_channel_pruner,
+)
 
 MODES = ("remove", "mask")
 HISTORY_ATTR = "shapprune_history"
@@ -44,17 +51,29 @@ def apply_removals(
     removals: Mapping[str, Sequence[int]],
     example_inputs: torch.Tensor,
     mode: str = "remove",
+    *,
+    units: Mapping[str, Units] | None = None,
 ) -> nn.Module:
-    """A copy of ``model`` with ``removals`` (layer -> unit indices) masked or removed."""
+    """A copy of ``model`` with ``removals`` (layer -> unit indices) masked or removed.
+
+    ``units``: layers' units already found on ``model`` (as ``prunable_layers`` gives
+    them), so that they are not found again; a layer coupled to one removed before it in
+    this call is found anew (its width has changed).
+    """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     model = copy.deepcopy(model).eval()
     done = history(model)
-    for layer, units in removals.items():
-        idxs = sorted({int(u) for u in units})
+    known = dict(units or {})
+    changed: set[str] = set()  # layers whose width a removal in this call has changed
+    graph = None  # the copy's dependency graph, while its shape is the one it was built on
+    for layer, which in removals.items():
+        idxs = sorted({int(u) for u in which})
         if not idxs:
             continue
-        spec = find_units(model, layer, example_inputs)
+        spec = known.get(layer)
+        if spec is None or layer in changed:
+            spec, graph = _find(model, layer, example_inputs, graph)
         if idxs[0] < 0 or idxs[-1] >= spec.n_players:
             raise ValueError(f"{layer!r} has units 0..{spec.n_players - 1}; got {idxs}")
         if len(idxs) == spec.n_players:
@@ -62,7 +81,9 @@ def apply_removals(
         if mode == "mask":
             _zero_inputs(model, spec.mask_points, idxs)
         else:
-            _remove(model, layer, spec.kind, idxs, example_inputs)
+            _remove(model, layer, spec.kind, idxs, example_inputs, graph)
+            graph = None  # the shape has changed
+            changed.update((layer, *spec.coupled))
             done.append({"layer": layer, "units": idxs})
     if mode == "remove":
         setattr(model, HISTORY_ATTR, done)
@@ -72,26 +93,45 @@ def apply_removals(
 def replay(model: nn.Module, steps: Sequence[Mapping], example_inputs: torch.Tensor) -> nn.Module:
     """Apply a recorded pruning history to ``model`` (in place), rebuilding its shape."""
     for step in steps:
-        spec = find_units(model, step["layer"], example_inputs)
-        _remove(model, step["layer"], spec.kind, list(step["units"]), example_inputs)
+        spec, graph = _find(model, step["layer"], example_inputs, None)
+        _remove(model, step["layer"], spec.kind, list(step["units"]), example_inputs, graph)
     setattr(model, HISTORY_ATTR, [dict(s) for s in steps])
     return model
 
 
-def _zero_inputs(model: nn.Module, points, idxs: list[int]) -> None:
+def _find(
+    model: nn.Module, layer: str, example, graph: tp.DependencyGraph | None
+) -> tuple[Units, tp.DependencyGraph | None]:
+    """``layer``'s units, and the model's dependency graph, built here if finding them
+    needs it (not for attention heads) and not given: one graph serves finding the units
+    and removing them."""
+    module = dict(model.named_modules()).get(layer)
+    if graph is None and module is not None and not is_attention(module):
+        graph = build_graph(model, example)
+    return find_units(model, layer, example, graph), graph
+
+
+def _zero_inputs(model: nn.Module, points: tuple[MaskPoint, ...], idxs: list[int]) -> None:
     modules = dict(model.named_modules())
-    removed = torch.tensor(idxs, device="cpu")  # mask points' owners are CPU records
     with torch.no_grad():
         for point in points:
             consumer = modules[point.module]
             weight = consumer.weight if hasattr(consumer, "weight") else None
             if weight is None:
                 raise NotImplementedError(f"cannot mask the inputs of {point.module!r}")
-            columns = torch.isin(point.player_of_channel, removed).nonzero().flatten()
-            weight.index_fill_(1, columns.to(weight.device), 0.0)
+            weight.index_fill_(1, point.channels(idxs, weight.device), 0.0)
 
 
-def _remove(model: nn.Module, layer: str, kind: str, idxs: list[int], example) -> None:
+def _remove(
+    model: nn.Module,
+    layer: str,
+    kind: str,
+    idxs: list[int],
+    example,
+    graph: tp.DependencyGraph | None = None,
+) -> None:
+    """Remove units ``idxs`` of ``layer`` (``graph``: the model's dependency graph, if
+    already built on its current shape)."""
     module = dict(model.named_modules())[layer]
     if isinstance(module, nn.MultiheadAttention):  # heads tied to the width: swap it first
         module = SlimMultiheadAttention.from_torch(module)
@@ -100,13 +140,11 @@ def _remove(model: nn.Module, layer: str, kind: str, idxs: list[int], example) -
     if isinstance(module, SlimMultiheadAttention):
         module.remove_heads(idxs)
         return
-    dg = build_graph(model, example)
+    dg = graph or build_graph(model, example)
     if kind == "heads":
         _remove_heads(dg, module, idxs)
     else:
-        is_conv = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
-        fn = tp.prune_conv_out_channels if is_conv else tp.prune_linear_out_channels
-        dg.get_pruning_group(module, fn, idxs=idxs).prune()
+        dg.get_pruning_group(module, out_channel_pruner(module), idxs=idxs).prune()
 
 
 def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> None:
@@ -119,10 +157,8 @@ def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> 
     n_heads = int(attn.num_heads)
     width = qkv.out_features // 3
     head_dim = width // n_heads
-    rows = [
-        part * width + h * head_dim + j for part in range(3) for h in heads for j in range(head_dim)
-    ]
-    dg.get_pruning_group(qkv, tp.prune_linear_out_channels, idxs=rows).prune()
+    rows = head_rows(heads, head_dim, parts=3, width=width)
+    dg.get_pruning_group(qkv, out_channel_pruner(qkv), idxs=rows).prune()
     attn.num_heads = n_heads - len(heads)
     if hasattr(attn, "attn_dim"):  # timm keeps the concatenated heads' width
         attn.attn_dim = attn.num_heads * head_dim
