@@ -18,6 +18,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from shapprune.game.coupling import DependencyGraph, channel_parts, is_grouped
+
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS_ACROSS_CHANNELS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
@@ -82,7 +84,7 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Dependency
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+            return DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     finally:
         for m, flag in flags.items():
             m.training = flag
@@ -114,6 +116,12 @@ def find_units(
 
 
 def _head_units(layer: str, module: nn.Module) -> Units:
+    if type(module).__name__.startswith("ShiftedWindowAttention"):  # torchvision's Swin
+        raise ValueError(
+            f"the heads of {layer!r} ({type(module).__name__}) cannot be players: torchvision's "
+            "shifted_window_attention applies its projections as functions, not modules, so a "
+            "head can be neither masked nor removed; choose its MLP neurons instead"
+        )
     proj = module.out_proj if isinstance(module, nn.MultiheadAttention) else None
     proj = proj or _output_projection(module)
     n_heads = int(module.num_heads)
@@ -130,12 +138,11 @@ def _channel_units(
     model: nn.Module, layer: str, module: nn.Module, dg: tp.DependencyGraph
 ) -> Units:
     is_conv = isinstance(module, _CONV)
-    fn = tp.prune_conv_out_channels if is_conv else tp.prune_linear_out_channels
-    n = module.out_channels if is_conv else module.out_features
-    group = dg.get_pruning_group(module, fn, idxs=list(range(n)))
+    outputs = module.out_channels if is_conv else module.out_features
+    parts, n = channel_parts(dg, module, outputs, layer)  # n < outputs: a grouped conv's groups
     names = {m: k for k, m in model.named_modules()}
     points, coupled = [], []
-    for item in group.items:
+    for item, player in ((item, player) for group, player in parts for item in group.items):
         target, handler = item.dep.target.module, item.dep.handler
         if not isinstance(target, nn.Module) or target not in names:
             continue
@@ -149,10 +156,12 @@ def _channel_units(
             continue
         if dg.is_out_channel_pruning_fn(handler):
             coupled.append(names[target])
-        elif dg.is_in_channel_pruning_fn(handler) and not _is_depthwise(target):
+        elif dg.is_in_channel_pruning_fn(handler) and not (
+            _is_depthwise(target) or is_grouped(target)
+        ):
             width = target.in_channels if isinstance(target, _CONV) else target.in_features
             owner = torch.full((width,), -1, dtype=torch.long)
-            owner[torch.as_tensor(item.idxs)] = torch.as_tensor(item.root_idxs)
+            owner[torch.as_tensor(item.idxs)] = player[torch.as_tensor(item.root_idxs)]
             dim = 1 if isinstance(target, _CONV) else -1
             points.append(MaskPoint(names[target], dim, owner))
     if not points:

@@ -21,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 
 from shapprune.game.attention import SlimMultiheadAttention
+from shapprune.game.coupling import prune_players
 from shapprune.game.units import build_graph, find_units
 
 MODES = ("remove", "mask")
@@ -106,7 +107,9 @@ def _remove(model: nn.Module, layer: str, kind: str, idxs: list[int], example) -
     else:
         is_conv = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
         fn = tp.prune_conv_out_channels if is_conv else tp.prune_linear_out_channels
-        dg.get_pruning_group(module, fn, idxs=idxs).prune()
+        n = module.out_channels if is_conv else module.out_features
+        if not prune_players(dg, module, n, layer, idxs):  # groups of a grouped conv, if any
+            dg.get_pruning_group(module, fn, idxs=idxs).prune()
 
 
 def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> None:
@@ -122,7 +125,11 @@ def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> 
     rows = [
         part * width + h * head_dim + j for part in range(3) for h in heads for j in range(head_dim)
     ]
+    table = getattr(attn, "relative_position_bias_table", None)  # timm's Swin: (pairs, heads)
     dg.get_pruning_group(qkv, tp.prune_linear_out_channels, idxs=rows).prune()
+    if isinstance(table, torch.Tensor):  # torch-pruning maps rows onto its heads wrongly
+        kept = [h for h in range(n_heads) if h not in set(heads)]
+        attn.relative_position_bias_table = nn.Parameter(table.detach()[..., kept])
     attn.num_heads = n_heads - len(heads)
     if hasattr(attn, "attn_dim"):  # timm keeps the concatenated heads' width
         attn.attn_dim = attn.num_heads * head_dim
