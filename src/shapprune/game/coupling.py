@@ -82,7 +82,7 @@ def pruning_group(
 ) -> Group:
     """What ``dg.get_pruning_group(module, fn, idxs)`` returns, searched on the index
     mappings computed when ``dg`` was built and not beyond a ``MIXING`` module (which is
-    kept in the group); refused if it reaches a channel shuffle."""
+    kept in the group, for the caller to refuse); refused if it reaches a channel shuffle."""
     if module not in dg.module2node:
         raise ValueError(f"{layer!r} is not called as a module in the model's forward pass")
     if isinstance(module, CONV) and module.groups == module.out_channels > 1:
@@ -90,19 +90,14 @@ def pruning_group(
     root = dg.module2node[module]
     start = [_helpers._HybridIndex(idx=i, root_idx=i) for i in idxs]
     found = [(Dependency(fn, fn, source=root, target=root), start)]
-    stack, visited = [found[0]], set()
+    stack, visited, shuffled = [found[0]], set(), False
     shuffles = getattr(dg, "shuffles", set())
     while stack:
         dep, current = stack.pop()
         node = dep.target
         visited.add(node)
-        if node in shuffles:
-            raise ValueError(
-                f"the units of {layer!r} go through a channel shuffle (a view that moves "
-                "channels across dimensions), which the dependency graph cannot follow, so "
-                "their removal cannot be computed"
-            )
-        if isinstance(node.module, MIXING) and node is not root:
+        shuffled = shuffled or node in shuffles
+        if node in shuffles or (isinstance(node.module, MIXING) and node is not root):
             continue
         for new in node.dependencies:
             if not new.is_triggered_by(dep.handler):
@@ -120,6 +115,12 @@ def pruning_group(
                 continue
             found.append((new, mapped))
             stack.append((new, mapped))
+    if shuffled and not any(isinstance(d.target.module, MIXING) for d, _ in found):
+        raise ValueError(  # (a mixing module is the reason given first, by find_units)
+            f"the units of {layer!r} go through a channel shuffle (a view that moves "
+            "channels across dimensions), which the dependency graph cannot follow, so "
+            "their removal cannot be computed"
+        )
     group = Group()
     for dep, current in found:
         group.add_and_merge(dep, current)
