@@ -119,8 +119,9 @@ def _head_units(layer: str, module: nn.Module) -> Units:
     if type(module).__name__.startswith("ShiftedWindowAttention"):  # torchvision's Swin
         raise ValueError(
             f"the heads of {layer!r} ({type(module).__name__}) cannot be players: torchvision's "
-            "shifted_window_attention applies its projections as functions, not modules, so a "
-            "head can be neither masked nor removed; choose its MLP neurons instead"
+            "shifted_window_attention applies its projections as functions, not modules, and "
+            "takes a head's width to be the input width / num_heads, so a head can be neither "
+            "masked nor removed; choose its MLP neurons instead"
         )
     proj = module.out_proj if isinstance(module, nn.MultiheadAttention) else None
     proj = proj or _output_projection(module)
