@@ -77,7 +77,8 @@ def test_regnet_units_of_grouped_convolutions_are_their_groups(tmp_path):
     assert grouped.groups == 6 and grouped.out_channels == 48
     assert a in layers and b not in layers  # one layer: f.a's channels and f.b's groups
     units = layers[a]
-    assert units.n_players == 6 and b in units.coupled
+    assert units.n_players == 6 and units.kind == "groups" and b in units.coupled
+    assert units.names[5] == f"{a}:group5"
     assert find_units(model, b, x[:2]).n_players == 6  # the same groups, from the other side
     game, removed, drop = _rank_prune_compare(model, a, x, y)
     assert len(drop) == 3

@@ -42,14 +42,14 @@ class Units:
     """The players of one layer: their kind, names, and mask points."""
 
     layer: str
-    kind: str  # "channels", "neurons" or "heads"
+    kind: str  # "channels", "neurons", "heads" or "groups" (of a grouped convolution)
     n_players: int
     mask_points: tuple[MaskPoint, ...]
     coupled: tuple[str, ...]  # producers removed together with the layer's units
 
     @property
     def names(self) -> list[str]:
-        unit = {"channels": "ch", "neurons": "n", "heads": "head"}[self.kind]
+        unit = {"channels": "ch", "neurons": "n", "heads": "head", "groups": "group"}[self.kind]
         return [f"{self.layer}:{unit}{i}" for i in range(self.n_players)]
 
 
@@ -84,6 +84,7 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Dependency
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            warnings.filterwarnings("ignore", message="Maximum recursive depth reached")  # Swin
             return DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     finally:
         for m, flag in flags.items():
@@ -170,7 +171,7 @@ def _channel_units(
             f"layer {layer!r} produces the model's output (nothing consumes its units); "
             "the classifier's outputs are not prunable"
         )
-    kind = "channels" if is_conv else "neurons"
+    kind = "groups" if len(parts) > 1 else "channels" if is_conv else "neurons"
     return Units(layer, kind, n, tuple(points), tuple(dict.fromkeys(coupled)))
 
 
