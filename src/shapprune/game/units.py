@@ -117,7 +117,8 @@ def find_units(
 
 
 def _head_units(layer: str, module: nn.Module) -> Units:
-    if type(module).__name__.startswith("ShiftedWindowAttention"):  # torchvision's Swin
+    cls = type(module)
+    if cls.__module__.startswith("torchvision") and "ShiftedWindow" in cls.__name__:
         raise ValueError(
             f"the heads of {layer!r} ({type(module).__name__}) cannot be players: torchvision's "
             "shifted_window_attention applies its projections as functions, not modules, and "
