@@ -21,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 
 from shapprune.devices import as_float64, to_device
+from shapprune.game.coupling import DependencyGraph, channel_parts, is_grouped
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS_ACROSS_CHANNELS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -95,14 +96,14 @@ class Units:
     """The players of one layer: their kind, names, and mask points."""
 
     layer: str
-    kind: str  # "channels", "neurons" or "heads"
+    kind: str  # "channels", "neurons", "heads" or "groups" (of a grouped convolution)
     n_players: int
     mask_points: tuple[MaskPoint, ...]
     coupled: tuple[str, ...]  # producers removed together with the layer's units
 
     @property
     def names(self) -> list[str]:
-        unit = {"channels": "ch", "neurons": "n", "heads": "head"}[self.kind]
+        unit = {"channels": "ch", "neurons": "n", "heads": "head", "groups": "group"}[self.kind]
         return [f"{self.layer}:{unit}{i}" for i in range(self.n_players)]
 
 
@@ -139,7 +140,8 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Dependency
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+            warnings.filterwarnings("ignore", message="Maximum recursive depth reached")  # Swin
+            return DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     finally:
         for m, flag in flags.items():
             m.training = flag
@@ -180,6 +182,14 @@ def layer_units(
 
 
 def _head_units(layer: str, module: nn.Module) -> Units:
+    cls = type(module)
+    if cls.__module__.startswith("torchvision") and "ShiftedWindow" in cls.__name__:
+        raise ValueError(
+            f"the heads of {layer!r} ({type(module).__name__}) cannot be players: torchvision's "
+            "shifted_window_attention applies its projections as functions, not modules, and "
+            "takes a head's width to be the input width / num_heads, so a head can be neither "
+            "masked nor removed; choose its MLP neurons instead"
+        )
     proj = module.out_proj if isinstance(module, nn.MultiheadAttention) else None
     proj = proj or _output_projection(module)
     n_heads = int(module.num_heads)
@@ -201,11 +211,11 @@ def _channel_units(
     model: nn.Module, layer: str, module: nn.Module, dg: tp.DependencyGraph
 ) -> Units:
     is_conv = isinstance(module, _CONV)
-    n = module.out_channels if is_conv else module.out_features
-    group = dg.get_pruning_group(module, out_channel_pruner(module), idxs=list(range(n)))
+    outputs = module.out_channels if is_conv else module.out_features
+    parts, n = channel_parts(dg, module, outputs, layer)  # n < outputs: a grouped conv's groups
     names = {m: k for k, m in model.named_modules()}
     points, coupled = [], []
-    for item in group.items:
+    for item, player in ((item, player) for group, player in parts for item in group.items):
         target, handler = item.dep.target.module, item.dep.handler
         if not isinstance(target, nn.Module) or target not in names:
             continue
@@ -219,11 +229,13 @@ def _channel_units(
             continue
         if dg.is_out_channel_pruning_fn(handler):
             coupled.append(names[target])
-        elif dg.is_in_channel_pruning_fn(handler) and not _is_depthwise(target):
+        elif dg.is_in_channel_pruning_fn(handler) and not (
+            _is_depthwise(target) or is_grouped(target)
+        ):
             width = target.in_channels if isinstance(target, _CONV) else target.in_features
             owner = torch.full((width,), UNOWNED, dtype=torch.long, device="cpu")  # records: CPU
             idxs, roots = (torch.as_tensor(i, device="cpu") for i in (item.idxs, item.root_idxs))
-            owner[idxs] = roots
+            owner[idxs] = player[roots]
             dim = 1 if isinstance(target, _CONV) else -1
             points.append(MaskPoint(names[target], dim, owner))
     if not points:
@@ -231,7 +243,7 @@ def _channel_units(
             f"layer {layer!r} produces the model's output (nothing consumes its units); "
             "the classifier's outputs are not prunable"
         )
-    kind = "channels" if is_conv else "neurons"
+    kind = "groups" if len(parts) > 1 else "channels" if is_conv else "neurons"
     return Units(layer, kind, n, tuple(points), tuple(dict.fromkeys(coupled)))
 
 

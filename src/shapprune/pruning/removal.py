@@ -21,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 
 from shapprune.game.attention import SlimMultiheadAttention, head_rows
+from shapprune.game.coupling import prune_players
 from shapprune.game.units import (
     MaskPoint,
     Units,
@@ -144,7 +145,10 @@ def _remove(
     if kind == "heads":
         _remove_heads(dg, module, idxs)
     else:
-        dg.get_pruning_group(module, out_channel_pruner(module), idxs=idxs).prune()
+        is_conv = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+        n = module.out_channels if is_conv else module.out_features
+        if not prune_players(dg, module, n, layer, idxs):  # groups of a grouped conv, if any
+            dg.get_pruning_group(module, out_channel_pruner(module), idxs=idxs).prune()
 
 
 def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> None:
@@ -158,7 +162,11 @@ def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> 
     width = qkv.out_features // 3
     head_dim = width // n_heads
     rows = head_rows(heads, head_dim, parts=3, width=width)
+    table = getattr(attn, "relative_position_bias_table", None)  # timm's Swin: (pairs, heads)
     dg.get_pruning_group(qkv, out_channel_pruner(qkv), idxs=rows).prune()
+    if isinstance(table, torch.Tensor):  # torch-pruning maps rows onto its heads wrongly
+        kept = [h for h in range(n_heads) if h not in set(heads)]
+        attn.relative_position_bias_table = nn.Parameter(table.detach()[..., kept])
     attn.num_heads = n_heads - len(heads)
     if hasattr(attn, "attn_dim"):  # timm keeps the concatenated heads' width
         attn.attn_dim = attn.num_heads * head_dim

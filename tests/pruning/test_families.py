@@ -1,0 +1,172 @@
+"""Model families beyond plain convolution stacks: listed, ranked, pruned, masking = removal.
+
+RegNet (torchvision and timm: grouped convolutions, whose units are their groups), ShuffleNet
+(channel split and shuffle: the units inside a branch are prunable, those that go through a
+shuffle are refused) and Swin (torchvision: MLP neurons; timm: heads too). Random weights,
+64 x 64 inputs, three examples, one or two layers each.
+"""
+
+import time
+
+import pytest
+import timm
+import torch
+import torchvision
+from helpers import randomise_norms
+from torchvision.models.swin_transformer import SwinTransformer
+
+from shapprune.estimators.registry import estimate
+from shapprune.game.pruning_game import PruningGame
+from shapprune.game.units import find_units
+from shapprune.pruning.checkpoint import load_checkpoint, save_pruned
+from shapprune.pruning.plan import prunable_layers
+from shapprune.pruning.removal import apply_removals
+from shapprune.zoo.models import build_model
+
+TOL = 1e-5  # float32 across batch shapes and CPUs
+
+
+def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(3, 3, 64, 64, generator=g), torch.tensor([0, 1, 2])
+
+
+def _tv(name: str):
+    return randomise_norms(build_model(f"torchvision:{name}", num_classes=10, seed=0))
+
+
+def _timm(name: str, **kwargs):
+    torch.manual_seed(0)
+    return randomise_norms(timm.create_model(name, pretrained=False, num_classes=10, **kwargs))
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _rank_prune_compare(model, layer: str, x, y, rank: bool = True):
+    """Rank ``layer``'s units by the game (leave-one-out), remove the lower half physically
+    (every other unit if not ``rank``), and check that the game's coalition computes what
+    the pruned model computes (logits and value)."""
+    game = PruningGame(model, layer, (x, y))
+    drop = list(range(0, game.n_players, 2))
+    if rank:
+        est = estimate(game, "loo")
+        values = torch.as_tensor(est.values)
+        assert values.shape == (game.n_players,) and bool(values.isfinite().all())
+        drop = sorted(int(i) for i in est.ranking[: game.n_players // 2])
+    removed = apply_removals(model, {layer: drop}, x[:2])
+    assert _params(removed) < _params(model)
+    keep = torch.ones(game.n_players, dtype=torch.bool)
+    keep[drop] = False
+    with torch.no_grad():
+        pruned, full = removed(x), model.eval()(x)
+    torch.testing.assert_close(game.logits(keep), pruned, atol=TOL, rtol=TOL)
+    assert (pruned - full).abs().max() > 100 * TOL  # the removal changed the outputs
+    loss = torch.nn.functional.cross_entropy(pruned.double(), y)
+    assert abs(float(game.value(keep)) + float(loss)) < TOL
+    return game, removed, drop
+
+
+def test_regnet_units_of_grouped_convolutions_are_their_groups(tmp_path):
+    model = _tv("regnet_y_400mf")
+    x, y = _data()
+    layers = prunable_layers(model, x[:2])
+    a, b = "trunk_output.block1.block1-0.f.a.0", "trunk_output.block1.block1-0.f.b.0"
+    grouped = model.get_submodule(b)
+    assert grouped.groups == 6 and grouped.out_channels == 48
+    assert a in layers and b not in layers  # one layer: f.a's channels and f.b's groups
+    units = layers[a]
+    assert units.n_players == 6 and units.kind == "groups" and b in units.coupled
+    assert units.names[5] == f"{a}:group5"
+    assert find_units(model, b, x[:2]).n_players == 6  # the same groups, from the other side
+    game, removed, drop = _rank_prune_compare(model, a, x, y)
+    assert len(drop) == 3
+    slim = removed.get_submodule(b)
+    assert (slim.groups, slim.in_channels, slim.out_channels) == (3, 24, 24)
+    assert slim.weight.shape == (24, 8, 3, 3)  # each group keeps its 8 input channels
+
+    # a second step on the pruned model, then its history rebuilds it from the base model
+    pruned = apply_removals(removed, {a: [0]}, x[:2])
+    assert pruned.get_submodule(b).groups == 2
+    config = {"seed": 0}
+    save_pruned(tmp_path / "r", pruned, base={"model": "torchvision:regnet_y_400mf",
+                "config": config}, input_shape=(3, 64, 64))  # fmt: skip
+    loaded, _ = load_checkpoint(tmp_path / "r")
+    assert loaded.get_submodule(b).groups == 2
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), pruned(x), atol=0, rtol=0)
+
+
+def test_timm_regnetx_grouped_convolutions():
+    model = _timm("regnetx_002")
+    x, y = _data(1)
+    layers = prunable_layers(model, x[:2])
+    a, b = "s2.b1.conv1.conv", "s2.b1.conv2.conv"
+    grouped = model.get_submodule(b)
+    assert 1 < grouped.groups < grouped.in_channels and a in layers and b not in layers
+    assert layers[a].n_players == grouped.groups
+    _, removed, drop = _rank_prune_compare(model, a, x, y)
+    assert removed.get_submodule(b).groups == grouped.groups - len(drop)
+
+
+def test_shufflenet_branches_are_prunable_and_shuffled_channels_refused():
+    model = _tv("shufflenet_v2_x0_5")
+    x, y = _data(2)
+    layers = prunable_layers(model, x[:2])
+    assert "conv1.0" in layers and "conv5.0" in layers
+    assert all(f"stage2.{i}.branch2.0" in layers for i in range(4))
+    assert not any("branch1" in name or name.endswith("branch2.5") for name in layers)
+    with pytest.raises(ValueError, match="'stage2.0.branch1.2' go through a channel shuffle"):
+        find_units(model, "stage2.0.branch1.2", x[:2])
+    _rank_prune_compare(model, "stage4.1.branch2.0", x, y)
+
+
+def test_torchvision_swin_lists_fast_and_prunes_mlp_neurons():
+    torch.manual_seed(0)
+    model = torchvision.models.swin_t(weights=None, num_classes=10).eval()
+    x, y = _data(3)
+    start = time.perf_counter()
+    layers = prunable_layers(model, x[:2])
+    assert time.perf_counter() - start < 30  # was minutes, in torch-pruning's group search
+    assert sorted(layers) == sorted(
+        f"features.{s}.{b}.mlp.0" for s, n in ((1, 2), (3, 2), (5, 6), (7, 2)) for b in range(n)
+    )
+    with pytest.raises(ValueError, match="applies its projections as functions"):
+        find_units(model, "features.1.0.attn", x[:2])
+    with pytest.raises(ValueError, match="coupled to .*LayerNorm"):
+        find_units(model, "features.2.reduction", x[:2])
+    _rank_prune_compare(model, "features.5.3.mlp.0", x, y, rank=False)  # 1536 neurons
+
+    # ranked on a small Swin of the same modules (leave-one-out on 384 neurons takes a minute)
+    torch.manual_seed(0)
+    small = SwinTransformer([4, 4], 16, [2, 2], [2, 4], [4, 4], mlp_ratio=2, num_classes=10)
+    small = small.eval()
+    expected = [f"features.{s}.{b}.mlp.0" for s in (1, 3) for b in (0, 1)]
+    assert list(prunable_layers(small, x[:2])) == expected
+    _rank_prune_compare(small, "features.3.0.mlp.0", x, y)
+
+
+def test_timm_swin_heads_and_neurons():
+    model = _timm("swin_tiny_patch4_window7_224", img_size=64)
+    x, y = _data(4)
+    layers = prunable_layers(model, x[:2])
+    attn = "layers.1.blocks.0.attn"
+    assert layers[attn].kind == "heads" and layers[attn].n_players == 6
+    assert "layers.0.blocks.1.mlp.fc1" in layers
+    _, removed, drop = _rank_prune_compare(model, attn, x, y)
+    slim = removed.get_submodule(attn)
+    assert slim.num_heads == 3 and slim.relative_position_bias_table.shape[-1] == 3
+    _rank_prune_compare(model, "layers.0.blocks.1.mlp.fc1", x, y, rank=False)
+
+
+def test_resnext_grouped_bottleneck():
+    model = build_model("torchvision:resnext50_32x4d", num_classes=10, seed=0)
+    x, _ = _data(5)
+    units = find_units(model, "layer1.0.conv1", x[:2])
+    assert units.n_players == 32 and "layer1.0.conv2" in units.coupled
+    masked = apply_removals(model, {"layer1.0.conv1": [1, 5, 30]}, x[:2], mode="mask")
+    removed = apply_removals(model, {"layer1.0.conv1": [1, 5, 30]}, x[:2])
+    assert removed.layer1[0].conv2.groups == 29
+    with torch.no_grad():
+        torch.testing.assert_close(masked(x), removed(x), atol=TOL, rtol=TOL)
