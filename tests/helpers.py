@@ -1,7 +1,19 @@
 """Helpers shared by the tests (imported as ``from helpers import ...``)."""
 
+import pytest
 import torch
 from torch import nn
+
+from shapprune import cli
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """``shapprune ARGS`` in this process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr("sys.argv", ["shapprune", *map(str, args)])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    out = capsys.readouterr()
+    return done.value.code or 0, out.out, out.err
 
 
 def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:

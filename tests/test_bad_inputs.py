@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import run_cli
 from PIL import Image
 
 from shapprune import cli
@@ -19,14 +20,6 @@ from shapprune.pruning.checkpoint import save_checkpoint
 from shapprune.zoo.models import build_model
 
 UNWRITABLE = "/sys/shapprune-test"  # refused even to root: sysfs takes no new files
-
-
-def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr("sys.argv", ["shapprune", *map(str, args)])
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    out = capsys.readouterr()
-    return done.value.code or 0, out.out, out.err
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -212,7 +205,7 @@ def test_bad_input_is_one_line_and_changes_nothing(
     monkeypatch.setenv("SHAPPRUNE_CACHE", str(tmp_path / "cache"))  # no zoo model is trained
     monkeypatch.chdir(tmp_path)
     before = snapshot(user)
-    code, _, err = run(monkeypatch, capsys, *(a.format(d=user) for a in args))
+    code, _, err = run_cli(monkeypatch, capsys, *(a.format(d=user) for a in args))
     assert code == 2, err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err and needle in err, err
@@ -267,7 +260,7 @@ def test_interrupted_rank_keeps_the_earlier_file(user, tmp_path, monkeypatch, ca
     out.write_text('{"earlier": true}')
     _interrupt_after(monkeypatch, "shapprune.game.pruning_game.PruningGame.value", 1)
     args = ["rank", "--model", f"{user}/tiny.json", "--layer", "conv1", "--budget", "200"]
-    code, _, err = run(monkeypatch, capsys, *args, "--out", out, "--force")
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--out", out, "--force")
     assert code == 130 and err.count("\n") == 1 and err.startswith("error: interrupted")
     assert out.read_text() == '{"earlier": true}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ranks.json"]  # no temporary left
@@ -277,7 +270,7 @@ def test_interrupted_prune_writes_nothing(user, tmp_path, monkeypatch, capsys):
     out = tmp_path / "pruned"
     _interrupt_after(monkeypatch, "shapprune.game.pruning_game.PruningGame.value", 1)
     args = ["prune", "--model", f"{user}/tiny.json", "--target", "channels=0.5", "--budget", "60"]
-    code, _, err = run(monkeypatch, capsys, *args, "--per-class", "2", "--out", out)
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--per-class", "2", "--out", out)
     assert code == 130 and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
 
@@ -287,12 +280,12 @@ def test_interrupted_compare_resumes(user, tmp_path, monkeypatch, capsys):
     args = ["compare", "--config", f"{user}/good.yaml", "--out", out]
     with monkeypatch.context() as patch:
         _interrupt_after(patch, "shapprune.evaluation.compare.CellStore.get", 3)
-        code, _, err = run(patch, capsys, *args)
+        code, _, err = run_cli(patch, capsys, *args)
     assert code == 130 and err.count("\n") == 1 and err.startswith("error: interrupted")
     kept = sorted(p.name for p in (out / "cells").iterdir())
     assert len(kept) == 2 and all(name.endswith(".json") for name in kept)  # whole cells only
     assert not (out / "results.json").exists()
-    code, _, err = run(monkeypatch, capsys, *args)
+    code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0, err
     cells = sorted(p.name for p in (out / "cells").iterdir())
     assert set(kept) < set(cells) and all(name.endswith(".json") for name in cells)
@@ -334,6 +327,6 @@ def test_errors_of_any_library_version_are_one_line(monkeypatch, capsys, make, n
         raise make()
 
     monkeypatch.setattr(cli, "rank_layer", fail)
-    code, _, err = run(monkeypatch, capsys, "rank")
+    code, _, err = run_cli(monkeypatch, capsys, "rank")
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert needle in err and "Traceback" not in err

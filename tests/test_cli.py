@@ -3,17 +3,9 @@
 import json
 
 import pytest
+from helpers import run_cli
 
 from shapprune import cli
-
-
-def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr("sys.argv", ["shapprune", *args])
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return done.value.code or 0, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +28,7 @@ def test_train_writes_checkpoint_and_refuses_to_overwrite(trained, monkeypatch, 
     meta = json.loads(trained.with_suffix(".json").read_text())
     assert meta["model"] == "lenet5" and meta["metrics"]["test_accuracy"] > 0.8
     before = trained.with_suffix(".safetensors").read_bytes()
-    code, _, err = run(monkeypatch, capsys, "train", "--epochs", "1", "--out", str(trained))
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--epochs", "1", "--out", str(trained))
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert trained.with_suffix(".safetensors").read_bytes() == before
 
@@ -44,7 +36,7 @@ def test_train_writes_checkpoint_and_refuses_to_overwrite(trained, monkeypatch, 
 def test_rank_writes_json(trained, tmp_path, monkeypatch, capsys):
     out = tmp_path / "ranks.json"
     args = ["rank", "--model", str(trained) + ".json", "--layer", "conv1", "--method"]
-    code, _, err = run(
+    code, _, err = run_cli(
         monkeypatch, capsys, *args, "permutation", "--budget", "200", "--out", str(out)
     )
     assert code == 0, err
@@ -58,11 +50,11 @@ def test_rank_writes_json(trained, tmp_path, monkeypatch, capsys):
         for a, b in zip(record["ranking"], record["ranking"][1:], strict=False)
     )
     # the same command again refuses to replace the file; --force replaces it identically
-    code, _, err = run(
+    code, _, err = run_cli(
         monkeypatch, capsys, *args, "permutation", "--budget", "200", "--out", str(out)
     )
     assert code == 2 and "exists" in err
-    code, _, _ = run(
+    code, _, _ = run_cli(
         monkeypatch, capsys, *args, "permutation", "--budget", "200", "--out", str(out), "--force"
     )
     assert code == 0 and json.loads(out.read_text())["values"] == values
@@ -80,13 +72,13 @@ def test_rank_writes_json(trained, tmp_path, monkeypatch, capsys):
 )
 def test_rank_bad_input_is_one_line_exit_2(trained, monkeypatch, capsys, args, needle):
     base = ["rank", "--model", str(trained) + ".json", "--layer", "conv2"]
-    code, _, err = run(monkeypatch, capsys, *base, *args)
+    code, _, err = run_cli(monkeypatch, capsys, *base, *args)
     assert code == 2
     assert needle in err and err.startswith("error: ") and "Traceback" not in err
 
 
 def test_unknown_zoo_model(monkeypatch, capsys):
-    code, _, err = run(monkeypatch, capsys, "rank", "--model", "alexnet")
+    code, _, err = run_cli(monkeypatch, capsys, "rank", "--model", "alexnet")
     assert code == 2 and "unknown model 'alexnet'" in err and "lenet5" in err
 
 
@@ -105,7 +97,7 @@ def test_oracle_writes_sets_that_are_the_best(tmp_path, monkeypatch, capsys):
     save_checkpoint(tmp_path / "tiny", model, name="tinycnn", config={}, metrics={})
     out = tmp_path / "oracle.json"
     base = ["oracle", "--model", str(tmp_path / "tiny.json"), "--layer", "conv1"]
-    code, _, err = run(
+    code, _, err = run_cli(
         monkeypatch, capsys, *base, "--ks", "1,2,3", "--per-class", "3", "--out", str(out)
     )
     assert code == 0, err
@@ -129,7 +121,7 @@ def test_oracle_writes_sets_that_are_the_best(tmp_path, monkeypatch, capsys):
         assert values[found] == pytest.approx(best, abs=F32_ACROSS_SHAPES)
     # beyond max_subsets: beam search, marked as such, sets still of the asked sizes
     args = [*base, "--ks", "1,3", "--per-class", "3", "--max-subsets", "10", "--out", str(out)]
-    code, _, err = run(monkeypatch, capsys, *args, "--force")
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--force")
     assert code == 0, err
     beam = json.loads(out.read_text())
     assert beam["exhaustive"] == {"1": True, "3": False}
@@ -155,7 +147,7 @@ def test_demo_on_a_small_setting_writes_its_report(tmp_path, monkeypatch, capsys
     }
     monkeypatch.setattr(cli, "DEMO_EXPERIMENT", small)
     out = tmp_path / "demo"
-    code, _, err = run(monkeypatch, capsys, "demo", "--budget", "400", "--out", str(out))
+    code, _, err = run_cli(monkeypatch, capsys, "demo", "--budget", "400", "--out", str(out))
     assert code == 0, err
     text = " ".join(err.split())
     assert "Shapley ranking of conv2" in text and "evaluations" in text
@@ -169,7 +161,7 @@ def test_demo_on_a_small_setting_writes_its_report(tmp_path, monkeypatch, capsys
     assert "## Layer-wise robustness" in (out / "report.md").read_text()
     cells = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
     # the same command again resumes: every cell is read back, the results are the same
-    code, _, err = run(monkeypatch, capsys, "demo", "--budget", "400", "--out", str(out))
+    code, _, err = run_cli(monkeypatch, capsys, "demo", "--budget", "400", "--out", str(out))
     assert code == 0, err
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == cells
     assert json.loads((out / "results.json").read_text())["summary"] == results["summary"]

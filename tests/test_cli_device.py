@@ -4,22 +4,13 @@ import json
 
 import pytest
 import torch
+from helpers import run_cli
 
-from shapprune import cli
 from shapprune.devices import available_devices
 from shapprune.game.pruning_game import PruningGame
 from shapprune.game.spec import GameSpec
 from shapprune.pruning.checkpoint import save_checkpoint
 from shapprune.zoo.models import build_model
-
-
-def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr("sys.argv", ["shapprune", *args])
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return done.value.code or 0, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +37,7 @@ def test_an_unavailable_device_is_one_line_naming_the_available(
 ):
     monkeypatch.chdir(tmp_path)
     args = [command, *COMMANDS[command], "--device", "quantum:0"]
-    code, _, err = run(monkeypatch, capsys, *args)
+    code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 2, err
     assert err.count("\n") == 1
     assert err.startswith("error: device 'quantum:0' is not available here")
@@ -61,7 +52,7 @@ def test_rank_on_each_device_records_its_device_and_spec(
     out = tmp_path / "ranks.json"
     args = ["rank", "--model", checkpoint, "--layer", "conv1", "--method", "loo"]
     args += ["--per-class", "3", "--device", device, "--out", str(out)]
-    code, _, err = run(monkeypatch, capsys, *args)
+    code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0, err
     record = json.loads(out.read_text())
     expected = available_devices()[0] if device == "auto" else device

@@ -4,20 +4,11 @@ their declared options parsed from --option KEY=VALUE."""
 import json
 
 import pytest
+from helpers import run_cli
 from toys import register_toys
 
-from shapprune import cli
 from shapprune.pruning.checkpoint import load_checkpoint, save_checkpoint
 from shapprune.zoo.models import build_model
-
-
-def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr("sys.argv", ["shapprune", *args])
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return done.value.code or 0, out.out, out.err
 
 
 @pytest.fixture
@@ -33,11 +24,11 @@ def checkpoint(tmp_path, registries):
 def test_rank_with_a_registered_estimator_and_its_option(checkpoint, tmp_path, monkeypatch, capsys):
     base = ["rank", "--model", checkpoint, "--layer", "conv1", "--per-class", "2"]
     toy, loo = tmp_path / "toy.json", tmp_path / "loo.json"
-    code, _, err = run(
+    code, _, err = run_cli(
         monkeypatch, capsys, *base, "--method", "toyloo", "--option", "scale=2.5", "--out", str(toy)
     )
     assert code == 0, err
-    code, _, err = run(monkeypatch, capsys, *base, "--method", "loo", "--out", str(loo))
+    code, _, err = run_cli(monkeypatch, capsys, *base, "--method", "loo", "--out", str(loo))
     assert code == 0, err
     toy_record, loo_record = json.loads(toy.read_text()), json.loads(loo.read_text())
     assert toy_record["method"] == "toyloo" and toy_record["options"] == {"scale": 2.5}
@@ -59,14 +50,14 @@ def test_rank_with_a_registered_estimator_and_its_option(checkpoint, tmp_path, m
     ],
 )
 def test_rank_option_errors_are_one_line(checkpoint, monkeypatch, capsys, args, needle):
-    code, _, err = run(monkeypatch, capsys, "rank", "--model", checkpoint, *args)
+    code, _, err = run_cli(monkeypatch, capsys, "rank", "--model", checkpoint, *args)
     assert code == 2 and needle in err and err.count("\n") == 1, err
 
 
 def test_prune_with_a_registered_criterion(checkpoint, tmp_path, monkeypatch, capsys):
     out = tmp_path / "pruned"
     args = ["prune", "--model", checkpoint, "--layers", "conv1", "--target", "channels=0.5"]
-    code, _, err = run(
+    code, _, err = run_cli(
         monkeypatch, capsys, *args, "--criterion", "toy-index", "--option", "factor=2",
         "--out", str(out),
     )  # fmt: skip
@@ -91,12 +82,12 @@ def test_prune_with_a_registered_criterion(checkpoint, tmp_path, monkeypatch, ca
 )
 def test_prune_option_errors_are_one_line(checkpoint, tmp_path, monkeypatch, capsys, args, needle):
     base = ["prune", "--model", checkpoint, "--out", str(tmp_path / "o")]
-    code, _, err = run(monkeypatch, capsys, *base, *args)
+    code, _, err = run_cli(monkeypatch, capsys, *base, *args)
     assert code == 2 and needle in err and err.count("\n") == 1, err
 
 
 def test_help_lists_what_is_registered_now(checkpoint, monkeypatch, capsys):
-    code, out, _ = run(monkeypatch, capsys, "rank", "--help")
+    code, out, _ = run_cli(monkeypatch, capsys, "rank", "--help")
     assert code == 0 and "toyloo" in out and "scale" in out
-    code, out, _ = run(monkeypatch, capsys, "prune", "--help")
+    code, out, _ = run_cli(monkeypatch, capsys, "prune", "--help")
     assert code == 0 and "toy-index" in out and "shapley-toyloo" in out
