@@ -88,12 +88,13 @@ def test_cli_prunes_globally_by_network_wide_value(tmp_path, monkeypatch, capsys
     code, _, err = run_cli(
         monkeypatch, capsys, "prune", "--model", tmp_path / "base.json", "--per-class", "1",
         "--criterion", "network-shapley", "--budget", "2400", "--global",
-        "--normalisation", "none", "--target", "channels=0.3", "--out", out,
+        "--target", "channels=0.3", "--out", out,
     )  # fmt: skip
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["criterion"] == "network-shapley"
     plan = summary["plans"][0]
+    assert plan["normalisation"] == "none"  # the criterion's own: one game, one scale
     removed, scores = plan["removals"], plan["scores"]
     assert sum(map(len, removed.values())) == round(0.3 * 570)
     # cut by value across layers: nothing removed is worth more than anything kept
@@ -104,3 +105,18 @@ def test_cli_prunes_globally_by_network_wide_value(tmp_path, monkeypatch, capsys
     widths = {"conv1": model.conv1.out_channels, "conv2": model.conv2.out_channels,
               "fc1": model.fc1.out_features}  # fmt: skip
     assert widths == {k: n - len(removed[k]) for k, n in zip(LAYERS, (20, 50, 500), strict=True)}
+
+
+def test_global_plans_normalise_as_the_criterion_says_unless_told(lenet, mnist5k):
+    from shapprune.pruning.compress import prune_model
+
+    assert get_criterion("weight-l1").normalisation == "l1"
+    kw = {"layers": ["conv1", "conv2"], "global_": True, "per_class": 1}
+    by = {
+        (name, given): prune_model(lenet, mnist5k, get_criterion(name, **o), "channels=0.3",
+                                   normalisation=given, **kw)[1]["plans"][0]["normalisation"]
+        for name, o in (("weight-l1", {}), ("network-shapley", {"budget": 300}))
+        for given in (None, "max")
+    }  # fmt: skip
+    assert by == {("weight-l1", None): "l1", ("weight-l1", "max"): "max",
+                  ("network-shapley", None): "none", ("network-shapley", "max"): "max"}  # fmt: skip

@@ -103,6 +103,7 @@ class NetworkShapleyCriterion(Criterion):
     """
 
     name = "network-shapley"
+    normalisation = "none"  # one game: the layers' values are on one scale already
 
     def __init__(self, *args: Any, **options: Any) -> None:
         super().__init__(*args, **options)
