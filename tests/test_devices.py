@@ -18,6 +18,7 @@ from torch import nn
 from shapprune.criteria.registry import get_criterion
 from shapprune.devices import as_float64, available_devices, resolve_device
 from shapprune.evaluation.measure import count_macs, evaluate
+from shapprune.game.network_game import NetworkGame
 from shapprune.game.pruning_game import PruningGame
 from shapprune.pruning.compress import prune_model
 from shapprune.pruning.removal import apply_removals
@@ -128,6 +129,37 @@ def test_game_creates_no_tensor_off_device(label, model, layer, shape):
     assert torch.equal(got_single, single)
 
 
+def _network_cases():
+    torch.manual_seed(0)
+    cases = [
+        ("lenet5", build_model("lenet5"), (1, 28, 28)),
+        ("resnet20-residual", randomise_norms(build_model("resnet20")), (1, 28, 28)),
+        ("vit-heads-and-mlp", build_model("vit", patch_size=7), (1, 28, 28)),
+        ("torch-mha-heads", _TorchMHA().eval(), (5, 16)),
+        ("hooks", _Untraceable().eval(), (1, 28, 28)),
+    ]
+    return [pytest.param(*case, id=case[0]) for case in cases]
+
+
+@pytest.mark.parametrize(("label", "model", "shape"), _network_cases())
+def test_network_game_creates_no_tensor_off_device(label, model, shape):
+    x, y = _data(shape)
+    with pytest.warns(UserWarning) if label == "hooks" else contextlib.nullcontext():
+        game = NetworkGame(model, (x, y), max_stack=2)
+    assert game.cached == (label != "hooks")
+    masks = _masks(game.n_players)
+    expected = game.value(masks)
+    single = game.logits(masks[1])
+    with stray_tensors_on_meta():
+        with pytest.warns(UserWarning) if label == "hooks" else contextlib.nullcontext():
+            fresh = NetworkGame(model, (x, y), max_stack=2)
+        got = fresh.value(masks)
+        got_single = fresh.logits(masks[1])
+    assert got.device.type == "cpu" and got.dtype == torch.float64
+    assert torch.equal(got, expected)
+    assert torch.equal(got_single, single)
+
+
 CRITERIA = ["weight-l1", "taylor", "sensitivity", "apoz", "lrp", "random", "loo"]
 
 
@@ -195,6 +227,21 @@ def test_game_on_each_device_matches_the_cpu(device, label, model, layer, shape)
         masks = _masks(reference.n_players)
         on_cpu = reference.value(masks)
         game = PruningGame(model.to(device), layer, (x, y))  # data on the CPU: moved once
+    model.to("cpu")
+    assert game.device.type == device and game.x.device.type == device
+    got = game.value(masks)
+    assert got.device.type == "cpu" and got.dtype == torch.float64
+    torch.testing.assert_close(got, on_cpu, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("label", "model", "shape"), _network_cases()[:3])
+def test_network_game_on_each_device_matches_the_cpu(device, label, model, shape):
+    x, y = _data(shape)
+    reference = NetworkGame(model, (x, y))
+    masks = _masks(reference.n_players)
+    on_cpu = reference.value(masks)
+    game = NetworkGame(model.to(device), (x, y))  # data on the CPU: moved once
     model.to("cpu")
     assert game.device.type == device and game.x.device.type == device
     got = game.value(masks)

@@ -25,6 +25,7 @@ from shapprune.estimators.registry import (
 )
 from shapprune.evaluation.measure import evaluate, measure
 from shapprune.evaluation.oracle import oracle_rank, oracle_sets
+from shapprune.game.network_game import NetworkGame
 from shapprune.game.pruning_game import METRICS, PruningGame
 from shapprune.game.spec import GameSpec
 from shapprune.game.units import find_units
@@ -48,6 +49,7 @@ __all__ = [
     "Estimate",
     "Estimator",
     "GameSpec",
+    "NetworkGame",
     "PruningGame",
     "Target",
     "__version__",

@@ -310,7 +310,10 @@ def prune(
     target: Annotated[str, typer.Option(help="channels=F, params=F or macs=F")] = "macs=0.5",
     layers: Annotated[str | None, typer.Option(help="comma-separated; default: all")] = None,
     global_: Annotated[bool, typer.Option("--global", help="rank units across layers")] = False,
-    normalisation: Annotated[str, typer.Option(help="per-layer scores for --global")] = "l1",
+    normalisation: Annotated[
+        str | None,
+        typer.Option(help="per-layer scores for --global; default the criterion's (l1, or none)"),
+    ] = None,
     steps: Annotated[int, typer.Option(help="iterative pruning in this many steps")] = 1,
     mode: Annotated[str, typer.Option(help="remove (physically) or mask")] = "remove",
     budget: Annotated[int | None, typer.Option(help="option 'budget' (Shapley)")] = None,

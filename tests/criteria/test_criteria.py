@@ -29,7 +29,7 @@ def _model(name: str, seed: int = 0) -> nn.Module:
 
 def _cheap(name: str, n: int) -> Criterion:
     """The criterion with the smallest budget its estimator accepts on n players."""
-    if name == "shapley-permutation":
+    if name in ("shapley-permutation", "network-shapley"):
         return get_criterion(name, budget=2 + 2 * (n - 1), antithetic=False)
     if name == "shapley-kernel":
         return get_criterion(name, budget=2 + 2 * n)

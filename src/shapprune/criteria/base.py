@@ -36,6 +36,9 @@ class Criterion:
 
     name: str = "criterion"
     Options: ClassVar[type] = NoOptions
+    # how a global plan makes its layers' scores comparable, unless told otherwise: per-layer
+    # scores need a normalisation; the values of one network-wide game need none
+    normalisation: ClassVar[str] = "l1"
 
     def __init__(self, *args: Any, **options: Any) -> None:
         decl = self.declaration()

@@ -24,6 +24,7 @@ from shapprune.criteria.classic import (
     WeightNormCriterion,
 )
 from shapprune.criteria.lrp_options import LRPOptions
+from shapprune.criteria.network import NetworkShapleyCriterion
 from shapprune.criteria.shapley import ShapleyCriterion, criterion_names
 from shapprune.options import build_options, describe
 
@@ -147,6 +148,7 @@ register_criterion("taylor-signed", TaylorCriterion, signed=True)
 register_criterion("sensitivity", SensitivityCriterion)
 register_criterion("apoz", APoZCriterion)
 register_criterion("bn-scale", BNScaleCriterion)
+register_criterion("network-shapley", NetworkShapleyCriterion)  # one game over all the layers
 # LRP needs zennit, imported only when an LRP criterion is built
 register_criterion("lrp", "shapprune.criteria.lrp:LRPCriterion", options=LRPOptions)
 

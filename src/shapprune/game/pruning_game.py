@@ -11,6 +11,7 @@ The game runs on the model's device (``game.device``): the data is moved there o
 are built there, and values come back as float64 on the CPU. Inputs may be any tensor the
 model takes (token ids stay integers); the model must return ``(batch, classes)`` logits.
 ``PruningGame.from_spec`` builds a game from a plain ``GameSpec`` (``shapprune.game.spec``).
+``MaskedGame`` is the machinery it shares with ``NetworkGame`` (the units of many layers).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -82,77 +84,69 @@ class _Spec(Protocol):
     def build(self, device: Any = None) -> PruningGame: ...
 
 
-class PruningGame:
-    """The cooperative game whose players are the prunable units of one layer.
+class MaskedGame:
+    """The machinery every pruning game shares: the units of one or more layers are the
+    players (each layer's a contiguous slice of the mask, see ``layer_slices``); a
+    coalition is valued by running the network with the other units zeroed where they enter
+    their consumers, the prefix cached and coalitions stacked within the memory budget.
 
-    Args:
-        model: the network (it is not modified; the game works on a copy in eval mode).
-        layer: a module name from ``model.named_modules()``: a convolution (its output
-            channels are the players), a linear layer (its output neurons) or an
-            attention module (its heads).
-        data: ``(x, y)`` tensors, or an object with ``.x`` and ``.y``.
-        metric: "loss" (minus mean cross-entropy), "accuracy" or "margin".
-        batch_size: most examples per pass (the prefix cache holds all of them); fewer
-            if one coalition's pass over that many would exceed ``memory_mb``.
-        memory_mb: bound on the activation memory of one stacked evaluation (by the
-            estimate ``bytes per example x examples per pass x coalitions per pass``),
-            and on the per-player output tables kept for the layer's first consumers.
-        max_stack: most coalitions evaluated in one forward pass (1 = no stacking); by
-            default as many as fit in ``WORKING_SET_BYTES`` of activations.
-        cache: keep the activations that enter the layer's consumers (prefix caching).
-        decompose: evaluate linear first consumers from per-player output tables.
-        units: ``layer``'s units if already found on ``model`` (e.g. by
-            ``prunable_layers``), so that they are not found again.
+    Subclasses check their own arguments, call ``__init__`` (copy of the model, data on its
+    device), find the units on ``self.model`` and hand them to ``_play``.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        layer: str,
         data,
-        metric: str = "loss",
+        metric: str,
         *,
-        batch_size: int = 512,
-        memory_mb: float = 512.0,
-        max_stack: int | None = None,
-        cache: bool = True,
-        decompose: bool = True,
-        units: Units | None = None,
+        batch_size: int,
+        memory_mb: float,
+        max_stack: int | None,
     ) -> None:
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
         if batch_size < 1 or memory_mb <= 0 or (max_stack is not None and max_stack < 1):
             raise ValueError("batch_size and max_stack must be >= 1 and memory_mb > 0")
-        if units is not None and units.layer != layer:
-            raise ValueError(f"the units given are {units.layer!r}'s, not {layer!r}'s")
         x, y = as_data(data)
         self.metric = metric
-        self.layer = layer
         self.model = copy.deepcopy(model).eval()
         self.device = device_of(self.model)  # everything runs there; the data moves once
         self.x, self.y = to_device(x, self.model), y.to(self.device)
-        if units is None:
-            units = find_units(self.model, layer, self.x[: min(2, len(self.x))])
-        self.units: Units = units
         self.memory_bytes = memory_mb * 2**20
         self.max_stack = max_stack
         self.n_evals = 0
         self.spec: Any = None  # the GameSpec it was built from (see from_spec), else None
+        self._batch_size = batch_size
+
+    def _play(self, units: Sequence[Units], cache: bool, decompose: bool) -> None:
+        """Make ``units`` the players, layer after layer, and prepare their evaluation:
+        the prefix cache if the model can be traced, else masking hooks."""
+        self.layer_units: tuple[Units, ...] = tuple(units)
+        self.layer_slices: dict[str, slice] = {}
+        start = 0
+        for u in self.layer_units:
+            self.layer_slices[u.layer] = slice(start, start + u.n_players)
+            start += u.n_players
+        self._n_players = start
+        points = tuple(p for u in self.layer_units for p in u.mask_points)
+        slices = tuple(self.layer_slices[u.layer] for u in self.layer_units for _ in u.mask_points)
         self._split: SplitModel | None = None
         if cache:
             try:
                 self._split = SplitModel(
                     trace(self.model),
-                    self.units.mask_points,
+                    points,
                     self.x,
                     self.n_players,
                     table_bytes=self.memory_bytes / len(self.x) if decompose else 0.0,
+                    slices=slices,
                 )
             except Exception as err:  # untraceable model: fall back to full forward passes
                 warnings.warn(
                     f"prefix caching is off for this model ({type(err).__name__}: {err}); "
                     "each coalition runs the whole network",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
         if self._split is not None:
             per_example = self._split.bytes_per_example
@@ -160,7 +154,7 @@ class PruningGame:
             per_example = _activation_bytes(self.model, self.x[:1])
         # one coalition's pass must fit the memory budget: fewer examples per pass if not
         self.batch_size = max(
-            1, min(batch_size, len(self.x), int(self.memory_bytes // per_example))
+            1, min(self._batch_size, len(self.x), int(self.memory_bytes // per_example))
         )
         self._chunks = [
             (self.x[i : i + self.batch_size], self.y[i : i + self.batch_size])
@@ -169,23 +163,29 @@ class PruningGame:
         if self._split is not None:
             self._caches = [self._split.prepare(x) for x, _ in self._chunks]
         else:
-            self._hooks = _Hooks(self.model, self.units.mask_points)
+            self._hooks = _Hooks(self.model, points, slices)
         self._per_coalition = per_example * self.batch_size
-
-    @classmethod
-    def from_spec(cls, spec: _Spec, device: Any = None) -> PruningGame:
-        """The game a ``GameSpec`` describes, on ``device`` (None / "auto": the first
-        available accelerator, else the CPU); its ``spec`` is that spec. Rebuilt from
-        ``spec.to_json()`` in another process it is the same game."""
-        return spec.build(device)
 
     @property
     def n_players(self) -> int:
-        return self.units.n_players
+        return self._n_players
 
     @property
     def players(self) -> list[str]:
-        return self.units.names
+        """Player names, ``layer:chN`` / ``layer:nN`` / ``layer:headN`` / ``layer:groupN``."""
+        return [name for u in self.layer_units for name in u.names]
+
+    def players_of(self, layer: str) -> slice:
+        """The mask columns of ``layer``'s players (``values[game.players_of(layer)]`` are
+        that layer's scores, in its own unit order)."""
+        if layer not in self.layer_slices:
+            raise ValueError(
+                f"{layer!r} is not a layer of this game; its layers: {', '.join(self.layer_slices)}"
+            )
+        return self.layer_slices[layer]
+
+    def _described(self) -> str:
+        return ", ".join(repr(u.layer) for u in self.layer_units)
 
     @property
     def cached(self) -> bool:
@@ -222,7 +222,7 @@ class PruningGame:
         if masks.dim() != 2 or masks.shape[1] != self.n_players:
             raise ValueError(
                 f"masks must have shape ({self.n_players},) or (m, {self.n_players}) for the "
-                f"{self.n_players} players of {self.layer!r}; got {tuple(masks.shape)}"
+                f"{self.n_players} players of {self._described()}; got {tuple(masks.shape)}"
             )
         masks = masks.to(self.device)
         totals = torch.zeros(masks.shape[0], dtype=torch.float64, device="cpu")
@@ -241,10 +241,74 @@ class PruningGame:
         mask = _tensor(mask).to(self.device, torch.bool).reshape(1, self.n_players)
         return torch.cat([self._logits(c, mask)[0] for c in range(len(self._chunks))])
 
+    def scores(self, values: Sequence[float] | np.ndarray) -> dict[str, np.ndarray]:
+        """Per-player ``values`` (e.g. an estimate's) split into ``{layer: its players'}``,
+        as ``make_plan`` takes them."""
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != (self.n_players,):
+            raise ValueError(f"expected {self.n_players} values, got shape {tuple(values.shape)}")
+        return {layer: values[sl] for layer, sl in self.layer_slices.items()}
+
     def _logits(self, chunk: int, masks: torch.Tensor) -> torch.Tensor:
         if self._split is not None:
             return self._split.run(self._caches[chunk], masks)
         return self._hooks.run(self.model, self._chunks[chunk][0], masks)
+
+
+class PruningGame(MaskedGame):
+    """The cooperative game whose players are the prunable units of one layer.
+
+    Args:
+        model: the network (it is not modified; the game works on a copy in eval mode).
+        layer: a module name from ``model.named_modules()``: a convolution (its output
+            channels are the players), a linear layer (its output neurons) or an
+            attention module (its heads).
+        data: ``(x, y)`` tensors, or an object with ``.x`` and ``.y``.
+        metric: "loss" (minus mean cross-entropy), "accuracy" or "margin".
+        batch_size: most examples per pass (the prefix cache holds all of them); fewer
+            if one coalition's pass over that many would exceed ``memory_mb``.
+        memory_mb: bound on the activation memory of one stacked evaluation (by the
+            estimate ``bytes per example x examples per pass x coalitions per pass``),
+            and on the per-player output tables kept for the layer's first consumers.
+        max_stack: most coalitions evaluated in one forward pass (1 = no stacking); by
+            default as many as fit in ``WORKING_SET_BYTES`` of activations.
+        cache: keep the activations that enter the layer's consumers (prefix caching).
+        decompose: evaluate linear first consumers from per-player output tables.
+        units: ``layer``'s units if already found on ``model`` (e.g. by
+            ``prunable_layers``), so that they are not found again.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str,
+        data,
+        metric: str = "loss",
+        *,
+        batch_size: int = 512,
+        memory_mb: float = 512.0,
+        max_stack: int | None = None,
+        cache: bool = True,
+        decompose: bool = True,
+        units: Units | None = None,
+    ) -> None:
+        if units is not None and units.layer != layer:
+            raise ValueError(f"the units given are {units.layer!r}'s, not {layer!r}'s")
+        super().__init__(
+            model, data, metric, batch_size=batch_size, memory_mb=memory_mb, max_stack=max_stack
+        )
+        self.layer = layer
+        if units is None:
+            units = find_units(self.model, layer, self.x[: min(2, len(self.x))])
+        self.units: Units = units
+        self._play((units,), cache, decompose)
+
+    @classmethod
+    def from_spec(cls, spec: _Spec, device: Any = None) -> PruningGame:
+        """The game a ``GameSpec`` describes, on ``device`` (None / "auto": the first
+        available accelerator, else the CPU); its ``spec`` is that spec. Rebuilt from
+        ``spec.to_json()`` in another process it is the same game."""
+        return spec.build(device)
 
 
 def _tensor(value) -> torch.Tensor:
@@ -275,10 +339,16 @@ def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
 class _Hooks:
     """Masking by forward pre-hooks: the whole network runs for every coalition."""
 
-    def __init__(self, model: nn.Module, points: tuple[MaskPoint, ...]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        points: tuple[MaskPoint, ...],
+        slices: Sequence[slice] | None = None,
+    ) -> None:
         modules = dict(model.named_modules())
         self.modules = [modules[p.module] for p in points]
         self.points = points
+        self.slices = tuple(slices) if slices is not None else (slice(None),) * len(points)
         if any(isinstance(m, nn.MultiheadAttention) for m in modules.values()) and any(
             p.module.endswith("out_proj") for p in points
         ):
@@ -287,8 +357,9 @@ class _Hooks:
     def run(self, model: nn.Module, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         m, batch = masks.shape[0], x.shape[0]
         handles = []
-        for module, point in zip(self.modules, self.points, strict=True):
-            full = point.channel_mask(masks).repeat_interleave(batch, dim=0)
+        for module, point, sl in zip(self.modules, self.points, self.slices, strict=True):
+            # a module fed by several points gets one hook each: their masks multiply
+            full = point.channel_mask(masks[:, sl]).repeat_interleave(batch, dim=0)
 
             def hook(_mod, args, full=full, point=point):
                 inp = args[0]

@@ -4,10 +4,15 @@ Everything the masks cannot change (the *prefix*) is computed once per data batc
 kept; only the *suffix*, from the masked consumers on, runs per coalition. The suffix
 takes many coalitions at once, stacked along the batch dimension: coalition j's copy of
 example b is row ``j * B + b``.
+
+The mask points may belong to several layers (a network-wide game): each point reads its
+own slice of the coalition mask, and a consumer fed by several points (a concatenation of
+several layers' units) is masked by all of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,10 +24,10 @@ from shapprune.game.units import UNOWNED, MaskPoint
 
 @dataclass
 class _Edge:
-    """A masked input: ``consumer``'s first argument, zeroed per mask point ``point``."""
+    """A masked input: ``consumer``'s first argument, zeroed per each of its mask points."""
 
     consumer: fx.Node
-    point: int  # index into the split's mask points
+    points: tuple[int, ...]  # indices into the split's mask points (several: a concatenation)
     frontier: bool  # its source is computed in the prefix (then masked outside the graph)
     kind: str = "input"  # how it is masked: "input", "table" or "weights" (see SplitModel)
     source: int = -1  # index of the source among the prefix outputs (frontier edges)
@@ -75,29 +80,35 @@ class SplitModel:
         n_players: int,
         table_bytes: float = 0.0,
         mask_weights: bool = True,
+        slices: Sequence[slice] | None = None,
     ):
         """Split ``gm`` at ``points``. How each masked consumer fed by the prefix is run:
         from per-player output tables (``_table``) if its table fits in ``table_bytes``
         per example; else, if it is a linear layer and ``mask_weights``, with the mask
         applied to its weight's columns (``_masked_linear``); else on masked copies of
-        its input."""
+        its input. ``slices``: per point, the columns of the (m, n_players) coalition mask
+        that are its players (default: all of them, the players of one layer)."""
         graph = gm.graph
         self.points = points
         self.n_players = n_players
+        self.slices = tuple(slices) if slices is not None else (slice(0, n_players),) * len(points)
+        if len(self.slices) != len(points):
+            raise ValueError(f"{len(self.slices)} slices given for {len(points)} mask points")
         modules = dict(gm.named_modules())
-        consumers = []
+        consumers: dict[fx.Node, tuple[int, ...]] = {}  # consumer -> its mask points
         for j, point in enumerate(points):
             calls = [n for n in graph.nodes if n.op == "call_module" and n.target == point.module]
             if not calls:
                 raise ValueError(f"module {point.module!r} is never called in the traced model")
-            consumers += [(c, j) for c in calls]
-        for c, _ in consumers:
+            for c in calls:
+                consumers[c] = consumers.get(c, ()) + (j,)
+        for c in consumers:
             if not isinstance(c.args[0], fx.Node):
                 raise ValueError(f"cannot mask the input of {c.target!r}: it is not a tensor")
 
         dependent: set[fx.Node] = set()
         for node in graph.nodes:  # topological order: descendants of any consumer
-            if any(node is c for c, _ in consumers) or any(a in dependent for a in _inputs(node)):
+            if node in consumers or any(a in dependent for a in _inputs(node)):
                 dependent.add(node)
         s2, s3 = _probe(gm, example)
         self.out_batch_dim = _batch_dim(s2[_output(graph).name], s3[_output(graph).name])
@@ -124,7 +135,7 @@ class SplitModel:
         for node in graph.nodes:
             if node not in dependent:
                 continue
-            masked = next((j for c, j in consumers if c is node), None)
+            masked = consumers.get(node)
             for i, a in enumerate(_inputs(node)):
                 is_edge = masked is not None and i == 0 and a is node.args[0]
                 need(a, plain=not is_edge)
@@ -132,7 +143,12 @@ class SplitModel:
                 frontier_source = node.args[0] not in dependent
                 module = modules[node.target]
                 kind = "input"
-                if frontier_source and _decomposable(module, node, s2, s3, n_players, table_bytes):
+                n = _width(self.slices[masked[0]])  # a table is one point's players'
+                if (
+                    frontier_source
+                    and len(masked) == 1
+                    and _decomposable(module, node, s2, s3, n, table_bytes)
+                ):
                     kind = "table"
                 elif mask_weights and frontier_source and _weight_maskable(module, node, s2, s3):
                     kind = "weights"
@@ -152,7 +168,7 @@ class SplitModel:
                 raise ValueError(f"the input of {e.consumer.target!r} has no batch dimension")
             e.batch_dim, e.channel_dim, e.ndim = (
                 bd,
-                points[e.point].channel_dim % len(shape),
+                points[e.points[0]].channel_dim % len(shape),  # one consumer: one channel dim
                 len(shape),
             )
             e.source = self.frontier.index(src) if e.frontier else -1
@@ -181,24 +197,30 @@ class SplitModel:
         times, then per edge its masked input, mask, or the consumer's output."""
         m = masks.shape[0]
         channel: dict[int, torch.Tensor] = {}  # per mask point, built only if an edge needs it
-        weights = None  # of the per-player tables: the players, and 1 for the rest
+        # of the per-player tables, per players' slice: the players, and 1 for the rest
+        weights: dict[tuple[int, int], torch.Tensor] = {}
         args = [
             value if bd is None else tile(value, bd, m)
             for value, bd in ((cache.tensors[i], bd) for i, bd in self.plain_inputs)
         ]
         for j, e in enumerate(self.edges):
-            if e.kind == "table" and _table_pays(e.module, self.n_players, m):
+            sl = self.slices[e.points[0]]
+            if e.kind == "table" and _table_pays(e.module, _width(sl), m):
                 # the consumer's output: a weighted sum of per-player outputs
-                if weights is None:
+                key = (sl.start, sl.stop)
+                if key not in weights:
                     ones = torch.ones(m, 1, device=masks.device)
-                    weights = torch.cat([masks.float(), ones], dim=1)
+                    weights[key] = torch.cat([masks[:, sl].float(), ones], dim=1)
                 table = self._table(cache, j)
-                out = weights @ table.reshape(table.shape[0], -1)
+                out = weights[key] @ table.reshape(table.shape[0], -1)
                 args.append(out.reshape(m * table.shape[1], *table.shape[2:]))
                 continue
-            if e.point not in channel:
-                channel[e.point] = self.points[e.point].channel_mask(masks)
-            mask = channel[e.point]
+            for p in e.points:
+                if p not in channel:
+                    channel[p] = self.points[p].channel_mask(masks[:, self.slices[p]])
+            mask = channel[e.points[0]]
+            for p in e.points[1:]:  # several layers' units enter this consumer
+                mask = mask * channel[p]
             if e.kind != "input":  # "weights", or a table too costly for m coalitions
                 args.append(_masked_consumer(e, cache.tensors[e.source], mask))
             elif e.source >= 0:  # mask and stack the cached tensor in one broadcast multiply
@@ -213,8 +235,9 @@ class SplitModel:
         """Edge j's per-player output table for the cached batch, built on first use."""
         if cache.tables[j] is None:
             e = self.edges[j]
-            point, x = self.points[e.point], cache.tensors[e.source]
-            cache.tables[j] = _table(x, e.module, point, e.channel_dim, self.n_players)
+            point, x = self.points[e.points[0]], cache.tensors[e.source]
+            n = _width(self.slices[e.points[0]])
+            cache.tables[j] = _table(x, e.module, point, e.channel_dim, n)
         return cache.tables[j]
 
 
@@ -229,6 +252,11 @@ a float read from memory costs about as much time as this many multiply-adds in 
 consumer's own (compute-bound) pass. The table is used for a pass only if
 ``m * fan-in >= TABLE_READ_COST * (n + 1)``: with one coalition per pass, the 3x3
 convolutions of a ResNet (fan-in 9 C, C = n channels) run faster than their table."""
+
+
+def _width(sl: slice) -> int:
+    """How many players a slice of the coalition mask holds."""
+    return sl.stop - sl.start
 
 
 def _table_pays(module, n: int, m: int) -> bool:

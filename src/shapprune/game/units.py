@@ -181,6 +181,42 @@ def layer_units(
     return {name: find_units(model, name, example_inputs, graph) for name in layers}
 
 
+def prunable_units(
+    model: nn.Module, example_inputs: torch.Tensor, graph: tp.DependencyGraph | None = None
+) -> dict[str, Units]:
+    """The layers whose units can be removed, with their units: one representative per
+    coupled group (a residual stream is one set of players, whichever layer names it).
+
+    Convolutions (channels), linear layers (neurons; not the classifier's outputs and not
+    the projections inside attention modules) and attention modules (heads).
+    """
+    attention = [n for n, m in model.named_modules() if n and is_attention(m)]
+    out: dict[str, Units] = {}
+    seen: set[frozenset[str]] = set()
+    graph = graph or build_graph(model, example_inputs)  # built once, shared by every layer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in candidate_layers(model):
+            if any(name.startswith(a + ".") for a in attention):
+                continue
+            try:
+                units = find_units(model, name, example_inputs, graph)
+            except ValueError:  # the classifier, or units mixed by a LayerNorm
+                continue
+            key = coupling_key(units)
+            if key in seen:
+                continue
+            seen.add(key)
+            out[name] = units
+    return out
+
+
+def coupling_key(units: Units) -> frozenset[str]:
+    """What identifies a set of players: the producers removed together (two layers of one
+    residual stream have the same players), or the attention module for heads."""
+    return frozenset(units.coupled) if units.kind != "heads" else frozenset([units.layer])
+
+
 def _head_units(layer: str, module: nn.Module) -> Units:
     cls = type(module)
     if cls.__module__.startswith("torchvision") and "ShiftedWindow" in cls.__name__:

@@ -40,7 +40,7 @@ def prune_model(
     layers: Sequence[str] | None = None,
     global_: bool = False,
     steps: int = 1,
-    normalisation: str = "l1",
+    normalisation: str | None = None,
     mode: str = "remove",
     per_class: int = 25,
     seed: int = 0,
@@ -54,6 +54,8 @@ def prune_model(
     Scores come from ``per_class`` reference examples per class of the validation split.
     With ``steps`` > 1, the target is reached in equal steps and the scores are computed
     anew on the pruned network before each step. The test split measures the result.
+    ``normalisation`` (of the scores, for a global plan): default the criterion's own
+    (``l1``; ``none`` for a network-wide game's values).
     """
     target = Target.parse(target) if isinstance(target, str | float) else target
     if steps < 1:
@@ -61,6 +63,7 @@ def prune_model(
     if mode == "mask" and steps > 1:
         raise ValueError("iterative pruning (steps > 1) needs mode='remove'")
     say = report or (lambda _msg: None)
+    normalisation = normalisation or getattr(criterion, "normalisation", "l1")
     example = data.val.x[:2]
     ref = reference_set(data.val, per_class=per_class, seed=seed)
     units = select_layers(model, example, layers)  # found once per model, then passed on

@@ -10,7 +10,6 @@ met by bisection on the amount removed, measuring each candidate on a pruned cop
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -20,7 +19,7 @@ from torch import nn
 
 from shapprune.evaluation.measure import count_macs, count_params
 from shapprune.evaluation.ranking import positions, ranking_from_scores
-from shapprune.game.units import Units, build_graph, candidate_layers, find_units, is_attention
+from shapprune.game.units import Units, prunable_units
 from shapprune.pruning.removal import apply_removals
 
 TARGET_KINDS = ("channels", "params", "macs")
@@ -83,25 +82,7 @@ def prunable_layers(model: nn.Module, example: torch.Tensor) -> dict[str, Units]
     Convolutions (channels), linear layers (neurons; not the classifier's outputs and not
     the projections inside attention modules) and attention modules (heads).
     """
-    attention = [n for n, m in model.named_modules() if n and is_attention(m)]
-    out: dict[str, Units] = {}
-    seen: set[frozenset[str]] = set()
-    graph = build_graph(model, example)  # built once, shared by every layer
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in candidate_layers(model):
-            if any(name.startswith(a + ".") for a in attention):
-                continue
-            try:
-                units = find_units(model, name, example, graph)
-            except ValueError:  # the classifier, or units mixed by a LayerNorm
-                continue
-            key = frozenset(units.coupled) if units.kind != "heads" else frozenset([name])
-            if key in seen:
-                continue
-            seen.add(key)
-            out[name] = units
-    return out
+    return prunable_units(model, example)
 
 
 def normalise(scores: np.ndarray, how: str) -> np.ndarray:
