@@ -169,9 +169,15 @@ def prune_torch_pruning(
             cache[ratio] = _tp_prune(model, method, grads, ratio, example, ignored, seed, original)
         return cache[ratio]
 
-    lo, hi = 0.0, 0.95  # reduction(lo) < target <= reduction(hi)
-    if attempt(hi)[0] < target:
-        raise ValueError(f"ratio {hi} removes only {attempt(hi)[0]:.1%} of the MACs")
+    # global pruning is not monotone in the ratio (a layer it would empty is left whole):
+    # bracket the target on a grid first, then bisect inside the first bracket that meets it
+    grid = [0.1 * i for i in range(1, 10)] + [0.95]
+    hi = next((r for r in grid if attempt(r)[0] >= target), None)
+    if hi is None:
+        best = max(attempt(r)[0] for r in grid)
+        raise ValueError(f"no pruning ratio up to 0.95 removes {target:.0%} of the MACs "
+                         f"(at most {best:.1%})")  # fmt: skip
+    lo = max([0.0] + [r for r in grid if r < hi])  # reduction(lo) < target <= reduction(hi)
     for _ in range(14):
         if hi - lo < 1e-4:
             break
