@@ -69,6 +69,7 @@ PER_CLASS = 10  # reference examples per class, for every method
 BUDGET_PER_UNIT = 4  # shapley-permutation: 4 x the widest layer's units, per layer
 FINETUNE = {"epochs": 1, "lr": 1e-3, "batch_size": 128, "optimizer": "adamw"}
 TOLERANCE = 0.02  # MACs removed within this of the target counts as met
+STAGES = {"oneshot": "one-shot", "finetuned": "fine-tuned"}
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"models": ("lenet5",), "targets": (0.5,), "seeds": (0,)}
 
@@ -446,7 +447,7 @@ def print_report(result: dict) -> None:
     for v in result["verdicts"]:
         s, t = v["best"]["shapprune"], v["best"]["torch-pruning"]
         print(
-            f"| {v['model']} | {v['target']:.0%} | {v['stage'].replace('oneshot', 'one-shot')} "
+            f"| {v['model']} | {v['target']:.0%} | {STAGES[v['stage']]} "
             f"| {s['method']}: {s['accuracy']:.3f} | {t['method']}: {t['accuracy']:.3f} "
             f"| {100 * v['gap']:+.1f} pts | {v['winner']} |"
         )
