@@ -117,7 +117,7 @@ SHAPPRUNE_CRITERIA: list[tuple[str, dict]] = [  # name, options ("budget": fille
 ]
 UNSEEDED = ("weight-l1", "weight-l2", "bn-scale")
 NETWORK_CRITERIA: list[tuple[str, dict]] = [  # included when registered (issue 12, item 1)
-    ("network-shapley", {}),
+    ("network-shapley", {"budget": None}),  # one game: BUDGET_PER_UNIT x all the units
 ]
 
 
@@ -249,6 +249,11 @@ class ScoredOnce:
         self.scores: dict[int, dict] = {}
         self.seconds: dict[int, float] = {}
 
+    def __getattr__(self, key: str):  # the rest (e.g. its normalisation) is the criterion's
+        if key == "criterion":
+            raise AttributeError(key)
+        return getattr(self.criterion, key)
+
     def score(self, model: nn.Module, layers: list[str], data, seed: int = 0) -> dict:
         if seed not in self.scores:
             start = time.perf_counter()
@@ -297,9 +302,13 @@ def run_model(name: str, data: DatasetSplits, all_methods: list[Method], targets
         "macs": count_macs(model, example),
     }
     units = prunable_layers(model, example)
-    budget = BUDGET_PER_UNIT * max(u.n_players for u in units.values())
+    budget = BUDGET_PER_UNIT * max(u.n_players for u in units.values())  # per layer
+    network_budget = BUDGET_PER_UNIT * sum(u.n_players for u in units.values())  # one game
+    network = {n for n, _ in NETWORK_CRITERIA}
     chosen = [  # the budget placeholder filled for this model
-        dataclasses.replace(m, options={**m.options, "budget": budget})
+        dataclasses.replace(
+            m, options={**m.options, "budget": network_budget if m.name in network else budget}
+        )
         if m.options.get("budget", 0) is None
         else m
         for m in all_methods
@@ -327,7 +336,8 @@ def run_model(name: str, data: DatasetSplits, all_methods: list[Method], targets
             print(f"  {name} -{target:.0%} {method.label}: {_progress(rows[-1])}",
                   file=sys.stderr, flush=True)  # fmt: skip
     return {"model": name, "has_batchnorm": has_bn, "original": original, "rows": rows,
-            "layers": {n: u.n_players for n, u in units.items()}, "budget": budget}  # fmt: skip
+            "layers": {n: u.n_players for n, u in units.items()}, "budget": budget,
+            "network_budget": network_budget}  # fmt: skip
 
 
 def _prune(model, method, data, target, example, seed, criteria, grads):
@@ -420,6 +430,11 @@ def verdicts(result: dict) -> list[dict]:
 def print_report(result: dict) -> None:
     seeds = len(result["seeds"])
     budgets = ", ".join(f"{m['model']} {m['budget']:,}" for m in result["models"])
+    network = ""
+    if any(x.startswith("shapprune network-") for x in result["methods"]):
+        network = "; network-wide criteria: that many x all the units, for the one game (" + (
+            ", ".join(f"{m['model']} {m['network_budget']:,}" for m in result["models"]) + ")"
+        )
     print("#### Against Torch-Pruning: accuracy at equal MACs (MNIST 5k)\n")
     ft = result["finetune"]
     print(
@@ -431,14 +446,15 @@ def print_report(result: dict) -> None:
         f"`train_model` on the training split ({ft['optimizer']}, lr {ft['lr']:g}, batch "
         f"{ft['batch_size']}, one-cycle, that seed), the same for everyone. "
         f"shapley-permutation: {result['budget_per_unit']} x the widest layer's units "
-        f"coalition evaluations per layer ({budgets}). "
+        f"coalition evaluations per layer ({budgets}){network}. "
         f"Seconds: scoring + allocation (bisection to the MACs target on pruned copies) + "
         f"removal, median over seeds, {result['machine']['threads']} torch thread(s); "
         "shapprune's scores are computed once per seed and shared by the targets and the "
         "allocations (the time counted in each). "
         "TP: Torch-Pruning's MetaPruner, its pruning ratio bisected to the target; uniform = "
         "the same ratio for every layer, global = `global_pruning=True`. shapprune: "
-        "`prune_model`; global = units ranked across layers on l1-normalised scores.\n"
+        "`prune_model`; global = units ranked across layers, the scores normalised as "
+        "`prune_model` does by default (l1 within each layer for per-layer criteria).\n"
     )
     print("Best of each side per model, MACs target and stage (test accuracy; gap = shapprune "
           "− Torch-Pruning, in points):\n")  # fmt: skip
