@@ -23,13 +23,19 @@ class _Tee(io.TextIOBase):
         return self.real.write(text)
 
 
-def run_and_report(name: str, run: Callable[[], object], markdown: Path | None) -> None:
-    """Run ``run()``; if ``markdown`` is given, replace its ``name`` block with the output."""
+def run_and_report(
+    name: str,
+    run: Callable[[], object],
+    markdown: Path | None,
+    pick: Callable[[str], str] | None = None,
+) -> None:
+    """Run ``run()``; if ``markdown`` is given, replace its ``name`` block with the output
+    (``pick(output)``: the part of it to write; default :func:`results_only`)."""
     buffer = io.StringIO()
     with contextlib.redirect_stdout(_Tee(buffer)):
         run()
     if markdown is not None:
-        replace_block(markdown, name, results_only(buffer.getvalue()))
+        replace_block(markdown, name, (pick or results_only)(buffer.getvalue()))
 
 
 def replace_block(markdown: Path, name: str, content: str) -> None:
@@ -47,3 +53,8 @@ def results_only(output: str) -> str:
     """The output from its first Markdown heading on (progress lines before it dropped)."""
     start = output.find("####")
     return output[start if start >= 0 else 0 :].strip()
+
+
+def first_section(output: str) -> str:
+    """The output's first Markdown section: from its first heading to the next one."""
+    return results_only(output).split("\n#### ", 1)[0].strip()

@@ -2,7 +2,8 @@
 
 Run: ``python benchmarks/run_all.py [--quick] [--only NAME ...]``. Each benchmark runs as
 its own process, one after the other (never two at once: they time things); its tables
-and JSON land in ``benchmarks/results/``. The full run takes about 20 minutes on 2 cores.
+and JSON land in ``benchmarks/results/``. The full run takes about 20 minutes on 2 cores,
+plus vs_torch_pruning (21 minutes alone at one thread on 2 shared cores, 2026-11-22).
 ``--only`` reruns some benchmarks and rebuilds the document from the stored results of
 the others.
 """
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from common import RESULTS, machine
-from report import replace_block, results_only
+from report import first_section, replace_block, results_only
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -30,6 +31,7 @@ BENCHMARKS = {  # name -> title, in the order of the document
     "captum_vs": "3. Against Captum",
     "pruned_models": "4. Pruned models",
     "scale": "5. Scale and memory",
+    "vs_torch_pruning": "6. Against Torch-Pruning",
     "demo": "The demo's wall time",
 }
 
@@ -195,6 +197,9 @@ def main() -> None:
     args.document.write_text(document(args.results, args.quick))
     if readme is not None:
         replace_block(readme, "performance", summary(args.results))
+        versus = args.results / "vs_torch_pruning.md"
+        if versus.exists() and "<!-- results:vs_torch_pruning -->" in readme.read_text():
+            replace_block(readme, "vs_torch_pruning", first_section(versus.read_text()))
     print(f"wrote {args.document} ({total / 60:.1f} min of benchmarks)")
 
 

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ["throughput", "estimators", "captum_vs", "pruned_models", "scale", "criteria_lenet"]
+SCRIPTS = [
+    "throughput",
+    "estimators",
+    "captum_vs",
+    "pruned_models",
+    "scale",
+    "criteria_lenet",
+    "vs_torch_pruning",
+]
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -97,6 +105,45 @@ def _check_criteria_lenet(r: dict) -> None:
     assert (r["after"]["params"], r["after"]["macs"]) == (212_045, 772_090)
     assert {"random", "weight-l1"} <= {row["criterion"] for row in r["rows"]}
     assert all(0 <= row["accuracy"] <= 1 and row["runs"] >= 1 for row in r["rows"])
+
+
+def _check_vs_torch_pruning(r: dict) -> None:
+    assert r["models"] and r["targets"] and r["seeds"]
+    sides = {"torch-pruning", "shapprune"}
+    assert {m.split(" ", 1)[0] for m in r["methods"]} == {"TP", "shapprune"}
+    for m in r["models"]:
+        original, bn = m["original"], m["has_batchnorm"]
+        expected = {x for x in r["methods"] if bn or "bn-scale" not in x}
+        for target in r["targets"]:
+            rows = [row for row in m["rows"] if row["target"] == target]
+            assert {row["method"] for row in rows} == expected  # every method, every target
+            for row in rows:
+                assert row["side"] in sides and "oneshot" in row, row["runs"]  # none failed
+                assert len(row["runs"]) == (len(r["seeds"]) if row["seeded"] else 1)
+                assert row["finetuned"]["n"] == 1 and 0 <= row["finetuned"]["mean"] <= 1
+                for run in row["runs"]:
+                    # the bisection meets the target: the smallest cut that reaches it
+                    assert target <= run["macs_removed"] <= target + 0.05, row["method"]
+                    assert run["macs_ratio"] == pytest.approx(run["macs"] / original["macs"])
+                    assert run["params_ratio"] == pytest.approx(run["params"] / original["params"])
+                    assert run["params"] < original["params"] and run["seconds"] > 0
+                    assert 0 <= run["oneshot"] <= 1
+                assert row["met"] == all(
+                    abs(run["macs_removed"] - target) <= r["tolerance"] for run in row["runs"]
+                )
+            for stage in ("oneshot", "finetuned"):
+                (v,) = [
+                    v
+                    for v in r["verdicts"]
+                    if (v["model"], v["target"], v["stage"]) == (m["model"], target, stage)
+                ]
+                for side in sides:  # the best of each side is the best of its rows
+                    top = max(row[stage]["mean"] for row in rows if row["side"] == side)
+                    assert v["best"][side]["accuracy"] == top
+                assert v["gap"] == pytest.approx(
+                    v["best"]["shapprune"]["accuracy"] - v["best"]["torch-pruning"]["accuracy"]
+                )
+    assert len(r["plots"]) == len(r["models"])
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}
