@@ -223,25 +223,23 @@ def test_removal_and_measurement_create_no_tensor_off_device(model, removals, sh
 def test_game_on_each_device_matches_the_cpu(device, label, model, layer, shape):
     x, y = _data(shape)
     with pytest.warns(UserWarning) if label == "hooks" else contextlib.nullcontext():
-        reference = PruningGame(model, layer, (x, y))
-        masks = _masks(reference.n_players)
-        on_cpu = reference.value(masks)
-        game = PruningGame(model.to(device), layer, (x, y))  # data on the CPU: moved once
-    model.to("cpu")
-    assert game.device.type == device and game.x.device.type == device
-    got = game.value(masks)
-    assert got.device.type == "cpu" and got.dtype == torch.float64
-    torch.testing.assert_close(got, on_cpu, rtol=1e-4, atol=1e-4)
+        _same_values_on(device, lambda m: PruningGame(m, layer, (x, y)), model)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("label", "model", "shape"), _network_cases()[:3])
 def test_network_game_on_each_device_matches_the_cpu(device, label, model, shape):
     x, y = _data(shape)
-    reference = NetworkGame(model, (x, y))
+    _same_values_on(device, lambda m: NetworkGame(m, (x, y)), model)
+
+
+def _same_values_on(device: str, make, model) -> None:
+    """A game built on ``device`` (data given on the CPU, moved once) values the same masks
+    as the game built on the CPU, and answers on the CPU in float64."""
+    reference = make(model)
     masks = _masks(reference.n_players)
     on_cpu = reference.value(masks)
-    game = NetworkGame(model.to(device), (x, y))  # data on the CPU: moved once
+    game = make(model.to(device))
     model.to("cpu")
     assert game.device.type == device and game.x.device.type == device
     got = game.value(masks)
