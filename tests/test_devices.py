@@ -113,15 +113,22 @@ def test_as_float64_keeps_values():
 @pytest.mark.parametrize(("label", "model", "layer", "shape"), _game_cases())
 def test_game_creates_no_tensor_off_device(label, model, layer, shape):
     x, y = _data(shape)
-    with pytest.warns(UserWarning) if label == "hooks" else contextlib.nullcontext():
-        game = PruningGame(model, layer, (x, y), max_stack=2)
-    assert game.cached == (label != "hooks")
+    _no_tensor_off_device(label, lambda: PruningGame(model, layer, (x, y), max_stack=2))
+
+
+def _no_tensor_off_device(label: str, make) -> None:
+    """A game built and evaluated while stray tensors land on meta gives the same values
+    (and logits) as one built normally: nothing was created off the model's device."""
+    hooks = label == "hooks"
+    with pytest.warns(UserWarning) if hooks else contextlib.nullcontext():
+        game = make()
+    assert game.cached == (not hooks)
     masks = _masks(game.n_players)
     expected = game.value(masks)
     single = game.logits(masks[1])
     with stray_tensors_on_meta():
-        with pytest.warns(UserWarning) if label == "hooks" else contextlib.nullcontext():
-            fresh = PruningGame(model, layer, (x, y), max_stack=2)
+        with pytest.warns(UserWarning) if hooks else contextlib.nullcontext():
+            fresh = make()
         got = fresh.value(masks)
         got_single = fresh.logits(masks[1])
     assert got.device.type == "cpu" and got.dtype == torch.float64
@@ -144,20 +151,7 @@ def _network_cases():
 @pytest.mark.parametrize(("label", "model", "shape"), _network_cases())
 def test_network_game_creates_no_tensor_off_device(label, model, shape):
     x, y = _data(shape)
-    with pytest.warns(UserWarning) if label == "hooks" else contextlib.nullcontext():
-        game = NetworkGame(model, (x, y), max_stack=2)
-    assert game.cached == (label != "hooks")
-    masks = _masks(game.n_players)
-    expected = game.value(masks)
-    single = game.logits(masks[1])
-    with stray_tensors_on_meta():
-        with pytest.warns(UserWarning) if label == "hooks" else contextlib.nullcontext():
-            fresh = NetworkGame(model, (x, y), max_stack=2)
-        got = fresh.value(masks)
-        got_single = fresh.logits(masks[1])
-    assert got.device.type == "cpu" and got.dtype == torch.float64
-    assert torch.equal(got, expected)
-    assert torch.equal(got_single, single)
+    _no_tensor_off_device(label, lambda: NetworkGame(model, (x, y), max_stack=2))
 
 
 CRITERIA = ["weight-l1", "taylor", "sensitivity", "apoz", "lrp", "random", "loo"]
