@@ -9,12 +9,12 @@ executor and the number of workers (with the same threads per evaluation: float3
 may depend on how many threads share a convolution).
 
 ``serial`` (the default) evaluates in this process, as always. ``processes`` runs a local
-pool (fresh processes from a fork server, or spawned; each worker rebuilding the game once: from its ``GameSpec`` where it has
-one, else from a copy of the game sent once). ``ray`` (``shapprune.estimators.ray_executor``)
-runs Ray actors, on a cluster joined by ``address`` or a local one. A worker that dies
-mid-batch costs only its chunks, which are run again on a fresh worker: values are
-collected per chunk, so nothing is lost and nothing counted twice. New executors:
-``register_executor(name, cls)``.
+pool of fresh processes (from a fork server, or spawned), each rebuilding the game once:
+from its ``GameSpec`` where it has one, else from a copy of the game sent once. ``ray``
+(``shapprune.estimators.ray_executor``) runs Ray actors, on a cluster joined by ``address``
+or a local one. A worker that dies mid-batch costs only the chunks in flight, which are run
+again on a fresh worker: values are collected per chunk, so nothing is lost and nothing
+counted twice. New executors: ``register_executor(name, cls)``.
 """
 
 from __future__ import annotations
