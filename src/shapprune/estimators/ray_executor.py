@@ -11,6 +11,7 @@ process dies, so a lost worker costs only the chunks it held. Install: ``pip ins
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -62,8 +63,6 @@ class _Worker:
         return _values(self.game, masks)
 
     def pid(self) -> int:
-        import os
-
         return os.getpid()
 
 
@@ -84,6 +83,7 @@ class RayExecutor(Executor):
         self._started = False
         self._actors: list[Any] = []
         self._game_id: int | None = None
+        self._payload: Any = None
 
     def _connect(self) -> None:
         ray = self.ray
@@ -93,7 +93,7 @@ class RayExecutor(Executor):
             ray.init(
                 address="local",
                 _node_ip_address="127.0.0.1",  # a local cluster listens on loopback only
-                num_cpus=self.workers * self.threads,
+                num_cpus=max(self.workers * self.threads, os.cpu_count() or 1),
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,
@@ -109,8 +109,8 @@ class RayExecutor(Executor):
         self._connect()
         ray = self.ray
         actor = ray.remote(num_cpus=self.threads, max_restarts=-1, max_task_retries=-1)(_Worker)
-        payload = ray.put(game_payload(game))
-        self._actors = [actor.remote(payload, self.threads) for _ in range(self.workers)]
+        self._payload = ray.put(game_payload(game))  # held: a restarted actor reads it again
+        self._actors = [actor.remote(self._payload, self.threads) for _ in range(self.workers)]
         self._game_id = id(game)
         return self._actors
 
@@ -126,7 +126,7 @@ class RayExecutor(Executor):
     def _stop_actors(self) -> None:
         for a in self._actors:
             self.ray.kill(a, no_restart=True)
-        self._actors, self._game_id = [], None
+        self._actors, self._game_id, self._payload = [], None, None
 
     def close(self) -> None:
         if self.ray.is_initialized():
