@@ -4,6 +4,7 @@ import json
 from contextlib import contextmanager
 
 import pytest
+import torch
 from helpers import run_cli
 
 from shapprune import cli
@@ -72,7 +73,8 @@ def test_rank_refuses_the_checkpoint_of_another_command(model, tmp_path, monkeyp
 def test_rank_on_two_processes_gives_the_serial_values(model, tmp_path, monkeypatch, capsys):
     serial, parallel = tmp_path / "serial.json", tmp_path / "parallel.json"
     assert run_cli(monkeypatch, capsys, *_rank(model, serial))[0] == 0
-    args = _rank(model, parallel, "--executor", "processes", "--workers", "2")
+    threads = str(torch.get_num_threads())  # as many per worker as this process uses
+    args = _rank(model, parallel, "--executor", "processes", "--workers", "2", "--threads", threads)
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0, err
     assert json.loads(parallel.read_text())["values"] == json.loads(serial.read_text())["values"]

@@ -76,6 +76,7 @@ _RUN_HELP = {name: text for name, (_, _, text) in declared(ExecutorOptions).item
 ExecutorOpt = Annotated[str, typer.Option(help=_RUN_HELP["executor"])]
 WorkersOpt = Annotated[int, typer.Option(help=_RUN_HELP["workers"])]
 RayAddressOpt = Annotated[str | None, typer.Option(help=_RUN_HELP["ray_address"])]
+ThreadsOpt = Annotated[int | None, typer.Option(help=_RUN_HELP["threads"])]
 CheckpointEveryOpt = Annotated[
     int, typer.Option(help="write the resume checkpoint every N evaluations (and each minute)")
 ]
@@ -236,6 +237,7 @@ def rank(
     executor: ExecutorOpt = "serial",
     workers: WorkersOpt = 1,
     ray_address: RayAddressOpt = None,
+    threads: ThreadsOpt = None,
     checkpoint_every: CheckpointEveryOpt = 10_000,
 ) -> None:
     """Shapley values of a layer's units, written as JSON with the ranking.
@@ -246,7 +248,7 @@ def rank(
         check_output(out, force=force)
     decl = get_estimator(method).Options
     options = parse_options(decl, option or [], f"method {method!r}")
-    runner = executor_options(executor, workers, ray_address)
+    runner = executor_options(executor, workers, ray_address, threads)
     resume = out.with_name(f"{out.name}.{CHECKPOINT}") if out is not None else None
     identity = {"command": "rank", "model": model, "data": data, "layer": layer,
                 "method": method, "options": options, "budget": budget, "seed": seed,
@@ -358,6 +360,7 @@ def prune(
     executor: ExecutorOpt = "serial",
     workers: WorkersOpt = 1,
     ray_address: RayAddressOpt = None,
+    threads: ThreadsOpt = None,
     checkpoint_every: CheckpointEveryOpt = 10_000,
 ) -> None:
     """Prune a model: score units, remove them, measure before and after.
@@ -378,7 +381,7 @@ def prune(
     explicit = {"budget": budget, "metric": metric, "composite": composite}
     chosen_options = _criterion_options(criterion, explicit, option or [])
     scorer = get_criterion(criterion, **chosen_options)
-    runner = executor_options(executor, workers, ray_address)
+    runner = executor_options(executor, workers, ray_address, threads)
     identity = {"command": "prune", "model": model, "data": data, "criterion": criterion,
                 "options": chosen_options, "target": target, "layers": layers,
                 "global": global_, "normalisation": normalisation, "steps": steps,
@@ -438,6 +441,7 @@ def compare(
     executor: ExecutorOpt = "serial",
     workers: WorkersOpt = 1,
     ray_address: RayAddressOpt = None,
+    threads: ThreadsOpt = None,
     checkpoint_every: CheckpointEveryOpt = 10_000,
 ) -> None:
     """Compare criteria on layers, rates and seeds: JSON, CSV, plots and a Markdown report.
@@ -452,7 +456,7 @@ def compare(
     where = resolve_device(device)
     experiment = load_config(config)
     check_output(out, folder=True, resumes="experiment.json")
-    runner = executor_options(executor, workers, ray_address)
+    runner = executor_options(executor, workers, ray_address, threads)
     check_resumable(experiment, out)
     identity = {"command": "compare", **json.loads((out / "experiment.json").read_text())}
     resume = out / f"estimations.{CHECKPOINT}"

@@ -18,9 +18,12 @@ from shapprune.options import build_options
 __all__ = ["DEMO_EXPERIMENT", "evaluating", "executor_options", "rank_layer"]
 
 
-def executor_options(executor: str, workers: int, ray_address: str | None) -> ExecutorOptions:
+def executor_options(
+    executor: str, workers: int, ray_address: str | None, threads: int | None = None
+) -> ExecutorOptions:
     """The command line's executor flags, checked (one-line ValueError naming the fix)."""
     values = {"executor": executor, "workers": workers, "ray_address": ray_address}
+    values["threads"] = threads
     return build_options(ExecutorOptions, values, "the executor")
 
 

@@ -2,6 +2,7 @@
 loses nothing; bad settings are one-line errors."""
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +21,9 @@ from shapprune.game.spec import GameSpec
 from shapprune.game.synthetic import AdditiveGame
 from shapprune.pruning.checkpoint import save_checkpoint
 from shapprune.zoo.models import build_model
+
+# bit-identity holds at equal threads per evaluation: the workers get this process's
+THREADS = torch.get_num_threads()
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ class DyingGame(AdditiveGame):
 
 def test_processes_give_bit_identical_values(spec_game):
     serial = estimate(spec_game, "permutation", budget=600, seed=5)
-    with make_executor("processes", workers=2, threads=1) as ex:
+    with make_executor("processes", workers=2, threads=THREADS) as ex:
         got = estimate(spec_game, "permutation", budget=600, seed=5, executor=ex)
         assert ex.deaths == 0
     assert np.array_equal(got.values, serial.values) and np.array_equal(got.stderr, serial.stderr)
@@ -70,7 +74,7 @@ def test_a_game_without_a_spec_is_sent_to_one_worker_with_the_same_values(spec_g
     game = PruningGame(spec_game.model, "conv2", (spec_game.x, spec_game.y), max_stack=4)
     assert game.spec is None
     masks = torch.rand(23, game.n_players, generator=torch.Generator().manual_seed(0)) > 0.5
-    with make_executor("processes", workers=1, threads=1) as ex:
+    with make_executor("processes", workers=1, threads=THREADS) as ex:
         executed = ExecutedGame(game, ex)
         assert torch.equal(executed.value(masks), game.value(masks))
         assert executed.value(masks[0]).shape == () and executed.n_evals == 24
@@ -82,7 +86,7 @@ def test_a_dying_worker_costs_only_its_chunks(tmp_path):
     game = DyingGame(weights, str(marker), str(log))
     serial = estimate(AdditiveGame(weights), "permutation", budget=500, seed=2)
     marker.touch()
-    with make_executor("processes", workers=2, threads=1) as ex:
+    with make_executor("processes", workers=2, threads=THREADS) as ex:
         got = estimate(game, "permutation", budget=500, seed=2, executor=ex)
         assert ex.deaths == 1 and ex.retried >= 1
     assert not marker.exists()  # the worker did die
@@ -149,9 +153,25 @@ def test_bad_options_name_the_fix():
         ExecutorOptions(workers=0)
 
 
-def test_ray_actors_give_bit_identical_values(spec_game):
-    serial = estimate(spec_game, "permutation", budget=400, seed=7)
-    with make_executor("ray", workers=2, threads=1) as ex:
-        got = estimate(spec_game, "permutation", budget=400, seed=7, executor=ex)
-        assert len(set(ex.pids())) == 2 and os.getpid() not in ex.pids()
-    assert np.array_equal(got.values, serial.values) and got.n_evals == serial.n_evals
+def test_ray_actors_give_bit_identical_values_and_survive_a_death(spec_game, tmp_path):
+    """One local cluster (started by the executor on the loopback address) for both checks."""
+    import ray.cloudpickle
+
+    this = sys.modules[__name__]  # Ray's workers cannot import the tests: send DyingGame
+    ray.cloudpickle.register_pickle_by_value(this)
+    try:
+        serial = estimate(spec_game, "permutation", budget=400, seed=7)
+        marker, log = tmp_path / "die", tmp_path / "log"
+        weights = np.linspace(-1, 1, 12)
+        dying = DyingGame(weights, str(marker), str(log))
+        plain = estimate(AdditiveGame(weights), "permutation", budget=500, seed=2)
+        with make_executor("ray", workers=2, threads=THREADS) as ex:
+            got = estimate(spec_game, "permutation", budget=400, seed=7, executor=ex)
+            assert len(set(ex.pids())) == 2 and os.getpid() not in ex.pids()
+            marker.touch()
+            survived = estimate(dying, "permutation", budget=500, seed=2, executor=ex)
+        assert np.array_equal(got.values, serial.values) and got.n_evals == serial.n_evals
+        assert not marker.exists()  # an actor did die; Ray restarted it and ran its chunk again
+        assert np.array_equal(survived.values, plain.values) and survived.n_evals == plain.n_evals
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(this)

@@ -57,7 +57,11 @@ class ExecutorOptions:
 
     executor: str = option("serial", "who evaluates the coalitions: serial, processes or ray")
     workers: int = option(1, "worker processes (processes, ray)")
-    threads: int | None = option(None, "torch threads per worker (default: cores / workers)")
+    threads: int | None = option(
+        None,
+        "torch threads per worker (default: cores / workers); values are bit-identical "
+        "to the serial run's at equal threads per evaluation",
+    )
     ray_address: str | None = option(None, "join this Ray cluster (default: start a local one)")
 
     def __post_init__(self) -> None:
@@ -201,20 +205,18 @@ class ProcessExecutor(Executor):
     def __init__(self, workers: int = 1, threads: int | None = None) -> None:
         super().__init__(workers, threads)
         self._pool: ProcessPoolExecutor | None = None
-        self._game_id: int | None = None
-        self._payload: tuple[str, Any] | None = None
+        self._game: Any = None  # held, so that no other game can take its id meanwhile
 
     def _start(self, game: Any) -> ProcessPoolExecutor:
-        if self._pool is None or self._game_id != id(game):
+        if self._pool is None or self._game is not game:
             self.close()
-            self._payload = game_payload(game)
             self._pool = ProcessPoolExecutor(
                 self.workers,
                 mp_context=_context(),
                 initializer=_start_worker,
-                initargs=(self._payload, self.threads),
+                initargs=(game_payload(game), self.threads),
             )
-            self._game_id = id(game)
+            self._game = game
         return self._pool
 
     def evaluate(self, game: Any, chunks: list[np.ndarray]) -> list[np.ndarray]:
@@ -250,7 +252,7 @@ class ProcessExecutor(Executor):
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        self._pool, self._game_id = None, None
+        self._pool, self._game = None, None
 
 
 # --- the registry ----------------------------------------------------------------------------

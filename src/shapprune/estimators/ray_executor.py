@@ -5,7 +5,8 @@ one on this machine); without it a local cluster is started on the loopback addr
 shut down on ``close``. Each actor sets its torch threads, builds the game once (from its
 ``GameSpec`` where it has one, so a remote machine loads the model itself), and answers
 chunks of coalitions. Actors are restarted and their tasks retried by Ray when their
-process dies, so a lost worker costs only the chunks it held. Install: ``pip install -e
+process dies (up to ``MAX_ATTEMPTS`` times a chunk), so a lost worker costs only the chunks
+it held. Install: ``pip install -e
 ".[ray]"``.
 """
 
@@ -17,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from shapprune.estimators.executors import Executor, _values, build_game, game_payload
+from shapprune.estimators.executors import (
+    MAX_ATTEMPTS,
+    Executor,
+    _values,
+    build_game,
+    game_payload,
+)
 
 __all__ = ["RayExecutor"]
 
@@ -82,7 +89,7 @@ class RayExecutor(Executor):
         self.address = address
         self._started = False
         self._actors: list[Any] = []
-        self._game_id: int | None = None
+        self._game: Any = None  # held, so that no other game can take its id meanwhile
         self._payload: Any = None
 
     def _connect(self) -> None:
@@ -103,21 +110,33 @@ class RayExecutor(Executor):
         self._started = True
 
     def _start(self, game: Any) -> list[Any]:
-        if self._actors and self._game_id == id(game):
+        if self._actors and self._game is game:
             return self._actors
         self._stop_actors()
         self._connect()
         ray = self.ray
-        actor = ray.remote(num_cpus=self.threads, max_restarts=-1, max_task_retries=-1)(_Worker)
+        actor = ray.remote(
+            num_cpus=self.threads, max_restarts=-1, max_task_retries=MAX_ATTEMPTS - 1
+        )(_Worker)
         self._payload = ray.put(game_payload(game))  # held: a restarted actor reads it again
         self._actors = [actor.remote(self._payload, self.threads) for _ in range(self.workers)]
-        self._game_id = id(game)
+        self._game = game
         return self._actors
 
     def evaluate(self, game: Any, chunks: list[np.ndarray]) -> list[np.ndarray]:
         actors = self._start(game)
         refs = [actors[i % len(actors)].value.remote(c) for i, c in enumerate(chunks)]
-        return [np.asarray(v, dtype=np.float64) for v in self.ray.get(refs)]
+        try:
+            got = self.ray.get(refs)
+        except self.ray.exceptions.RayActorError as err:
+            if "creation task" in str(err):  # the worker could not build the game
+                cause = str(err).strip().splitlines()[-1]
+                raise RuntimeError(f"a Ray worker could not build the game: {cause}") from None
+            raise RuntimeError(
+                f"a Ray worker died {MAX_ATTEMPTS} times evaluating the same coalitions; the "
+                "game itself crashes its process (try --executor serial)"
+            ) from None
+        return [np.asarray(v, dtype=np.float64) for v in got]
 
     def pids(self) -> list[int]:
         """The actors' process ids (for tests and diagnostics)."""
@@ -126,7 +145,7 @@ class RayExecutor(Executor):
     def _stop_actors(self) -> None:
         for a in self._actors:
             self.ray.kill(a, no_restart=True)
-        self._actors, self._game_id, self._payload = [], None, None
+        self._actors, self._game, self._payload = [], None, None
 
     def close(self) -> None:
         if self.ray.is_initialized():
