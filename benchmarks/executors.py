@@ -143,9 +143,15 @@ def main() -> None:
         "quick": args.quick,
     }
     write_json(args.out, result)
-    print(f"{game.n_players} players, stack {game.stack_size()}, {evals} evaluations per run, "
-          f"{os.cpu_count()} cores, load average {load_before[0]:.1f} before, "
-          f"{result['load_average_after'][0]:.1f} after\n")  # fmt: skip
+    where = f"{spec.model} {spec.layer}" if not args.quick else f"untrained lenet5 {spec.layer}"
+    print(f"#### {where}: {game.n_players} units, {len(game.x)} images\n")
+    after = result["load_average_after"][0]
+    print(f"One permutation estimate ({evals:,} evaluations, seed 0; the main process and "
+          f"every worker on 1 torch thread), median (min-max) of {rounds} run(s) per executor; "
+          f"{game.stack_size()} coalitions per chunk (the game's stack). Overhead/batch: a "
+          "one-coalition batch through the executor minus the same evaluation in-process. "
+          f"Machine: {os.cpu_count()} cores shared with other jobs (load average "
+          f"{load_before[0]:.1f} before, {after:.1f} after).\n")  # fmt: skip
     print("| executor | seconds, median (min-max) | evaluations/s | x serial | overhead/batch "
           "(ms) | start-up (s) | bit-identical |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")

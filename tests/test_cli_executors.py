@@ -101,6 +101,7 @@ def test_prune_resumes_its_scoring(model, tmp_path, monkeypatch, capsys):
     assert [p.name for p in out.iterdir()] == ["scores.checkpoint.json"]
     code, _, err = run_cli(monkeypatch, capsys, *args, "--out", out)  # no --force needed
     assert code == 0, err
+    assert "resuming from" in err
     got = json.loads((out / "summary.json").read_text())
     expected = json.loads((whole / "summary.json").read_text())
     assert got["plans"][0]["scores"] == expected["plans"][0]["scores"]
