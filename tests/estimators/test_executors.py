@@ -151,6 +151,8 @@ def test_bad_options_name_the_fix():
         ExecutorOptions(executor="processes", ray_address="127.0.0.1:6379")
     with pytest.raises(ValueError, match="use 1 or more"):
         ExecutorOptions(workers=0)
+    with pytest.raises(ValueError, match=r"takes an Executor, got 'processes': build one with"):
+        estimate(AdditiveGame([1.0, 2.0]), "exact", executor="processes")
 
 
 def test_ray_actors_give_bit_identical_values_and_survive_a_death(spec_game, tmp_path):

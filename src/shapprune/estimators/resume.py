@@ -234,6 +234,11 @@ def prepared_game(
     checkpoint = checkpoint if checkpoint is not None else current_checkpoint()
     fingerprint = game_fingerprint(game) if checkpoint is not None else ""
     executor = executor if executor is not None else current_executor()
+    if executor is not None and not hasattr(executor, "evaluate"):
+        raise ValueError(
+            f"executor= takes an Executor, got {executor!r}: build one with "
+            "make_executor(name, workers=...) and close it after (it is a context manager)"
+        )
     if executor is not None and executor.remote:
         game = ExecutedGame(game, executor)
     if checkpoint is not None:
