@@ -41,9 +41,9 @@ class DyingGame(AdditiveGame):
     """An additive game whose process dies (os._exit) on the first chunk holding a coalition
     of ``n - 5`` players evaluated while ``marker`` exists; every chunk evaluated is logged."""
 
-    def __init__(self, weights, marker: str, log: str) -> None:
+    def __init__(self, weights, marker: str, log: str, once: bool = True) -> None:
         super().__init__(weights)
-        self.marker, self.log = marker, log
+        self.marker, self.log, self.once = marker, log, once
 
     def stack_size(self) -> int:
         return 8
@@ -51,7 +51,10 @@ class DyingGame(AdditiveGame):
     def _values(self, z: np.ndarray) -> np.ndarray:
         if (z.sum(axis=1) == self.n_players - 5).any():
             try:
-                os.unlink(self.marker)
+                if self.once:
+                    os.unlink(self.marker)
+                elif not os.path.exists(self.marker):
+                    raise FileNotFoundError
             except FileNotFoundError:
                 pass
             else:
@@ -96,6 +99,17 @@ def test_a_dying_worker_costs_only_its_chunks(tmp_path):
     # the other worker when the pool broke
     done = sum(int(line) for line in log.read_text().split())
     assert got.n_evals <= done <= got.n_evals + 2 * game.stack_size()
+
+
+def test_a_game_that_always_kills_its_worker_is_an_error_not_a_loop(tmp_path):
+    marker, log = tmp_path / "die", tmp_path / "log"
+    marker.touch()
+    game = DyingGame(np.linspace(-1, 1, 12), str(marker), str(log), once=False)
+    with make_executor("processes", workers=1, threads=1) as ex:
+        with pytest.raises(RuntimeError, match="workers died 3 times") as err:
+            estimate(game, "permutation", budget=500, seed=2, executor=ex)
+        assert ex.deaths == 3
+    assert "\n" not in str(err.value)
 
 
 def test_the_executor_in_use_reaches_estimate(spec_game, monkeypatch):

@@ -244,8 +244,9 @@ class ProcessExecutor(Executor):
                 if any(attempts[i] >= MAX_ATTEMPTS for i in failed):
                     self.close()
                     raise RuntimeError(
-                        f"a worker died {MAX_ATTEMPTS} times evaluating the same coalitions; "
-                        "the game itself crashes its process (try --executor serial)"
+                        f"workers died {MAX_ATTEMPTS} times evaluating the same coalitions: "
+                        "the game cannot be built in a worker or crashes its process (try "
+                        "--executor serial)"
                     )
                 self.close()  # start a fresh pool for what is left
 
