@@ -142,7 +142,10 @@ class Checkpoint:
             self.save()
 
     def save(self) -> None:
-        """Write the file atomically (a temporary file, then a rename)."""
+        """Write the file atomically (a temporary file, then a rename); a run interrupted
+        before its first evaluation came back writes nothing."""
+        if not any(e["batches"] for e in self.estimations.values()):
+            return
         record = {
             "format": FORMAT,
             "version": VERSION,
