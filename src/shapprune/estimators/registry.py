@@ -21,6 +21,8 @@ from shapprune.estimators.kernel import Kernel
 from shapprune.estimators.loo import LeaveOneOut
 from shapprune.estimators.partial import Partial
 from shapprune.estimators.permutation import Permutation
+from shapprune.estimators.refine import Refine
+from shapprune.estimators.semivalue import Semivalue
 from shapprune.options import build_options
 
 __all__ = [
@@ -48,7 +50,7 @@ def register_estimator(estimator: Estimator | type[Estimator], *, replace: bool 
     return estimator
 
 
-for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut):
+for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut, Semivalue, Refine):
     register_estimator(_builtin)
 
 
