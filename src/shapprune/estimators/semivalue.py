@@ -187,14 +187,14 @@ class SemivalueOptions:
 
     weights: str = option("shapley", f"size weights: {'|'.join(SEMIVALUE_WEIGHTS)}")
     alpha: float | None = option(
-        None, "Beta Shapley alpha (weights=beta; large alpha favours small coalitions); 1"
+        None, "Beta Shapley alpha, default 1 (weights=beta; a large alpha favours small S)"
     )
-    beta: float | None = option(None, "Beta Shapley beta (weights=beta); 1")
+    beta: float | None = option(None, "Beta Shapley beta, default 1 (weights=beta)")
     kept: float | None = option(
         None, "fraction of the players kept at the target: centres the window/beta weights"
     )
     width: float = option(
-        0.1, "window: half-width; beta with kept: standard deviation (fraction of players)"
+        0.1, "window: half-width; beta with kept: standard deviation (fractions of players)"
     )
     exact: bool = option(False, "enumerate every coalition the weights touch (small games)")
 
