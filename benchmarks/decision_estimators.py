@@ -1,10 +1,11 @@
 """Estimation aimed at the decision: which k units of a layer to remove, judged against the
 oracle sets (regret and overlap at each k) and by test accuracy after removing them.
 
-Game: the zoo LeNet-5's conv1 (20 filters) on MNIST 5k, 10 validation images per class,
-loss payoff. Oracle sets: exhaustive search where a size has at most ``MAX_SUBSETS``
-subsets, a width-8 beam search otherwise (so a regret can be negative there). Methods, each
-with the same budget B of coalition evaluations per decision:
+Games: the zoo LeNet-5's conv1 (20 filters; B = 1,000) and conv2 (50 filters; B = 5,000)
+on MNIST 5k, 10 validation images per class, loss payoff. Oracle sets: exhaustive search
+where a size has at most ``MAX_SUBSETS`` subsets, a width-8 beam search otherwise (so a
+regret can be negative there). Methods, each with the same budget B of coalition
+evaluations per decision:
 
 - ``shapley (permutation)``: the default estimator, one estimate for every k;
 - ``banzhaf``: the semivalue with Banzhaf weights, one estimate for every k;
@@ -12,7 +13,8 @@ with the same budget B of coalition evaluations per decision:
 - ``window @ k``: the sizes within 0.1 x n of the kept size, alike;
 - ``refine (shapley)``: B/2 on a permutation estimate, then B/2 on the swap beam search at
   k (the registry's ``refine`` with its default split; the base estimate is computed once
-  per seed and shared by the ks, which gives the same answer as one ``refine`` call per k).
+  per seed and shared by the ks, which gives the same answer as one ``refine`` call per k);
+- ``refine (window @ k)``: the same, seeded by the window semivalue at k (B/2 each).
 
 Accuracy after removal is measured on the 1,000 test images with the units masked
 (masking computes what the physically pruned network computes; tested in tests/game).
@@ -37,6 +39,10 @@ from shapprune.zoo.data import load_dataset, reference_set
 
 MAX_SUBSETS = 2_000
 WIDTH = 0.1
+LAYERS = {  # layer: (budget per decision, sizes k)
+    "conv1": (1_000, [2, 4, 6, 8, 10, 12, 14, 16, 18]),
+    "conv2": (5_000, [5, 10, 15, 20, 25, 30, 35, 40, 45]),
+}
 
 
 def _removal_mask(n: int, removed) -> np.ndarray:
@@ -62,24 +68,34 @@ def choices(game: PruningGame, ks: list[int], budget: int, seed: int) -> dict[st
             est = estimate(game, "semivalue", budget, seed, weights=weights, kept=kept, width=WIDTH)
             out[label][k] = (est.ranking[:k].tolist(), est.n_evals)
     base = estimate(game, "permutation", budget - budget // 2, seed)
-    out["refine (shapley)"] = {}
+    out["refine (shapley)"] = {k: _refined(game, base, k, budget) for k in ks}
+    out["refine (window @ k)"] = {}
     for k in ks:
-        view = BudgetedGame(game, budget // 2)
-        best, _ = refine_search(view, base.values, k, budget // 2)
-        out["refine (shapley)"][k] = (list(best), base.n_evals + view.n_evals)
+        kept = (n - k) / n
+        window = estimate(game, "semivalue", budget - budget // 2, seed, weights="window",
+                          kept=kept, width=WIDTH)  # fmt: skip
+        out["refine (window @ k)"][k] = _refined(game, window, k, budget)
     return out
 
 
-def _run(quick: bool) -> dict:
+def _refined(game: PruningGame, base, k: int, budget: int) -> tuple[list[int], int]:
+    """What ``refine`` answers at k from the base estimate ``base``, with budget // 2 left."""
+    view = BudgetedGame(game, budget // 2)
+    best, _ = refine_search(view, base.values, k, budget // 2)
+    return list(best), base.n_evals + view.n_evals
+
+
+def _run(quick: bool, layer: str) -> dict:
     data = load_dataset("mnist5k")
     model, _ = pretrained("lenet5", "mnist5k", progress=False)
-    per_class, budget = (2, 200) if quick else (10, 1_000)
-    seeds = [0] if quick else [0, 1]
+    budget, ks = LAYERS[layer]
+    per_class, seeds = (10, [0, 1])
+    if quick:
+        per_class, seeds, budget, ks = 2, [0], 200, [4, 10]
     ref = reference_set(data.val, per_class, seed=0)
-    game = PruningGame(model, "conv1", (ref.x, ref.y))
-    test = PruningGame(model, "conv1", (data.test.x, data.test.y), metric="accuracy")
+    game = PruningGame(model, layer, (ref.x, ref.y))
+    test = PruningGame(model, layer, (data.test.x, data.test.y), metric="accuracy")
     n = game.n_players
-    ks = [4, 10] if quick else [2, 4, 6, 8, 10, 12, 14, 16, 18]
 
     start = time.perf_counter()
     oracle = oracle_sets(game, ks, max_subsets=200 if quick else MAX_SUBSETS)
@@ -123,9 +139,10 @@ def _run(quick: bool) -> dict:
         }
         for m in methods
     }
+    print(f"\n#### Which k of LeNet-5's {n} {layer} filters to remove\n")
     _print(ks, methods, summary, oracle, oracle_acc, unpruned, budget, len(seeds), per_class)
     return {
-        "game": {"model": "lenet5", "layer": "conv1", "players": n, "reference": len(ref.x)},
+        "game": {"model": "lenet5", "layer": layer, "players": n, "reference": len(ref.x)},
         "budget": budget,
         "seeds": seeds,
         "ks": ks,
@@ -138,8 +155,7 @@ def _run(quick: bool) -> dict:
 
 def _print(ks, methods, summary, oracle, oracle_acc, unpruned, budget, seeds, per_class):
     print(
-        f"\n#### Which k of LeNet-5's 20 conv1 filters to remove: estimation aimed at the "
-        f"decision\n\nBudget {budget:,} evaluations per decision; {per_class} validation "
+        f"Budget {budget:,} evaluations per decision; {per_class} validation "
         f"images per class; mean over {seeds} seeds. Oracle sets exhaustive for "
         f"k in {sorted(k for k in ks if oracle.exhaustive[k])}, beam search otherwise.\n"
     )
@@ -164,7 +180,8 @@ def _print(ks, methods, summary, oracle, oracle_acc, unpruned, budget, seeds, pe
 
 def main() -> None:
     args = arguments(__doc__, "decision_estimators")
-    write_json(args.out, _run(args.quick))
+    layers = ["conv1"] if args.quick else list(LAYERS)
+    write_json(args.out, {"layers": [_run(args.quick, layer) for layer in layers]})
 
 
 if __name__ == "__main__":

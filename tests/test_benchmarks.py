@@ -147,7 +147,8 @@ def _check_vs_torch_pruning(r: dict) -> None:
     assert len(r["plots"]) == len(r["models"])
 
 
-def _check_decision_estimators(r: dict) -> None:
+def _check_decision_estimators(result: dict) -> None:
+    (r,) = result["layers"]
     ks, seeds, n = r["ks"], r["seeds"], r["game"]["players"]
     methods = {row["method"] for row in r["rows"]}
     assert {"shapley (permutation)", "banzhaf", "refine (shapley)"} <= methods
