@@ -7,7 +7,7 @@ import pytest
 
 from shapprune.estimators.registry import default_budget, estimate
 from shapprune.evaluation.oracle import oracle_sets
-from shapprune.game.synthetic import TableGame, WeightedVotingGame
+from shapprune.game.synthetic import AdditiveGame, TableGame, WeightedVotingGame
 
 
 def _redundant_pairs_game() -> TableGame:
@@ -71,6 +71,16 @@ def test_never_exceeds_its_budget_and_keeps_the_base_values(refine_budget):
         # the values are the base's own answer for its share of the budget and the same seed
         base = estimate(game, "permutation", budget=budget - search, seed=3)
         np.testing.assert_array_equal(est.values, base.values)
+
+
+def test_an_optimal_seed_is_kept_and_large_games_stay_cheap():
+    # additive game: the k lowest values are the best set, the search cannot improve them
+    game = AdditiveGame(np.random.default_rng(0).normal(size=300))
+    est = estimate(game, "refine", budget=2_000, seed=0, base="loo", kept=0.5)
+    best = np.argsort(game.weights, kind="stable")[:150]
+    assert sorted(est.selected.tolist()) == sorted(best.tolist())
+    assert est.info["improvement"] == 0 and est.info["swapped"] == 0
+    assert est.info["steps"] >= 2 and est.n_evals <= 2_000  # it searched, inside the budget
 
 
 def test_seed_fixes_the_answer():

@@ -79,9 +79,12 @@ def _best(pairs: list[tuple[Subset, float]], width: int) -> list[tuple[Subset, f
     return sorted(pairs, key=lambda sv: (-sv[1], sv[0]))[:width]
 
 
-def _swaps(beam: list[tuple[Subset, float]], values: np.ndarray, tried: dict) -> list[Subset]:
-    """Untried one-for-one swaps of the beam's sets, the cheapest by the base values first
-    (the unit put back worth most, the unit taken out worth least), then by beam rank."""
+def _swaps(
+    beam: list[tuple[Subset, float]], values: np.ndarray, tried: dict, limit: int
+) -> list[Subset]:
+    """The ``limit`` first untried one-for-one swaps of the beam's sets, the cheapest by the
+    base values first (the unit put back worth most, the one taken out worth least), then by
+    beam rank; each set contributes at most ``limit``, so a step costs O(beam x limit) sets."""
     n = len(values)
     keys: dict[Subset, tuple] = {}
     for rank, (removed, _) in enumerate(beam):
@@ -89,11 +92,15 @@ def _swaps(beam: list[tuple[Subset, float]], values: np.ndarray, tried: dict) ->
         outside = np.setdiff1d(np.arange(n), inside)
         cost = values[outside][None, :] - values[inside][:, None]  # (in R, outside R)
         order = np.argsort(cost, axis=None, kind="stable")
+        found = 0
         for a, b in zip(*np.unravel_index(order, cost.shape), strict=True):
             new = tuple(sorted((*(u for u in removed if u != inside[a]), int(outside[b]))))
             if new not in tried and new not in keys:
                 keys[new] = (float(cost[a, b]), rank, new)
-    return sorted(keys, key=keys.__getitem__)
+                found += 1
+                if found == limit:
+                    break
+    return sorted(keys, key=keys.__getitem__)[:limit]
 
 
 def refine_search(
@@ -109,7 +116,7 @@ def refine_search(
     current = [(seed, seed_value)]
     steps = 0
     while len(tried) < budget:
-        candidates = _swaps(current, values, tried)[: min(step, budget - len(tried))]
+        candidates = _swaps(current, values, tried, min(step, budget - len(tried)))
         if not candidates:
             break  # every swap of the beam's sets is tried: a local optimum
         got = game.values(_masks(candidates, n))
