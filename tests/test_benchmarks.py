@@ -17,6 +17,7 @@ SCRIPTS = [
     "criteria_lenet",
     "vs_torch_pruning",
     "executors",
+    "decision_estimators",
 ]
 
 
@@ -159,6 +160,26 @@ def _check_executors(r: dict) -> None:
             r["rows"][0]["seconds"]["median"] / row["seconds"]["median"]
         )
     assert set(r["speedup_2_workers"]) == {"processes", "ray"}
+
+
+def _check_decision_estimators(result: dict) -> None:
+    (r,) = result["layers"]
+    ks, seeds, n = r["ks"], r["seeds"], r["game"]["players"]
+    methods = {row["method"] for row in r["rows"]}
+    assert {"shapley (permutation)", "banzhaf", "refine (shapley)"} <= methods
+    assert len(r["rows"]) == len(methods) * len(ks) * len(seeds)  # every method, k and seed
+    for row in r["rows"]:
+        k = row["k"]
+        assert len(set(row["removed"])) == k and set(row["removed"]) <= set(range(n))
+        assert 0 < row["evals"] <= r["budget"] and 0 <= row["accuracy"] <= 1
+        expected = len(set(row["removed"]) & set(r["oracle"]["sets"][str(k)])) / k
+        assert row["overlap"] == expected
+        if r["oracle"]["exhaustive"][str(k)]:  # nothing beats an exhaustive oracle set
+            assert row["regret"] >= -1e-9
+    for m, by_key in r["summary"].items():
+        rows = [row for row in r["rows"] if row["method"] == m and row["k"] == ks[0]]
+        mean = sum(row["regret"] for row in rows) / len(rows)
+        assert by_key["regret"][str(ks[0])] == pytest.approx(mean)
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}

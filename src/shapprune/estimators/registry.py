@@ -23,7 +23,9 @@ from shapprune.estimators.kernel import Kernel
 from shapprune.estimators.loo import LeaveOneOut
 from shapprune.estimators.partial import Partial
 from shapprune.estimators.permutation import Permutation
+from shapprune.estimators.refine import Refine
 from shapprune.estimators.resume import Checkpoint, RecordedGame, prepared_game
+from shapprune.estimators.semivalue import Semivalue
 from shapprune.options import build_options
 
 __all__ = [
@@ -51,7 +53,7 @@ def register_estimator(estimator: Estimator | type[Estimator], *, replace: bool 
     return estimator
 
 
-for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut):
+for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut, Semivalue, Refine):
     register_estimator(_builtin)
 
 
