@@ -118,6 +118,26 @@ def test_search_alone_reaches_the_oracle_from_any_seed():
     assert info["steps"] >= 3
 
 
+def test_swaps_within_groups_keep_each_group_s_count_and_start_where_told():
+    game = _redundant_pairs_game()
+    from shapprune.estimators._budget import BudgetedGame
+    from shapprune.estimators.refine import refine_search
+
+    groups = np.array([0] * 6 + [1] * 6)
+    start = (0, 1, 6)  # two of group 0, one of group 1
+    values = np.zeros(12)
+    found, info = refine_search(
+        BudgetedGame(game, 10_000), values, 3, 10_000, start=start, groups=groups
+    )
+    assert info["seed_value"] == pytest.approx(_removed_value(game, start))
+    assert sum(u < 6 for u in found) == 2 and sum(u >= 6 for u in found) == 1
+    allowed = [r for r in combinations(range(12), 3) if sum(u < 6 for u in r) == 2]
+    best = max(_removed_value(game, r) for r in allowed)
+    assert info["value"] == pytest.approx(best)  # the whole group-respecting space is searched
+    with pytest.raises(ValueError, match="the start set must be 3 distinct players"):
+        refine_search(BudgetedGame(game, 100), values, 3, 100, start=(0, 0, 1))
+
+
 @pytest.mark.parametrize(
     ("options", "needle"),
     [

@@ -80,20 +80,29 @@ def _best(pairs: list[tuple[Subset, float]], width: int) -> list[tuple[Subset, f
 
 
 def _swaps(
-    beam: list[tuple[Subset, float]], values: np.ndarray, tried: dict, limit: int
+    beam: list[tuple[Subset, float]],
+    values: np.ndarray,
+    tried: dict,
+    limit: int,
+    groups: np.ndarray | None = None,
 ) -> list[Subset]:
     """The ``limit`` first untried one-for-one swaps of the beam's sets, the cheapest by the
     base values first (the unit put back worth most, the one taken out worth least), then by
-    beam rank; each set contributes at most ``limit``, so a step costs O(beam x limit) sets."""
+    beam rank; each set contributes at most ``limit``, so a step costs O(beam x limit) sets.
+    With ``groups``, only swaps within a group."""
     n = len(values)
     keys: dict[Subset, tuple] = {}
     for rank, (removed, _) in enumerate(beam):
         inside = np.array(removed)
         outside = np.setdiff1d(np.arange(n), inside)
         cost = values[outside][None, :] - values[inside][:, None]  # (in R, outside R)
+        if groups is not None:
+            cost = np.where(groups[inside][:, None] == groups[outside][None, :], cost, np.inf)
         order = np.argsort(cost, axis=None, kind="stable")
         found = 0
         for a, b in zip(*np.unravel_index(order, cost.shape), strict=True):
+            if not np.isfinite(cost[a, b]):
+                break  # the rest cross groups
             new = tuple(sorted((*(u for u in removed if u != inside[a]), int(outside[b]))))
             if new not in tried and new not in keys:
                 keys[new] = (float(cost[a, b]), rank, new)
@@ -104,19 +113,35 @@ def _swaps(
 
 
 def refine_search(
-    game: BudgetedGame, values: np.ndarray, k: int, budget: int, beam: int = 4, step: int = 0
+    game: BudgetedGame,
+    values: np.ndarray,
+    k: int,
+    budget: int,
+    beam: int = 4,
+    step: int = 0,
+    *,
+    start: Subset | None = None,
+    groups: np.ndarray | None = None,
 ) -> tuple[Subset, dict]:
     """The best removal set of size ``k`` found by swap beam search seeded by the ``k`` lowest
-    ``values``, evaluating at most ``budget`` sets (``step`` per game call, 0: 2 x players)."""
+    ``values`` (or the set ``start``), evaluating at most ``budget`` sets (``step`` per game
+    call, 0: 2 x players). ``groups``: one label per player; a swap then stays within a
+    group, so that each group loses as many players as the seed set (a plan's layers)."""
     n = len(values)
     step = step or 2 * n
-    seed: Subset = tuple(sorted(int(u) for u in np.argsort(values, kind="stable")[:k]))
+    if start is not None:
+        seed: Subset = tuple(sorted(int(u) for u in start))
+        if len(set(seed)) != k or not all(0 <= u < n for u in seed):
+            raise ValueError(f"the start set must be {k} distinct players of 0..{n - 1}")
+    else:
+        seed = tuple(sorted(int(u) for u in np.argsort(values, kind="stable")[:k]))
+    same = None if groups is None else np.asarray(groups)
     seed_value = float(game.values(_masks([seed], n))[0])
     tried: dict[Subset, float] = {seed: seed_value}
     current = [(seed, seed_value)]
     steps = 0
     while len(tried) < budget:
-        candidates = _swaps(current, values, tried, min(step, budget - len(tried)))
+        candidates = _swaps(current, values, tried, min(step, budget - len(tried)), same)
         if not candidates:
             break  # every swap of the beam's sets is tried: a local optimum
         got = game.values(_masks(candidates, n))
