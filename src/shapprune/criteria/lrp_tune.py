@@ -50,7 +50,18 @@ from shapprune.game.pruning_game import as_data
 from shapprune.game.units import Units, prunable_units
 from shapprune.pruning.plan import Target, make_plan, normalise
 
-__all__ = ["OBJECTIVES", "RATES", "UNIT_KINDS", "TuneResult", "lrp_scores", "tune_lrp"]
+__all__ = [
+    "OBJECTIVES",
+    "RATES",
+    "UNIT_KINDS",
+    "TuneResult",
+    "accuracy_auc",
+    "lrp_scores",
+    "masked_curve",
+    "tune_lrp",
+    "unit_layers",
+    "unit_scores",
+]
 
 UNIT_KINDS = {"filters": "channels", "neurons": "neurons", "heads": "heads"}
 OBJECTIVES = ("auc", "shapley")
@@ -110,6 +121,29 @@ def lrp_scores(
     return {layer: r.abs().sum(0).numpy() for layer, r in found.items()}
 
 
+def unit_scores(
+    model: nn.Module, data: Any, units: str, spec: CompositeSpec | str, batch_size: int = 64
+) -> dict[str, np.ndarray]:
+    """LRP scores (|R| summed over ``data``'s examples) of the ``units`` of every layer that
+    has them, by ``spec`` (a :class:`CompositeSpec`, a spec file or a composite's name)."""
+    work = copy.deepcopy(model).float().eval().requires_grad_(True)
+    x, y = as_data(data)
+    x, y = to_device(x, work).clone(), y.to(device_of(work)).clone()
+    found = unit_layers(work, x[:2], units)
+    work.requires_grad_(False)
+    return lrp_scores(work, found, x, y, spec, batch_size)
+
+
+def accuracy_auc(
+    model: nn.Module, scores: dict[str, np.ndarray], data: Any, normalisation: str = "l1"
+) -> tuple[float, list[float]]:
+    """Mean accuracy on ``data`` over :data:`RATES` with units masked globally by
+    ``scores`` (the paper's area under accuracy vs pruning rate), and the curve."""
+    game = NetworkGame(model, data, list(scores), "accuracy")
+    curve = masked_curve(game, scores, normalisation)
+    return mean_accuracy(curve), curve
+
+
 def _suggest(trial: optuna.Trial, family: str) -> CompositeSpec:
     groups = CNN_GROUPS if family == "cnn" else TRANSFORMER_GROUPS
     rules = {}
@@ -163,21 +197,8 @@ class _Objective:
     def flat(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         return np.concatenate([normalise(scores[n], self.normalisation) for n in self.layers])
 
-    def curve(self, scores: dict[str, np.ndarray], rates=RATES) -> list[float]:
-        """Accuracy on the reference examples with the lowest-scored fraction r of the units
-        masked globally (a layer keeps one unit), for each rate r."""
-        masks = torch.ones(len(rates), self.game.n_players, dtype=torch.bool)
-        for i, r in enumerate(rates):
-            if r == 0:
-                continue
-            plan = make_plan(
-                self.work, scores, Target("channels", float(r)), self.x[:2],
-                global_=True, normalisation=self.normalisation,
-            )  # fmt: skip
-            for layer, removed in plan.removals.items():
-                cols = torch.arange(self.game.n_players)[self.game.players_of(layer)]
-                masks[i, cols[removed]] = False
-        return [float(v) for v in self.game.value(masks)]
+    def curve(self, scores: dict[str, np.ndarray]) -> list[float]:
+        return masked_curve(self.game, scores, self.normalisation)
 
     def __call__(self, spec: CompositeSpec | str) -> float:
         scores = self.scores(spec)
@@ -186,6 +207,30 @@ class _Objective:
         assert self.shapley is not None
         rho = spearman(self.flat(scores), self.shapley)
         return -1.0 if np.isnan(rho) else rho
+
+
+def masked_curve(
+    game: NetworkGame,
+    scores: dict[str, np.ndarray],
+    normalisation: str = "l1",
+    rates: tuple[float, ...] = RATES,
+) -> list[float]:
+    """The game's value (accuracy, for an accuracy game) with the lowest-scored fraction r
+    of its units masked globally across its layers (each layer keeps one), for each rate r;
+    ``scores`` covers the game's layers."""
+    masks = torch.ones(len(rates), game.n_players, dtype=torch.bool)
+    columns = torch.arange(game.n_players)
+    example = game.x[:2]
+    for i, r in enumerate(rates):
+        if r == 0:
+            continue
+        plan = make_plan(
+            game.model, scores, Target("channels", float(r)), example,
+            global_=True, normalisation=normalisation,
+        )  # fmt: skip
+        for layer, removed in plan.removals.items():
+            masks[i, columns[game.players_of(layer)][removed]] = False
+    return [float(v) for v in game.value(masks)]
 
 
 def tune_lrp(
@@ -221,6 +266,7 @@ def tune_lrp(
     if sampler not in ("tpe", "gp"):
         raise ValueError(f"unknown sampler {sampler!r}; use tpe or gp")
     normalise(np.zeros(1), normalisation)  # an unknown normalisation fails now
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
     x, y = reference_examples(data, per_class, seed)
     family, _ = depth_groups(model)
@@ -242,7 +288,6 @@ def tune_lrp(
         if progress is not None and trial.value is not None:
             progress(len(_complete(study)), trials, float(trial.value), float(study.best_value))
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if before < trials:
         study.optimize(run, n_trials=trials - before, callbacks=[report])
     done = _complete(study)
