@@ -425,9 +425,15 @@ def tune_lrp_command(
 ) -> None:
     """Tune the LRP rules (one per depth group) for pruning with Optuna; write the best
     composite as JSON, for `prune --criterion lrp --composite FILE`. Rerun to resume."""
-    from shapprune.criteria.lrp_tune import accuracy_auc, tune_lrp, unit_scores
+    from shapprune.criteria.lrp_tune import (
+        accuracy_auc,
+        check_tune_options,
+        tune_lrp,
+        unit_scores,
+    )
     from shapprune.zoo.data import load_dataset, reference_set
 
+    check_tune_options(units, objective, trials, sampler, normalisation)
     check_output(out, force=force)
     storage = out.with_name(out.name + ".db")
     net, _ = load_model(model, data, root=root)

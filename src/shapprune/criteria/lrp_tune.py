@@ -56,6 +56,7 @@ __all__ = [
     "UNIT_KINDS",
     "TuneResult",
     "accuracy_auc",
+    "check_tune_options",
     "lrp_scores",
     "masked_curve",
     "tune_lrp",
@@ -233,6 +234,21 @@ def masked_curve(
     return [float(v) for v in game.value(masks)]
 
 
+def check_tune_options(
+    units: str, objective: str, trials: int, sampler: str, normalisation: str
+) -> None:
+    """One-line ValueErrors for options of :func:`tune_lrp` (before any work starts)."""
+    if units not in UNIT_KINDS:
+        raise ValueError(f"unknown units {units!r}; use one of: {', '.join(UNIT_KINDS)}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; use one of: {', '.join(OBJECTIVES)}")
+    if trials < 1:
+        raise ValueError(f"trials must be >= 1, got {trials}")
+    if sampler not in ("tpe", "gp"):
+        raise ValueError(f"unknown sampler {sampler!r}; use tpe or gp")
+    normalise(np.zeros(1), normalisation)  # an unknown normalisation fails now
+
+
 def tune_lrp(
     model: nn.Module,
     data: Any,
@@ -259,13 +275,7 @@ def tune_lrp(
     ``shapley_budget``: coalitions for the network game's permutation estimate (objective
     "shapley"; default 4 per unit). ``progress(trial, trials, value, best)`` after each.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; use one of: {', '.join(OBJECTIVES)}")
-    if trials < 1:
-        raise ValueError(f"trials must be >= 1, got {trials}")
-    if sampler not in ("tpe", "gp"):
-        raise ValueError(f"unknown sampler {sampler!r}; use tpe or gp")
-    normalise(np.zeros(1), normalisation)  # an unknown normalisation fails now
+    check_tune_options(units, objective, trials, sampler, normalisation)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
     x, y = reference_examples(data, per_class, seed)
