@@ -16,6 +16,7 @@ SCRIPTS = [
     "scale",
     "criteria_lenet",
     "vs_torch_pruning",
+    "lrp_tuning",
 ]
 
 
@@ -144,6 +145,20 @@ def _check_vs_torch_pruning(r: dict) -> None:
                     v["best"]["shapprune"]["accuracy"] - v["best"]["torch-pruning"]["accuracy"]
                 )
     assert len(r["plots"]) == len(r["models"])
+
+
+def _check_lrp_tuning(r: dict) -> None:
+    (run,) = r["runs"]
+    assert run["setting"] == "tinycnn:filters" and run["n_units"] == 24
+    rows = run["rows"]
+    assert set(rows) == set(r["summary"]["tinycnn:filters"]) - {"spearman"}
+    for row in rows.values():
+        assert len(row["curve"]) == 20 and 0 <= row["auc"] <= 1
+        assert row["auc"] == pytest.approx(sum(row["curve"]) / 20)
+    tuned = rows["LRP tuned (AUC)"]
+    assert tuned["reference_auc"] >= tuned["reference_epsilon"]  # epsilon is its first trial
+    cal = rows["LRP tuned (Shapley)"]
+    assert -1 <= cal["spearman_before"] <= cal["spearman_after"] <= 1
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}

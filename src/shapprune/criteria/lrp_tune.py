@@ -262,18 +262,21 @@ def tune_lrp(
     per_class: int = 10,
     normalisation: str = "l1",
     shapley_budget: int | None = None,
+    shapley_values: np.ndarray | None = None,
     batch_size: int = 64,
     progress: Progress | None = None,
 ) -> TuneResult:
     """Search the LRP rules per depth group that maximise ``objective`` on the reference
-    examples (``per_class`` per class of ``data.val``, or ``data`` = ``(x, y)`` itself).
+        examples (``per_class`` per class of ``data.val``, or ``data`` = ``(x, y)`` itself).
 
-    ``trials`` counts the study's complete trials: with ``storage`` (a SQLite file) an
-    interrupted study resumes and runs only the missing ones. ``sampler``: "tpe" or "gp"
-    (Optuna's Gaussian-process sampler, the paper's surrogate), seeded by ``seed``.
-    ``normalisation`` is how the global plan compares layers (as ``prune --global``).
-    ``shapley_budget``: coalitions for the network game's permutation estimate (objective
-    "shapley"; default 4 per unit). ``progress(trial, trials, value, best)`` after each.
+        ``trials`` counts the study's complete trials: with ``storage`` (a SQLite file) an
+        interrupted study resumes and runs only the missing ones. ``sampler``: "tpe" or "gp"
+        (Optuna's Gaussian-process sampler, the paper's surrogate), seeded by ``seed``.
+        ``normalisation`` is how the global plan compares layers (as ``prune --global``).
+        ``shapley_budget``: coalitions for the network game's permutation estimate (objective
+        "shapley"; default 4 per unit), or ``shapley_values`` of the units (the network game's
+    over the layers of ``units``, in their order) computed already.
+    ``progress(trial, trials, value, best)`` is called after each trial.
     """
     check_tune_options(units, objective, trials, sampler, normalisation)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -286,6 +289,13 @@ def tune_lrp(
                "normalisation": normalisation, "examples": len(x)}  # fmt: skip
     _check_setting(study, setting, storage)
     if objective == "shapley":
+        if shapley_values is not None:
+            if len(shapley_values) != judge.game.n_players:
+                raise ValueError(
+                    f"shapley_values has {len(shapley_values)} values for "
+                    f"{judge.game.n_players} units"
+                )
+            study.set_user_attr("shapley", np.asarray(shapley_values, dtype=float).tolist())
         judge.shapley = _shapley(study, judge.game, shapley_budget, seed)
 
     def run(trial: optuna.Trial) -> float:
