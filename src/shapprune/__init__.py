@@ -7,6 +7,7 @@ data, training).
 """
 
 from shapprune.criteria.base import Criterion
+from shapprune.criteria.lrp_spec import CompositeSpec, RuleSpec, load_spec
 from shapprune.criteria.registry import (
     CRITERIA,
     criterion,
@@ -45,12 +46,14 @@ __all__ = [
     "METHODS",
     "METRICS",
     "Answer",
+    "CompositeSpec",
     "Criterion",
     "Estimate",
     "Estimator",
     "GameSpec",
     "NetworkGame",
     "PruningGame",
+    "RuleSpec",
     "Target",
     "__version__",
     "apply_removals",
@@ -66,6 +69,7 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "load_model",
+    "load_spec",
     "make_plan",
     "measure",
     "oracle_rank",
@@ -80,6 +84,7 @@ __all__ = [
     "resolve_device",
     "save_pruned",
     "score_layers",
+    "tune_lrp",
 ]
 
 
@@ -87,4 +92,8 @@ def __getattr__(name: str):
     # METHODS: the registered estimators' names, read when asked (later ones included)
     if name == "METHODS":
         return tuple(ESTIMATORS)
+    if name == "tune_lrp":  # imports zennit and optuna: only when asked for
+        from shapprune.criteria.lrp_tune import tune_lrp
+
+        return tune_lrp
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -144,3 +144,17 @@ def test_unit_scores_of_neurons_and_heads_on_a_vit():
     assert all(s.shape == (2,) and (s > 0).all() for s in heads.values())
     assert list(neurons) == ["blocks.0.mlp.fc1", "blocks.1.mlp.fc1"]
     assert all(s.shape == (32,) for s in neurons.values())
+
+
+def test_compare_configs_accept_a_tuned_composite(tmp_path):
+    from shapprune.criteria.lrp_spec import CompositeSpec
+    from shapprune.evaluation.config import parse_config
+
+    path = CompositeSpec.uniform("gamma", gamma=0.5).save(tmp_path / "tuned.json")
+    raw = {"model": "tinycnn", "layers": ["conv1"], "criteria": [
+        {"name": "lrp", "composite": str(path)}]}  # fmt: skip
+    (spec,) = parse_config(raw, "cfg").criteria
+    assert spec.options == {"composite": str(path)}
+    raw["criteria"][0]["composite"] = str(tmp_path / "missing.json")
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        parse_config(raw, "cfg")
