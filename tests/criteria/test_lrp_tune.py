@@ -158,3 +158,16 @@ def test_compare_configs_accept_a_tuned_composite(tmp_path):
     raw["criteria"][0]["composite"] = str(tmp_path / "missing.json")
     with pytest.raises(FileNotFoundError, match="missing.json"):
         parse_config(raw, "cfg")
+
+
+def test_an_interrupted_search_resumes_with_the_gp_sampler(tiny_cnn, mnist5k, tmp_path):
+    db, data = tmp_path / "i.db", (mnist5k.val.x[:40], mnist5k.val.y[:40])
+
+    def stop(done, *_):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune_lrp(tiny_cnn, data, trials=4, storage=db, sampler="gp", progress=stop)
+    resumed = tune_lrp(tiny_cnn, data, trials=4, storage=db, sampler="gp")
+    assert resumed.new_trials == 2 and resumed.trials == 4
