@@ -3,6 +3,7 @@ conservation of head and neuron relevance, one-line errors."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -201,3 +202,28 @@ def test_attention_rules_conserve_or_not_below_the_attention():
     assert not torch.allclose(below["weights"], below["cp"], rtol=1e-3)
     attn = _signed(model, "pre", x, y, _fine_spec("attnlrp"))
     assert not torch.allclose(attn, below["cp"], rtol=1e-2)
+
+
+@pytest.mark.parametrize("attention", ["weights", "cp", "attnlrp"])
+def test_torchvision_vit_heads_and_neurons_under_each_attention_rule(attention):
+    from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
+
+    from shapprune.criteria.lrp_tune import unit_scores
+
+    torch.manual_seed(0)
+    vit = TorchvisionViT(16, 8, num_layers=4, num_heads=2, hidden_dim=16, mlp_dim=32).eval()
+    nn.init.normal_(vit.heads.head.weight, std=0.1)  # torchvision initialises it to zeros
+    _, groups = depth_groups(vit)
+    assert list(groups.values()) == ["early", "middle", "middle", "late"]
+    spec = CompositeSpec.uniform("epsilon", "transformer", attention)
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2])
+    heads = unit_scores(vit, (x, y), "heads", spec)  # the canonized model computes the same
+    neurons = unit_scores(vit, (x, y), "neurons", spec)
+    assert len(heads) == 4 and all(s.shape == (2,) and (s > 0).all() for s in heads.values())
+    assert len(neurons) == 4 and all(s.shape == (32,) for s in neurons.values())
+    first = heads["encoder.layers.encoder_layer_0.self_attention"]
+    other = unit_scores(vit, (x, y), "heads", CompositeSpec.uniform("epsilon", "transformer",
+                        "attnlrp" if attention != "attnlrp" else "cp"))  # fmt: skip
+    # the attention rule of the blocks above changes the relevance reaching block 0's heads
+    assert not np.allclose(other["encoder.layers.encoder_layer_0.self_attention"], first)

@@ -54,11 +54,13 @@ class _AttentionLRP(torch.autograd.Function):
     def backward(ctx, r_out):  # type: ignore[override]
         q, k, v, s, a, out = ctx.saved_tensors
         at = a.transpose(-2, -1)
+        # zeros, not None, for q and k: a zennit rule on their projection needs a tensor
+        none_q, none_k = torch.zeros_like(q), torch.zeros_like(k)
         if ctx.rule == "weights":  # split by the attention weights (rows sum to 1: conserved)
-            return None, None, at @ r_out, None, None, None
+            return none_q, none_k, at @ r_out, None, None, None
         g = r_out / _stabilised(out, ctx.epsilon)
         if ctx.rule == "cp":  # epsilon rule on the value path, attention weights constant
-            return None, None, v * (at @ g), None, None, None
+            return none_q, none_k, v * (at @ g), None, None, None
         # AttnLRP: uniform (50/50) epsilon rule for both bilinear products, softmax rule
         # R_s = s * (R_a - a * sum_j R_a) (Achtibat et al. 2024, Propositions 3.1 and 3.3)
         r_v = 0.5 * v * (at @ g)
