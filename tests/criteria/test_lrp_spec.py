@@ -227,3 +227,27 @@ def test_torchvision_vit_heads_and_neurons_under_each_attention_rule(attention):
                         "attnlrp" if attention != "attnlrp" else "cp"))  # fmt: skip
     # the attention rule of the blocks above changes the relevance reaching block 0's heads
     assert not np.allclose(other["encoder.layers.encoder_layer_0.self_attention"], first)
+
+
+def test_timm_vit_heads_and_neurons_with_a_tuned_spec():
+    import timm
+
+    from shapprune.criteria.lrp_tune import unit_scores
+
+    torch.manual_seed(0)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=3, img_size=16, patch_size=4, depth=3
+    ).eval()
+    family, groups = depth_groups(vit)
+    assert family == "transformer" and list(groups.values()) == ["early", "middle", "late"]
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2])
+    scores = {}
+    for attention in ("cp", "attnlrp"):
+        spec = CompositeSpec.uniform("epsilon", "transformer", attention)
+        # the canonized model must compute the same outputs (checked inside)
+        scores[attention] = unit_scores(vit, (x, y), "heads", spec)
+        assert list(scores[attention]) == [f"blocks.{i}.attn" for i in range(3)]
+    assert not np.allclose(scores["cp"]["blocks.0.attn"], scores["attnlrp"]["blocks.0.attn"])
+    neurons = unit_scores(vit, (x, y), "neurons", CompositeSpec.uniform("z-plus", "transformer"))
+    assert all(s.shape == (768,) and np.isfinite(s).all() for s in neurons.values())

@@ -51,6 +51,7 @@ from shapprune.criteria.lrp_options import COMPOSITES, LRPOptions, is_spec_file
 from shapprune.criteria.lrp_options import check_composite as _check_composite
 from shapprune.criteria.lrp_rules import attention_lrp, spec_composite
 from shapprune.criteria.lrp_spec import CompositeSpec, load_spec
+from shapprune.criteria.lrp_timm import timm_canonizers
 from shapprune.devices import device_of, to_device
 from shapprune.game.attention import in_projection, mha_call
 from shapprune.game.tracing import explicit_mha
@@ -220,8 +221,8 @@ def lrp_canonizers(canonize: bool = True, attention: str = "weights") -> list[Ca
     """Zennit canonizers that fit a model for LRP without changing its outputs.
 
     With ``canonize``: BatchNorm merged into the preceding linear layer, residual additions
-    of ResNet blocks (zoo and torchvision) and transformer blocks (zoo and torchvision ViT)
-    as ``Sum`` modules, attention computed by :func:`attention_lrp` with the ``attention``
+    of ResNet blocks (zoo and torchvision) and transformer blocks (zoo, torchvision and timm
+    ViT) as ``Sum`` modules, attention computed by :func:`attention_lrp` with the ``attention``
     rule (default: relevance split by the attention weights, softmax constant). Always:
     ``nn.MultiheadAttention`` written out so that its heads enter ``out_proj`` as a module.
     """
@@ -234,6 +235,7 @@ def lrp_canonizers(canonize: bool = True, attention: str = "weights") -> list[Ca
         AttributeCanonizer(_residual_block),
         AttributeCanonizer(_zoo_attention(attention)),
         AttributeCanonizer(_mha_lrp(attention)),
+        *timm_canonizers(attention),
     ]
 
 
