@@ -251,3 +251,10 @@ def test_timm_vit_heads_and_neurons_with_a_tuned_spec():
     assert not np.allclose(scores["cp"]["blocks.0.attn"], scores["attnlrp"]["blocks.0.attn"])
     neurons = unit_scores(vit, (x, y), "neurons", CompositeSpec.uniform("z-plus", "transformer"))
     assert all(s.shape == (768,) and np.isfinite(s).all() for s in neurons.values())
+
+
+def test_a_spec_file_sets_the_criterion_normalisation(tmp_path):
+    spec = CompositeSpec(_spec().groups, info={"normalisation": "none"})
+    path = spec.save(tmp_path / "c.json")
+    assert LRPCriterion(composite=str(path)).normalisation == "none"
+    assert LRPCriterion().normalisation == "l1"

@@ -105,6 +105,9 @@ def test_cli_tunes_refuses_to_overwrite_and_prunes_with_the_composite(
     spec = load_spec(out)
     assert spec.info["trials"] == 2 and set(spec.info["test_auc"]) == {"tuned", "epsilon"}
     assert (tmp_path / "c.json.db").is_file() and "trial 2/2" in err
+    from shapprune.criteria.registry import get_criterion
+
+    assert get_criterion("lrp", composite=str(out)).normalisation == "l1"  # as it was tuned
     code, _, err = run_cli(monkeypatch, capsys, *args, "--out", out)
     assert code == 2 and err.startswith("error:") and "exists" in err and err.count("\n") == 1
     code, _, err = run_cli(monkeypatch, capsys, *args, "--out", tmp_path / "d.json", "--units",

@@ -313,6 +313,13 @@ class LRPCriterion(Criterion):
     name = "lrp"
     Options = LRPOptions
 
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
+        if is_spec_file(self.composite):  # a global plan compares layers as it was tuned to
+            tuned = load_spec(self.composite).info.get("normalisation")
+            if tuned is not None:
+                self.normalisation = tuned
+
     def _score_layers(
         self, model: nn.Module, layers: list[str], x: torch.Tensor, y: torch.Tensor, seed: int
     ) -> dict[str, np.ndarray]:
