@@ -434,10 +434,11 @@ def tune_lrp_command(
     from shapprune.zoo.data import load_dataset, reference_set
 
     check_tune_options(units, objective, trials, sampler, normalisation)
+    where = resolve_device(device)
     check_output(out, force=force)
     storage = out.with_name(out.name + ".db")
     net, _ = load_model(model, data, root=root)
-    net = net.to(resolve_device(device))
+    net = net.to(where)
     splits = load_dataset(data, root=root, seed=0)
     with _trial_progress("tune-lrp", trials) as update:
         result = tune_lrp(
