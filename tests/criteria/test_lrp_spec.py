@@ -258,3 +258,26 @@ def test_a_spec_file_sets_the_criterion_normalisation(tmp_path):
     path = spec.save(tmp_path / "c.json")
     assert LRPCriterion(composite=str(path)).normalisation == "none"
     assert LRPCriterion().normalisation == "l1"
+
+
+def test_torchvision_resnet18_filters_with_a_spec_file(tmp_path):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    model = resnet18(num_classes=4).eval()
+    _, groups = depth_groups(model)
+    convs = [g for n, g in groups.items() if g != "fc"]
+    assert len(convs) == 20 and convs.count("low") == convs.count("high") == 7
+    assert groups["conv1"] == "low" and groups["layer4.1.conv2"] == "high"
+    assert groups["fc"] == "fc"
+    path = _spec(low="z-plus", mid={"rule": "gamma", "gamma": 0.5}).save(tmp_path / "r.json")
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 3])
+    layers = ["layer1.0.conv1", "layer4.1.conv1"]
+    tuned = LRPCriterion(composite=str(path)).score(model, layers, (x, y))
+    plain = LRPCriterion(composite="epsilon").score(model, layers, (x, y))
+    assert tuned["layer1.0.conv1"].shape == (64,) and tuned["layer4.1.conv1"].shape == (512,)
+    # layer4's filters enter a "high" convolution (epsilon in both): the same relevance;
+    # layer1's enter a "low" one (z-plus against epsilon): different
+    np.testing.assert_allclose(tuned["layer4.1.conv1"], plain["layer4.1.conv1"], rtol=1e-5)
+    assert not np.allclose(tuned["layer1.0.conv1"], plain["layer1.0.conv1"], rtol=1e-2)
