@@ -17,6 +17,14 @@ from shapprune.criteria.registry import (
 )
 from shapprune.devices import available_devices, resolve_device
 from shapprune.estimators.base import Answer, Estimate, Estimator
+from shapprune.estimators.executors import (
+    EXECUTORS,
+    Executor,
+    ExecutorOptions,
+    make_executor,
+    register_executor,
+    using_executor,
+)
 from shapprune.estimators.registry import (
     ESTIMATORS,
     default_budget,
@@ -24,6 +32,7 @@ from shapprune.estimators.registry import (
     get_estimator,
     register_estimator,
 )
+from shapprune.estimators.resume import Checkpoint, using_checkpoint
 from shapprune.evaluation.measure import evaluate, measure
 from shapprune.evaluation.oracle import oracle_rank, oracle_sets
 from shapprune.game.network_game import NetworkGame
@@ -43,13 +52,17 @@ from shapprune.zoo.models import build_model
 __all__ = [
     "CRITERIA",
     "ESTIMATORS",
+    "EXECUTORS",
     "METHODS",
     "METRICS",
     "Answer",
+    "Checkpoint",
     "CompositeSpec",
     "Criterion",
     "Estimate",
     "Estimator",
+    "Executor",
+    "ExecutorOptions",
     "GameSpec",
     "NetworkGame",
     "PruningGame",
@@ -70,6 +83,7 @@ __all__ = [
     "load_dataset",
     "load_model",
     "load_spec",
+    "make_executor",
     "make_plan",
     "measure",
     "oracle_rank",
@@ -81,10 +95,13 @@ __all__ = [
     "reference_set",
     "register_criterion",
     "register_estimator",
+    "register_executor",
     "resolve_device",
     "save_pruned",
     "score_layers",
     "tune_lrp",
+    "using_checkpoint",
+    "using_executor",
 ]
 
 
