@@ -20,10 +20,10 @@ LRP scoring pass against the Shapley estimate.
 Run: ``OMP_NUM_THREADS=1 python benchmarks/lrp_tuning.py [--quick] [--out FILE.json]
 [--settings vgg:filters vit:neurons vit:heads] [--seeds 0 1 2] [--trials 30]``.
 ``--quick``: tinycnn filters, one seed, 3 trials (under a minute). The stored results
-(``results/lrp_tuning.md``) are a small run on 2 CPU cores shared with other work
-(2026-11-22): VGG filters seed 0 with 20 trials (about 6 minutes), ViT neurons seed 0 and
-ViT heads seeds 0-2 with 15 trials (about 8 minutes); the full default run (3 seeds, 30
-trials, all three settings) was not made.
+(``results/lrp_tuning.md``) are 3 seeds with 20 trials (VGG filters) and 15 (ViT neurons,
+ViT heads), run in pieces (each seeded, so pieces equal one run) on 2 CPU cores shared
+with other work (2026-11-22): about 25 minutes in all, most of it the network game's
+Shapley values of the VGG filters and the searches; the default of 30 trials was not run.
 """
 
 from __future__ import annotations
