@@ -18,6 +18,7 @@ SCRIPTS = [
     "vs_torch_pruning",
     "executors",
     "decision_estimators",
+    "lrp_tuning",
 ]
 
 
@@ -180,6 +181,20 @@ def _check_decision_estimators(result: dict) -> None:
         rows = [row for row in r["rows"] if row["method"] == m and row["k"] == ks[0]]
         mean = sum(row["regret"] for row in rows) / len(rows)
         assert by_key["regret"][str(ks[0])] == pytest.approx(mean)
+
+
+def _check_lrp_tuning(r: dict) -> None:
+    (run,) = r["runs"]
+    assert run["setting"] == "tinycnn:filters" and run["n_units"] == 24
+    rows = run["rows"]
+    assert set(rows) == set(r["summary"]["tinycnn:filters"]) - {"spearman"}
+    for row in rows.values():
+        assert len(row["curve"]) == 20 and 0 <= row["auc"] <= 1
+        assert row["auc"] == pytest.approx(sum(row["curve"]) / 20)
+    tuned = rows["LRP tuned (AUC)"]
+    assert tuned["reference_auc"] >= tuned["reference_epsilon"]  # epsilon is its first trial
+    cal = rows["LRP tuned (Shapley)"]
+    assert -1 <= cal["spearman_before"] <= cal["spearman_after"] <= 1
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}

@@ -28,6 +28,7 @@ COMMANDS = {
     "compare": ["--config", "no-such.yaml"],
     "demo": [],
     "train": [],
+    "tune-lrp": [],
 }
 
 

@@ -7,6 +7,7 @@ data, training).
 """
 
 from shapprune.criteria.base import Criterion
+from shapprune.criteria.lrp_spec import CompositeSpec, RuleSpec, load_spec
 from shapprune.criteria.registry import (
     CRITERIA,
     criterion,
@@ -56,6 +57,7 @@ __all__ = [
     "METRICS",
     "Answer",
     "Checkpoint",
+    "CompositeSpec",
     "Criterion",
     "Estimate",
     "Estimator",
@@ -64,6 +66,7 @@ __all__ = [
     "GameSpec",
     "NetworkGame",
     "PruningGame",
+    "RuleSpec",
     "Target",
     "__version__",
     "apply_removals",
@@ -79,6 +82,7 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "load_model",
+    "load_spec",
     "make_executor",
     "make_plan",
     "measure",
@@ -95,6 +99,7 @@ __all__ = [
     "resolve_device",
     "save_pruned",
     "score_layers",
+    "tune_lrp",
     "using_checkpoint",
     "using_executor",
 ]
@@ -104,4 +109,8 @@ def __getattr__(name: str):
     # METHODS: the registered estimators' names, read when asked (later ones included)
     if name == "METHODS":
         return tuple(ESTIMATORS)
+    if name == "tune_lrp":  # imports zennit and optuna: only when asked for
+        from shapprune.criteria.lrp_tune import tune_lrp
+
+        return tune_lrp
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,12 +6,14 @@ summed over the unit's channels and positions, per example; the score is its abs
 summed over the reference examples. LRP starts from the true class's logit (relevance of the
 output = that logit), so that relevance is conserved down to the layer, up to biases.
 
-Rules come from a zennit composite (:data:`COMPOSITES`). Canonizers make the network fit for
-LRP without changing its outputs: BatchNorm merged into the preceding convolution, residual
-additions made explicit modules (relevance split in proportion to the summands), and for
-attention the softmax weights held constant in the backward pass, so that relevance reaches
-the values only, along the attention weights (the conservative propagation of Ali et al.
-2022; AttnLRP is not available). LayerNorm passes relevance through unchanged, activations
+Rules come from a zennit composite (:data:`COMPOSITES`), or one rule per depth group from a
+:class:`~shapprune.criteria.lrp_spec.CompositeSpec` (what ``tune-lrp`` optimises). Canonizers
+make the network fit for LRP without changing its outputs: BatchNorm merged into the
+preceding convolution, residual additions made explicit modules (relevance split in
+proportion to the summands), and attention computed by
+:func:`~shapprune.criteria.lrp_rules.attention_lrp`, whose rule the spec chooses (by
+default the softmax weights are held constant and relevance reaches the values along them).
+LayerNorm passes relevance through unchanged, activations
 (ReLU, GELU) too; other operations without a rule (max-pooling, reshapes, matmuls) pass it
 by their plain gradient.
 """
@@ -19,7 +21,7 @@ by their plain gradient.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -45,15 +47,26 @@ from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanoni
 from zennit.types import Linear as LinearType
 
 from shapprune.criteria.base import Criterion
-from shapprune.criteria.lrp_options import COMPOSITES, LRPOptions
+from shapprune.criteria.lrp_options import COMPOSITES, LRPOptions, is_spec_file
 from shapprune.criteria.lrp_options import check_composite as _check_composite
+from shapprune.criteria.lrp_rules import attention_lrp, spec_composite
+from shapprune.criteria.lrp_spec import CompositeSpec, load_spec
+from shapprune.criteria.lrp_timm import timm_canonizers
 from shapprune.devices import device_of, to_device
 from shapprune.game.attention import in_projection, mha_call
 from shapprune.game.tracing import explicit_mha
-from shapprune.game.units import Units, find_units
+from shapprune.game.units import Units, layer_units
 from shapprune.zoo import models
 
-__all__ = ["COMPOSITES", "LRPCriterion", "build_composite", "canonized", "lrp_canonizers"]
+__all__ = [
+    "COMPOSITES",
+    "LRPCriterion",
+    "build_composite",
+    "canonized",
+    "lrp_canonizers",
+    "make_composite",
+    "relevance",
+]
 
 
 def build_composite(
@@ -144,14 +157,17 @@ def _zoo_attention_forward(self: models.Attention, x: torch.Tensor) -> torch.Ten
     B, N, _ = x.shape
     qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1).detach()
-    return self.proj((attn @ v).transpose(1, 2).reshape(B, N, -1))
+    out = attention_lrp(q, k, v, self.canonizer_attention, self.scale)
+    return self.proj(out.transpose(1, 2).reshape(B, N, -1))
 
 
-def _zoo_attention(name: str, module: nn.Module) -> dict[str, Any] | None:
-    if isinstance(module, models.Attention):
-        return {"forward": _zoo_attention_forward.__get__(module)}
-    return None
+def _zoo_attention(rule: str) -> Callable[[str, nn.Module], dict[str, Any] | None]:
+    def attributes(name: str, module: nn.Module) -> dict[str, Any] | None:
+        if isinstance(module, models.Attention):
+            return {"forward": _zoo_attention_forward.__get__(module), "canonizer_attention": rule}
+        return None
+
+    return attributes
 
 
 def _mha_forward(
@@ -164,7 +180,12 @@ def _mha_forward(
 ) -> tuple[torch.Tensor, None]:
     """``self(query, key, value)`` in eval mode with projections as modules and constant softmax."""
     projections = (self.canonizer_q, self.canonizer_k, self.canonizer_v)
-    return mha_call(self, projections, query, key, value, *args, constant_softmax=True, **kwargs)
+    rule = self.canonizer_attention
+
+    def core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return attention_lrp(q, k, v, rule)
+
+    return mha_call(self, projections, query, key, value, *args, core=core, **kwargs)
 
 
 def _linear_sharing(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -176,13 +197,17 @@ def _linear_sharing(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linea
     return linear
 
 
-def _mha_lrp(name: str, module: nn.Module) -> dict[str, Any] | None:
-    if not isinstance(module, nn.MultiheadAttention):
-        return None
-    weights, biases = in_projection(module)
-    attributes: dict[str, Any] = {"forward": _mha_forward.__get__(module)}
-    for key, w, bias in zip("qkv", weights, biases, strict=True):
-        attributes["canonizer_" + key] = _linear_sharing(w, bias)
+def _mha_lrp(rule: str) -> Callable[[str, nn.Module], dict[str, Any] | None]:
+    def attributes(name: str, module: nn.Module) -> dict[str, Any] | None:
+        if not isinstance(module, nn.MultiheadAttention):
+            return None
+        weights, biases = in_projection(module)
+        out: dict[str, Any] = {"forward": _mha_forward.__get__(module)}
+        out["canonizer_attention"] = rule
+        for key, w, bias in zip("qkv", weights, biases, strict=True):
+            out["canonizer_" + key] = _linear_sharing(w, bias)
+        return out
+
     return attributes
 
 
@@ -192,12 +217,13 @@ def _mha_plain(name: str, module: nn.Module) -> dict[str, Any] | None:
     return None
 
 
-def lrp_canonizers(canonize: bool = True) -> list[Canonizer]:
+def lrp_canonizers(canonize: bool = True, attention: str = "weights") -> list[Canonizer]:
     """Zennit canonizers that fit a model for LRP without changing its outputs.
 
     With ``canonize``: BatchNorm merged into the preceding linear layer, residual additions
-    of ResNet blocks (zoo and torchvision) and transformer blocks (zoo and torchvision ViT)
-    as ``Sum`` modules, attention softmax held constant in the backward pass. Always:
+    of ResNet blocks (zoo and torchvision) and transformer blocks (zoo, torchvision and timm
+    ViT) as ``Sum`` modules, attention computed by :func:`attention_lrp` with the ``attention``
+    rule (default: relevance split by the attention weights, softmax constant). Always:
     ``nn.MultiheadAttention`` written out so that its heads enter ``out_proj`` as a module.
     """
     if not canonize:
@@ -207,8 +233,9 @@ def lrp_canonizers(canonize: bool = True) -> list[Canonizer]:
         AttributeCanonizer(_basic_block),
         ResNetBottleneckCanonizer(),
         AttributeCanonizer(_residual_block),
-        AttributeCanonizer(_zoo_attention),
-        AttributeCanonizer(_mha_lrp),
+        AttributeCanonizer(_zoo_attention(attention)),
+        AttributeCanonizer(_mha_lrp(attention)),
+        *timm_canonizers(attention),
     ]
 
 
@@ -228,16 +255,70 @@ def canonized(model: nn.Module, canonize: bool = True) -> Iterator[nn.Module]:
 # --- the criterion -----------------------------------------------------------------------------
 
 
+def make_composite(
+    composite: str | CompositeSpec,
+    model: nn.Module,
+    *,
+    canonize: bool = True,
+    epsilon: float = 1e-6,
+    gamma: float = 0.25,
+    low: float = -3.0,
+    high: float = 3.0,
+) -> Composite:
+    """A fresh zennit composite (with its canonizers) for ``model``: by name
+    (:data:`COMPOSITES`), from a :class:`CompositeSpec`, or from a spec's JSON file."""
+    if isinstance(composite, str) and is_spec_file(composite):
+        composite = load_spec(composite)
+    if isinstance(composite, CompositeSpec):
+        canonizers = lrp_canonizers(canonize, composite.attention)
+        return spec_composite(composite, model, canonizers)
+    rules = {"epsilon": epsilon, "gamma": gamma, "low": low, "high": high}
+    return build_composite(composite, canonizers=lrp_canonizers(canonize), **rules)
+
+
+def relevance(
+    model: nn.Module,
+    units: Mapping[str, Units],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    composite: Callable[[], Composite],
+    batch_size: int = 64,
+) -> dict[str, torch.Tensor]:
+    """Signed LRP relevance of every unit of every layer, per example ({layer: N x units},
+    float64, on the CPU), all layers in one backward pass per batch.
+
+    ``model`` must be in eval mode with parameters not requiring gradients, ``units``
+    found on it; ``composite()`` gives a fresh composite per batch (zennit's hooks hold on
+    to tensors). LRP starts from the true class's logit.
+    """
+    parts: dict[str, list[torch.Tensor]] = {layer: [] for layer in units}
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size]
+        yb = y[start : start + batch_size].long()
+        found = _unit_relevance(model, list(units.values()), composite(), xb, yb, start == 0)
+        for layer, rel in zip(units, found, strict=True):
+            parts[layer].append(rel.cpu())
+    return {layer: torch.cat(rel) for layer, rel in parts.items()}
+
+
 class LRPCriterion(Criterion):
     """Units scored by their LRP relevance for the true class (Hatefi et al. 2024).
 
-    ``composite`` names the LRP rules (:data:`COMPOSITES`); ``batch_size`` bounds memory;
-    ``canonize`` fits the model for LRP first (see :func:`lrp_canonizers`); ``epsilon`` and
-    ``gamma`` are the parameters of the epsilon and gamma rules.
+    ``composite`` names the LRP rules (:data:`COMPOSITES`) or a composite JSON file (from
+    ``tune-lrp``); ``batch_size`` bounds memory; ``canonize`` fits the model for LRP first
+    (see :func:`lrp_canonizers`); ``epsilon`` and ``gamma`` are the parameters of the
+    epsilon and gamma rules of the named composites.
     """
 
     name = "lrp"
     Options = LRPOptions
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
+        if is_spec_file(self.composite):  # a global plan compares layers as it was tuned to
+            tuned = load_spec(self.composite).info.get("normalisation")
+            if tuned is not None:
+                self.normalisation = tuned
 
     def _score_layers(
         self, model: nn.Module, layers: list[str], x: torch.Tensor, y: torch.Tensor, seed: int
@@ -245,44 +326,37 @@ class LRPCriterion(Criterion):
         """One score per unit of each layer (higher = more relevant): |R| of the unit, summed
         over the reference examples; LRP started from the true class's output logit.
 
-        The model is scored in eval mode on a copy; ``seed`` is unused (LRP is deterministic).
+        The model is scored in eval mode on a copy, every layer in the same backward pass;
+        ``seed`` is unused (LRP is deterministic).
         """
-        return {layer: self._score(model, layer, x, y) for layer in layers}
-
-    def _score(self, model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
         work = copy.deepcopy(model).float().eval().requires_grad_(True)
         # moved to the model's device once; clones are not inference tensors
         x, y = to_device(x, work).clone(), y.to(device_of(work)).clone()
-        units = find_units(work, layer, x[:2])  # needs trainable parameters
+        units = layer_units(work, layers, x[:2])  # needs trainable parameters
         work.requires_grad_(False)
-        rules = {"epsilon": self.epsilon, "gamma": self.gamma}
+        spec = load_spec(self.composite) if is_spec_file(self.composite) else self.composite
+        options = {"epsilon": self.epsilon, "gamma": self.gamma}
         bounds = {"low": float(x.min()), "high": float(x.max())}
-        totals = np.zeros(units.n_players)
-        for start in range(0, len(x), self.batch_size):
-            xb = x[start : start + self.batch_size]
-            yb = y[start : start + self.batch_size].long()
-            check = start == 0
-            # a fresh composite (and canonizers) per batch: zennit's hooks hold on to tensors
-            composite = build_composite(
-                self.composite, canonizers=lrp_canonizers(self.canonize), **rules, **bounds
-            )
-            relevance = _unit_relevance(work, units, composite, xb, yb, check=check)
-            totals += relevance.abs().sum(0).cpu().numpy()
-        return totals
+
+        def composite() -> Composite:
+            return make_composite(spec, model, canonize=self.canonize, **options, **bounds)
+
+        found = relevance(work, units, x, y, composite, self.batch_size)
+        return {layer: rel.abs().sum(0).numpy() for layer, rel in found.items()}
 
 
 def _unit_relevance(
     model: nn.Module,
-    units: Units,
+    units: list[Units],
     composite: Composite,
     x: torch.Tensor,
     y: torch.Tensor,
-    *,
     check: bool,
-) -> torch.Tensor:
-    """Signed relevance of each player for each example (examples x players, float64)."""
+) -> list[torch.Tensor]:
+    """Signed relevance of each player of each ``units`` for each example (examples x
+    players, float64)."""
     modules = dict(model.named_modules())
-    probes: dict[str, list[torch.Tensor]] = {p.module: [] for p in units.mask_points}
+    probes: dict[str, list[torch.Tensor]] = {p.module: [] for u in units for p in u.mask_points}
 
     def add_probe(name: str) -> Callable[..., tuple[Any, ...]]:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -317,18 +391,24 @@ def _unit_relevance(
             logit = out.gather(1, y[:, None])
             start = torch.zeros_like(out).scatter(1, y[:, None], logit.detach())
             tensors = [t for n in probes for t in probes[n]]
-            if not tensors:
-                raise RuntimeError(f"the units of {units.layer!r} were not reached in forward")
+            missing = [u.layer for u in units if not any(probes[p.module] for p in u.mask_points)]
+            if missing:
+                raise RuntimeError(f"the units of {missing[0]!r} were not reached in forward")
             grads = torch.autograd.grad(out, tensors, grad_outputs=start, allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
-    wide = torch.device("cpu") if x.device.type == "mps" else x.device  # MPS: no float64
-    rel = torch.zeros(len(x), units.n_players, dtype=torch.float64, device=wide)
+    by_module: dict[str, list[torch.Tensor | None]] = {}
     grads_of = iter(grads)
-    for point in units.mask_points:
-        for _probe in probes[point.module]:
-            grad = next(grads_of)
-            if grad is not None:
-                point.per_player(grad, units.n_players, keep=1, out=rel)
-    return rel
+    for name, made in probes.items():
+        by_module[name] = [next(grads_of) for _ in made]
+    wide = torch.device("cpu") if x.device.type == "mps" else x.device  # MPS: no float64
+    found = []
+    for u in units:
+        rel = torch.zeros(len(x), u.n_players, dtype=torch.float64, device=wide)
+        for point in u.mask_points:
+            for grad in by_module[point.module]:
+                if grad is not None:
+                    point.per_player(grad, u.n_players, keep=1, out=rel)
+        found.append(rel)
+    return found

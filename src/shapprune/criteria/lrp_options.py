@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shapprune.criteria.lrp_spec import load_spec
 from shapprune.options import option
 
 __all__ = ["COMPOSITES", "LRPOptions"]
@@ -22,16 +23,30 @@ COMPOSITES: tuple[str, ...] = (
 )
 
 
+def is_spec_file(name: str) -> bool:
+    """Whether ``name`` names a composite JSON file (from ``tune-lrp``) rather than a composite."""
+    return str(name).lower().endswith(".json")
+
+
 def check_composite(name: str) -> None:
+    """A known composite name, or a composite JSON file that reads back (checked now)."""
+    if is_spec_file(name):
+        load_spec(name)
+        return
     if name not in COMPOSITES:
-        raise ValueError(f"unknown LRP composite {name!r}; known: {', '.join(COMPOSITES)}")
+        raise ValueError(
+            f"unknown LRP composite {name!r}; known: {', '.join(COMPOSITES)}, "
+            "or a composite JSON file written by `shapprune tune-lrp`"
+        )
 
 
 @dataclass
 class LRPOptions:
     """Options of the LRP criterion."""
 
-    composite: str = option("epsilon-plus-flat", f"LRP rules: {'|'.join(COMPOSITES)}")
+    composite: str = option(
+        "epsilon-plus-flat", f"LRP rules: {'|'.join(COMPOSITES)}, or a tune-lrp JSON file"
+    )
     batch_size: int = option(64, "examples per LRP pass (bounds memory)")
     canonize: bool = option(True, "fit the model for LRP first (merged BatchNorm, explicit sums)")
     epsilon: float = option(1e-6, "stabiliser of the epsilon rule")

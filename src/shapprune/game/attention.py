@@ -65,11 +65,13 @@ def multihead_attention(
     num_heads: int,
     batch_first: bool,
     constant_softmax: bool = False,
+    core: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Scaled dot-product attention, head by head: the heads' concatenated output is the
     input of ``out_proj`` (called as a module, so it can be hooked or masked there).
 
-    ``constant_softmax`` detaches the attention weights (for relevance propagation).
+    ``constant_softmax`` detaches the attention weights (for relevance propagation);
+    ``core(q, k, v)``, if given, computes the heads' outputs instead (an LRP rule's).
     """
     if not batch_first:
         query, key, value = (t.transpose(0, 1) for t in (query, key, value))
@@ -79,7 +81,9 @@ def multihead_attention(
         return y.reshape(y.shape[0], y.shape[1], num_heads, -1).transpose(1, 2)
 
     q, k, v = (heads(t, p) for t, p in zip((query, key, value), projections, strict=True))
-    if constant_softmax:
+    if core is not None:
+        out = core(q, k, v)
+    elif constant_softmax:
         attn = ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1).detach()
         out = attn @ v
     else:
@@ -101,6 +105,7 @@ def mha_call(
     is_causal: bool = False,
     *,
     constant_softmax: bool = False,
+    core: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, None]:
     """What ``module(query, key, value, ...)`` returns in eval mode for a module with the
     interface of ``nn.MultiheadAttention`` (``out_proj``, ``num_heads``, ``batch_first``),
@@ -118,6 +123,7 @@ def mha_call(
         num_heads=module.num_heads,
         batch_first=module.batch_first,
         constant_softmax=constant_softmax,
+        core=core,
     )
     return out, None
 
