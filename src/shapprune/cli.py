@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -289,6 +290,12 @@ def _criterion_options(name: str, explicit: dict, items: list[str]) -> dict:
     return {**given, **parse_options(factory.declaration, items, owner, tuple(factory.fixed))}
 
 
+def _declares(criterion: str, key: str) -> bool:
+    """Whether criterion ``criterion`` (known or not: checked later) has option ``key``."""
+    factory = CRITERIA.get(criterion)
+    return factory is not None and key in {f.name for f in dataclasses.fields(factory.declaration)}
+
+
 def _metrics_table(summary: dict) -> Table:
     table = Table(title=f"{summary['criterion']}, target {summary['target']}")
     for col in ("", "before", "after", "after / before"):
@@ -313,6 +320,16 @@ def prune(
     normalisation: Annotated[
         str | None,
         typer.Option(help="per-layer scores for --global; default the criterion's (l1, or none)"),
+    ] = None,
+    cost: Annotated[
+        str | None, typer.Option(help="with --global: rank by score per unit of macs|params saved")
+    ] = None,
+    compensate: Annotated[
+        bool | None,
+        typer.Option(
+            "--compensate/--zero",
+            help="removed units leave their mean as a bias, or zero (default: the criterion's)",
+        ),
     ] = None,
     steps: Annotated[int, typer.Option(help="iterative pruning in this many steps")] = 1,
     mode: Annotated[str, typer.Option(help="remove (physically) or mask")] = "remove",
@@ -340,6 +357,8 @@ def prune(
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} is not empty; choose another --out or pass --force")
     explicit = {"budget": budget, "metric": metric, "composite": composite}
+    if _declares(criterion, "compensate"):  # the game removes as removal does
+        explicit["compensate"] = compensate
     scorer = get_criterion(criterion, **_criterion_options(criterion, explicit, option or []))
     net, meta = load_model(model, data, root=root)
     net = net.to(where)
@@ -360,6 +379,8 @@ def prune(
             seed=seed,
             finetune_epochs=finetune_epochs,
             finetune_lr=finetune_lr,
+            compensate=compensate,
+            cost=cost,
             report=status.update,
         )
     out.mkdir(parents=True, exist_ok=True)

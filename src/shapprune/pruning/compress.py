@@ -46,6 +46,8 @@ def prune_model(
     seed: int = 0,
     finetune_epochs: int = 0,
     finetune_lr: float = 1e-3,
+    compensate: bool | None = None,
+    cost: str | None = None,
     report: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Prune ``model`` by ``criterion`` (an object with ``score(model, layers, data, seed)``)
@@ -56,6 +58,10 @@ def prune_model(
     anew on the pruned network before each step. The test split measures the result.
     ``normalisation`` (of the scores, for a global plan): default the criterion's own
     (``l1``; ``none`` for a network-wide game's values).
+    ``compensate``: removed units leave their mean over the reference examples as a bias in
+    their consumers (``shapprune.game.compensation``) rather than zero; default: as the
+    criterion's game does if it plays one (its option ``compensate``), else ``COMPENSATE``.
+    ``cost`` ("macs" or "params", with ``global_``): units compete on score per cost saved.
     """
     target = Target.parse(target) if isinstance(target, str | float) else target
     if steps < 1:
@@ -64,6 +70,7 @@ def prune_model(
         raise ValueError("iterative pruning (steps > 1) needs mode='remove'")
     say = report or (lambda _msg: None)
     normalisation = normalisation or getattr(criterion, "normalisation", "l1")
+    compensate = _compensates(criterion, compensate)
     example = data.val.x[:2]
     ref = reference_set(data.val, per_class=per_class, seed=seed)
     units = select_layers(model, example, layers)  # found once per model, then passed on
@@ -74,6 +81,11 @@ def prune_model(
         step_target = _step_target(target, step, steps)
         say(f"step {step}/{steps}: scoring {', '.join(chosen)}")
         scores = criterion.score(current, chosen, (ref.x, ref.y), seed=seed)
+        fill = ref.x if compensate else None
+
+        def apply(m: nn.Module, removals: dict, units=units, fill=fill) -> nn.Module:
+            return apply_removals(m, removals, example, mode=mode, units=units, compensate=fill)
+
         plan = make_plan(
             current,
             scores,
@@ -81,10 +93,12 @@ def prune_model(
             example,
             global_=global_,
             normalisation=normalisation,
+            apply=apply,
             baseline=model,
             units=units,
+            cost=cost,
         )
-        current = apply_removals(current, plan.removals, example, mode=mode, units=units)
+        current = apply(current, plan.removals)
         if step < steps:
             units = layer_units(current, chosen, example)
         plans.append({**plan.to_dict(), "scores": {k: v.tolist() for k, v in scores.items()}})
@@ -105,6 +119,7 @@ def prune_model(
         "global": global_,
         "steps": steps,
         "mode": mode,
+        "compensate": compensate,
         "reference_examples": len(ref),
         "finetune_epochs": finetune_epochs,
         "seconds_scoring_and_planning": score_seconds,
@@ -115,6 +130,25 @@ def prune_model(
         "plans": plans,
     }
     return current, summary
+
+
+COMPENSATE = False
+"""Whether removal compensates by default, for criteria that play no game."""
+
+
+def _compensates(criterion, compensate: bool | None) -> bool:
+    """Removal as the criterion's game removes (a game that zeroes units values them for
+    zeroing); an explicit choice that contradicts it is refused."""
+    own = getattr(getattr(criterion, "options", None), "compensate", None)
+    if compensate is None:
+        return COMPENSATE if own is None else bool(own)
+    if own is not None and bool(own) != compensate:
+        raise ValueError(
+            f"the criterion's game {'compensates' if own else 'zeroes'} removed units but "
+            f"removal would {'compensate' if compensate else 'zero'} them; set the criterion's "
+            f"option compensate={str(compensate).lower()} too"
+        )
+    return compensate
 
 
 def _step_target(target: Target, step: int, steps: int) -> Target:
