@@ -290,6 +290,14 @@ def _criterion_options(name: str, explicit: dict, items: list[str]) -> dict:
     return {**given, **parse_options(factory.declaration, items, owner, tuple(factory.fixed))}
 
 
+def _compensate_choice(text: str | None) -> bool | str | None:
+    """``--compensate yes|no|auto`` as ``prune_model`` takes it."""
+    choices = {None: None, "yes": True, "no": False, "auto": "auto"}
+    if text not in choices:
+        raise ValueError(f"--compensate takes yes, no or auto; got {text!r}")
+    return choices[text]
+
+
 def _declares(criterion: str, key: str) -> bool:
     """Whether criterion ``criterion`` (known or not: checked later) has option ``key``."""
     factory = CRITERIA.get(criterion)
@@ -325,10 +333,10 @@ def prune(
         str | None, typer.Option(help="with --global: rank by score per unit of macs|params saved")
     ] = None,
     compensate: Annotated[
-        bool | None,
+        str | None,
         typer.Option(
-            "--compensate/--zero",
-            help="removed units leave their mean as a bias, or zero (default: the criterion's)",
+            help="removed units leave their mean as a bias: yes|no|auto (the better on the "
+            "reference examples); default: the criterion's game's, else auto"
         ),
     ] = None,
     steps: Annotated[int, typer.Option(help="iterative pruning in this many steps")] = 1,
@@ -357,8 +365,9 @@ def prune(
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} is not empty; choose another --out or pass --force")
     explicit = {"budget": budget, "metric": metric, "composite": composite}
-    if _declares(criterion, "compensate"):  # the game removes as removal does
-        explicit["compensate"] = compensate
+    fill = _compensate_choice(compensate)
+    if _declares(criterion, "compensate") and fill != "auto":  # the game removes as removal does
+        explicit["compensate"] = fill
     scorer = get_criterion(criterion, **_criterion_options(criterion, explicit, option or []))
     net, meta = load_model(model, data, root=root)
     net = net.to(where)
@@ -379,7 +388,7 @@ def prune(
             seed=seed,
             finetune_epochs=finetune_epochs,
             finetune_lr=finetune_lr,
-            compensate=compensate,
+            compensate=fill,
             cost=cost,
             report=status.update,
         )

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from shapprune.evaluation.measure import measure
+from shapprune.evaluation.measure import evaluate, measure
 from shapprune.game.units import Units, layer_units
 from shapprune.pruning.plan import Target, make_plan, prunable_layers
 from shapprune.pruning.removal import apply_removals, history
@@ -46,7 +46,7 @@ def prune_model(
     seed: int = 0,
     finetune_epochs: int = 0,
     finetune_lr: float = 1e-3,
-    compensate: bool | None = None,
+    compensate: bool | str | None = None,
     cost: str | None = None,
     report: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, dict]:
@@ -59,8 +59,10 @@ def prune_model(
     ``normalisation`` (of the scores, for a global plan): default the criterion's own
     (``l1``; ``none`` for a network-wide game's values).
     ``compensate``: removed units leave their mean over the reference examples as a bias in
-    their consumers (``shapprune.game.compensation``) rather than zero; default: as the
-    criterion's game does if it plays one (its option ``compensate``), else ``COMPENSATE``.
+    their consumers (``shapprune.game.compensation``) rather than zero; "auto": both are
+    built and the one with the lower loss on the reference examples is kept (per step);
+    default: as the criterion's game does if it plays one (its option ``compensate``),
+    else ``COMPENSATE``.
     ``cost`` ("macs" or "params", with ``global_``): units compete on score per cost saved.
     """
     target = Target.parse(target) if isinstance(target, str | float) else target
@@ -81,7 +83,7 @@ def prune_model(
         step_target = _step_target(target, step, steps)
         say(f"step {step}/{steps}: scoring {', '.join(chosen)}")
         scores = criterion.score(current, chosen, (ref.x, ref.y), seed=seed)
-        fill = ref.x if compensate else None
+        fill = ref.x if compensate is True else None  # "auto": plan on zeroed copies
 
         def apply(m: nn.Module, removals: dict, units=units, fill=fill) -> nn.Module:
             return apply_removals(m, removals, example, mode=mode, units=units, compensate=fill)
@@ -98,7 +100,11 @@ def prune_model(
             units=units,
             cost=cost,
         )
-        current = apply(current, plan.removals)
+        if compensate == "auto":
+            current, kept = _better_removal(current, plan.removals, example, mode, units, ref)
+            plan.info["compensated"] = kept
+        else:
+            current = apply(current, plan.removals)
         if step < steps:
             units = layer_units(current, chosen, example)
         plans.append({**plan.to_dict(), "scores": {k: v.tolist() for k, v in scores.items()}})
@@ -132,23 +138,36 @@ def prune_model(
     return current, summary
 
 
-COMPENSATE = False
-"""Whether removal compensates by default, for criteria that play no game."""
+COMPENSATE: bool | str = "auto"
+"""How removal treats removed units by default, for criteria that play no game."""
 
 
-def _compensates(criterion, compensate: bool | None) -> bool:
+def _compensates(criterion, compensate: bool | str | None) -> bool | str:
     """Removal as the criterion's game removes (a game that zeroes units values them for
-    zeroing); an explicit choice that contradicts it is refused."""
+    zeroing); an explicit choice that contradicts it is refused ("auto" never does)."""
+    if compensate not in (None, True, False, "auto"):
+        raise ValueError(f"compensate must be true, false or 'auto'; got {compensate!r}")
     own = getattr(getattr(criterion, "options", None), "compensate", None)
     if compensate is None:
         return COMPENSATE if own is None else bool(own)
-    if own is not None and bool(own) != compensate:
+    if compensate != "auto" and own is not None and bool(own) != compensate:
         raise ValueError(
             f"the criterion's game {'compensates' if own else 'zeroes'} removed units but "
             f"removal would {'compensate' if compensate else 'zero'} them; set the criterion's "
             f"option compensate={str(compensate).lower()} too"
         )
     return compensate
+
+
+def _better_removal(
+    model: nn.Module, removals: dict, example, mode: str, units, ref
+) -> tuple[nn.Module, bool]:
+    """The removal, zeroed or compensated, with the lower loss on the reference examples
+    (never the test split), and whether it compensates."""
+    zeroed = apply_removals(model, removals, example, mode=mode, units=units)
+    filled = apply_removals(model, removals, example, mode=mode, units=units, compensate=ref.x)
+    loss = [evaluate(m, ref)["loss"] for m in (zeroed, filled)]
+    return (filled, True) if loss[1] < loss[0] else (zeroed, False)
 
 
 def _step_target(target: Target, step: int, steps: int) -> Target:
