@@ -115,6 +115,26 @@ def test_cli_prune_writes_model_and_summary(tmp_path, monkeypatch, capsys, lenet
     assert code == 2 and "unknown criterion 'magic'" in err and "weight-l1" in err
     code, err = _cli(monkeypatch, capsys, *args[:-1], str(tmp_path / "o3"), "--target", "macs=2")
     assert code == 2 and "(0, 1)" in err
+    code, err = _cli(monkeypatch, capsys, *args[:-1], str(tmp_path / "o4"), "--compensate", "mean")
+    assert code == 2 and "--compensate takes yes, no or auto; got 'mean'" in err
+    code, err = _cli(monkeypatch, capsys, *args[:-1], str(tmp_path / "o5"), "--cost", "macs")
+    assert code == 2 and "needs global_=True" in err
+
+
+def test_cli_prune_global_cost_aware_and_compensated(tmp_path, monkeypatch, capsys, lenet):
+    from shapprune.pruning.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "base", lenet, name="lenet5", config={"seed": 0}, metrics={})
+    out = tmp_path / "pruned"
+    args = ["prune", "--model", str(tmp_path / "base.json"), "--criterion", "loo"]
+    args += ["--target", "macs=0.5", "--global", "--cost", "macs", "--compensate", "yes"]
+    code, err = _cli(monkeypatch, capsys, *args, "--per-class", "3", "--out", str(out))
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["compensate"] is True and summary["plans"][0]["cost"] == "macs"
+    assert 0.5 <= 1 - summary["after"]["macs"] / summary["before"]["macs"] < 0.52
+    model, _ = load_checkpoint(out / "model")  # folded biases reload
+    assert model.conv2.out_channels < 50
 
 
 @pytest.mark.parametrize("target", ["channels=0.3", "channels=0.7"])
