@@ -88,9 +88,12 @@ class Method:
     options: dict = field(default_factory=dict)
     needs_bn: bool = False  # only for models with BatchNorm
     seeded: bool = True  # False: reads neither the reference data nor random draws
+    cost: str | None = None  # shapprune: global, by score per MAC saved
 
     @property
     def allocation(self) -> str:
+        if self.cost:
+            return f"global per {self.cost[:-1].upper()}"
         return "global" if self.global_ else "per layer"
 
 
@@ -136,11 +139,11 @@ def methods(quick: bool) -> list[Method]:
     ours = [(n, o) for n, o in SHAPPRUNE_CRITERIA if not quick or n in quick_ours]
     ours += [(n, o) for n, o in NETWORK_CRITERIA if n in CRITERIA]
     for name, options in ours:
-        for global_ in (False, True):
-            alloc = "global" if global_ else "per layer"
+        for global_, cost in ((False, None), (True, None), (True, "macs")):
+            alloc = "global per MAC" if cost else "global" if global_ else "per layer"
             out.append(
                 Method(f"shapprune {name} ({alloc})", "shapprune", name, global_, options,
-                       needs_bn=name == "bn-scale", seeded=name not in UNSEEDED)
+                       needs_bn=name == "bn-scale", seeded=name not in UNSEEDED, cost=cost)
             )  # fmt: skip
     return out
 
@@ -281,6 +284,7 @@ def prune_shapprune(
         criterion,
         f"macs={target}",
         global_=method.global_,
+        cost=method.cost,
         per_class=PER_CLASS,
         seed=seed,
     )

@@ -336,7 +336,7 @@ def prune(
         str | None,
         typer.Option(
             help="removed units leave their mean as a bias: yes|no|auto (the better on the "
-            "reference examples); default: the criterion's game's, else auto"
+            "reference examples); default auto"
         ),
     ] = None,
     steps: Annotated[int, typer.Option(help="iterative pruning in this many steps")] = 1,

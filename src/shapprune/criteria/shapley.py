@@ -33,7 +33,7 @@ class GameOptions:
     metric: str = option("loss", f"the game's payoff: {'|'.join(METRICS)}")
     batch_size: int = option(512, "coalitions evaluated per forward pass")
     compensate: bool = option(
-        False, "removed units leave their mean as a bias in their consumers (not zero)"
+        True, "removed units leave their mean as a bias in their consumers (false: zero)"
     )
 
     def __post_init__(self) -> None:

@@ -61,8 +61,8 @@ def prune_model(
     ``compensate``: removed units leave their mean over the reference examples as a bias in
     their consumers (``shapprune.game.compensation``) rather than zero; "auto": both are
     built and the one with the lower loss on the reference examples is kept (per step);
-    default: as the criterion's game does if it plays one (its option ``compensate``),
-    else ``COMPENSATE``.
+    default ``COMPENSATE`` ("auto"). A game criterion values units for its own way of
+    removing them (its option ``compensate``): an explicit True/False must agree with it.
     ``cost`` ("macs" or "params", with ``global_``): units compete on score per cost saved.
     """
     target = Target.parse(target) if isinstance(target, str | float) else target
@@ -139,7 +139,7 @@ def prune_model(
 
 
 COMPENSATE: bool | str = "auto"
-"""How removal treats removed units by default, for criteria that play no game."""
+"""How removal treats removed units by default."""
 
 
 def _compensates(criterion, compensate: bool | str | None) -> bool | str:
@@ -149,7 +149,7 @@ def _compensates(criterion, compensate: bool | str | None) -> bool | str:
         raise ValueError(f"compensate must be true, false or 'auto'; got {compensate!r}")
     own = getattr(getattr(criterion, "options", None), "compensate", None)
     if compensate is None:
-        return COMPENSATE if own is None else bool(own)
+        return COMPENSATE
     if compensate != "auto" and own is not None and bool(own) != compensate:
         raise ValueError(
             f"the criterion's game {'compensates' if own else 'zeroes'} removed units but "
