@@ -111,12 +111,10 @@ TP_SEEDED = ("taylor", "random")  # the others read only the weights
 
 SHAPPRUNE_CRITERIA: list[tuple[str, dict]] = [  # name, options ("budget": filled by the run)
     ("shapley-permutation", {"budget": None}),
-    ("shapley-partial", {}),
     ("loo", {}),
     ("lrp", {}),
     ("weight-l1", {}),
     ("taylor", {}),
-    ("random", {}),
 ]
 UNSEEDED = ("weight-l1", "weight-l2", "bn-scale")
 NETWORK_CRITERIA: list[tuple[str, dict]] = [  # included when registered (issue 12, item 1)
