@@ -16,6 +16,8 @@ SCRIPTS = [
     "scale",
     "criteria_lenet",
     "vs_torch_pruning",
+    "executors",
+    "decision_estimators",
 ]
 
 
@@ -144,6 +146,40 @@ def _check_vs_torch_pruning(r: dict) -> None:
                     v["best"]["shapprune"]["accuracy"] - v["best"]["torch-pruning"]["accuracy"]
                 )
     assert len(r["plots"]) == len(r["models"])
+
+
+def _check_executors(r: dict) -> None:
+    labels = [row["executor"] for row in r["rows"]]
+    assert labels[0] == "serial, 1 worker" and {"processes, 2 workers", "ray, 2 workers"} <= set(
+        labels
+    )
+    for row in r["rows"]:
+        assert row["identical_to_serial"], row["executor"]  # same seed, same values
+        assert row["evals_per_s"] > 0 and _spread_ok(row["seconds"])
+        assert row["speedup_vs_serial"] == pytest.approx(
+            r["rows"][0]["seconds"]["median"] / row["seconds"]["median"]
+        )
+    assert set(r["speedup_2_workers"]) == {"processes", "ray"}
+
+
+def _check_decision_estimators(result: dict) -> None:
+    (r,) = result["layers"]
+    ks, seeds, n = r["ks"], r["seeds"], r["game"]["players"]
+    methods = {row["method"] for row in r["rows"]}
+    assert {"shapley (permutation)", "banzhaf", "refine (shapley)"} <= methods
+    assert len(r["rows"]) == len(methods) * len(ks) * len(seeds)  # every method, k and seed
+    for row in r["rows"]:
+        k = row["k"]
+        assert len(set(row["removed"])) == k and set(row["removed"]) <= set(range(n))
+        assert 0 < row["evals"] <= r["budget"] and 0 <= row["accuracy"] <= 1
+        expected = len(set(row["removed"]) & set(r["oracle"]["sets"][str(k)])) / k
+        assert row["overlap"] == expected
+        if r["oracle"]["exhaustive"][str(k)]:  # nothing beats an exhaustive oracle set
+            assert row["regret"] >= -1e-9
+    for m, by_key in r["summary"].items():
+        rows = [row for row in r["rows"] if row["method"] == m and row["k"] == ks[0]]
+        mean = sum(row["regret"] for row in rows) / len(rows)
+        assert by_key["regret"][str(ks[0])] == pytest.approx(mean)
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}

@@ -375,3 +375,13 @@ def test_several_layers_at_once_equal_one_at_a_time(name):
     for layer in ("conv1", "conv2", "fc1"):
         alone = get_criterion(name).score(model, [layer], data)[layer]
         np.testing.assert_allclose(together[layer], alone, rtol=1e-6, atol=1e-12)
+
+
+def test_a_settled_set_is_what_the_criterion_cuts_first():
+    model, data = _model("tinycnn", seed=2), _data(n=8)
+    crit = get_criterion("shapley-refine", metric="margin", budget=400, remove=3)
+    scores = crit.score(model, ["conv1"], data, seed=1)["conv1"]
+    est = crit.last_estimate
+    assert est.selected is not None and len(est.selected) == 3
+    assert set(np.argsort(scores, kind="stable")[:3]) == set(est.selected.tolist())
+    assert sorted(scores.tolist()) == list(range(len(scores)))  # positions in its ranking

@@ -119,6 +119,17 @@ def _checked(scores, n: int | None, name: str) -> np.ndarray:
     return scores
 
 
+def estimate_scores(est) -> np.ndarray:
+    """Scores from an ``Estimate``: its values, or where it settled a set (the k lowest,
+    e.g. ``refine``, ``bandit``) the players' positions in its ranking, so that a plan
+    cutting k units cuts exactly that set (higher = more important, as for every score)."""
+    if est.selected is None:
+        return np.asarray(est.values, dtype=np.float64)
+    position = np.empty(len(est.values), dtype=np.float64)
+    position[est.ranking] = np.arange(len(est.values))
+    return position
+
+
 @contextlib.contextmanager
 def _untouched(model: nn.Module) -> Iterator[None]:
     """Restore every module's train/eval flag and every parameter's requires_grad."""

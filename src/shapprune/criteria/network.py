@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shapprune.criteria.base import Criterion, _checked
+from shapprune.criteria.base import Criterion, _checked, estimate_scores
 from shapprune.criteria.shapley import GameOptions
 from shapprune.estimators.base import Estimate
 from shapprune.estimators.registry import ESTIMATORS, estimate, get_estimator
@@ -132,5 +132,5 @@ class NetworkShapleyCriterion(Criterion):
         chosen = {k: v for k, v in _estimator_values(opts).items() if v is not None}
         est = estimate(game, opts.method, budget=opts.budget, seed=seed, **chosen)
         self.last_estimate, self.players = est, game.players
-        values = _checked(est.values, game.n_players, self.name)
+        values = _checked(estimate_scores(est), game.n_players, self.name)
         return game.scores(values)

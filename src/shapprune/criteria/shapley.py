@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shapprune.criteria.base import Criterion, _checked
+from shapprune.criteria.base import Criterion, _checked, estimate_scores
 from shapprune.estimators.base import Estimate
 from shapprune.estimators.registry import ESTIMATORS, estimate, get_estimator
 from shapprune.game.pruning_game import METRICS, PruningGame
@@ -143,5 +143,5 @@ class ShapleyCriterion(Criterion):
                 game, self.method, budget=opts.budget, seed=seed, **self.estimator_options
             )
             self.estimates[layer] = self.last_estimate = est
-            out[layer] = _checked(est.values, game.n_players, self.name)
+            out[layer] = _checked(estimate_scores(est), game.n_players, self.name)
         return out

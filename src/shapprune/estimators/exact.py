@@ -37,15 +37,28 @@ def shapley_from_sizes(z: np.ndarray, v: np.ndarray, sizes: list[int]) -> np.nda
     0..n-1 it is the exact Shapley value.
     """
     n = z.shape[1]
+    weights = np.zeros(n)
+    weights[list(sizes)] = 1.0 / len(sizes)
+    return semivalue_from_coalitions(z, v, weights)
+
+
+def semivalue_from_coalitions(z: np.ndarray, v: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The semivalue sum over s of ``weights[s]`` x (mean marginal v(S+i) - v(S), |S| = s).
+
+    ``weights`` (n,) weighs the sizes s = 0..n-1 of the coalitions S of the *other* players
+    (1/n each: Shapley; binomial: Banzhaf). ``z``/``v`` must hold every coalition of size s
+    and s+1 for each s of nonzero weight.
+    """
+    n = z.shape[1]
     t = z.sum(axis=1)
     phi = np.zeros(n)
-    for s in sizes:
+    for s in np.flatnonzero(weights):
         with_i = t == s + 1  # coalitions S+i, credited to each member i
         without_i = t == s  # coalitions S, debited from each non-member i
         plus = z[with_i].T.astype(np.float64) @ v[with_i]
         minus = (~z[without_i]).T.astype(np.float64) @ v[without_i]
-        phi += (plus - minus) / math.comb(n - 1, s)
-    return phi / len(sizes)
+        phi += weights[s] * (plus - minus) / math.comb(n - 1, int(s))
+    return phi
 
 
 def exact(game: BudgetedGame) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -8,6 +8,7 @@ reachable here, as the criterion ``shapley-<name>``, from the CLI and in experim
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,10 +18,14 @@ import numpy as np
 from shapprune.estimators._budget import BudgetedGame, Game
 from shapprune.estimators.base import Answer, Estimate, Estimator
 from shapprune.estimators.exact import Exact
+from shapprune.estimators.executors import Executor
 from shapprune.estimators.kernel import Kernel
 from shapprune.estimators.loo import LeaveOneOut
 from shapprune.estimators.partial import Partial
 from shapprune.estimators.permutation import Permutation
+from shapprune.estimators.refine import Refine
+from shapprune.estimators.resume import Checkpoint, RecordedGame, prepared_game
+from shapprune.estimators.semivalue import Semivalue
 from shapprune.options import build_options
 
 __all__ = [
@@ -48,7 +53,7 @@ def register_estimator(estimator: Estimator | type[Estimator], *, replace: bool 
     return estimator
 
 
-for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut):
+for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut, Semivalue, Refine):
     register_estimator(_builtin)
 
 
@@ -78,6 +83,10 @@ def default_budget(method: str, n: int, **options: Any) -> int:
     return max(est.min_budget(n, opts), est.default_budget(n, opts))
 
 
+def _plain(opts: Any) -> dict[str, Any]:
+    return dataclasses.asdict(opts) if dataclasses.is_dataclass(opts) else {}
+
+
 def estimate(
     game: Game,
     method: str = "permutation",
@@ -85,6 +94,8 @@ def estimate(
     seed: int = 0,
     *,
     progress: Callable[[int, int], None] | None = None,
+    executor: Executor | None = None,
+    checkpoint: Checkpoint | None = None,
     **options: Any,
 ) -> Estimate:
     """Estimate the value of every player of ``game``.
@@ -93,6 +104,9 @@ def estimate(
     evaluated (default: ``default_budget``); ``options`` are the method's declared options
     (e.g. permutation: ``antithetic``, ``control``, ``truncation``, ``patience``; partial:
     depth ``k``). ``progress(done, budget)`` is called after each evaluation batch.
+    ``executor`` evaluates the coalitions (default: the one set by ``using_executor``, else
+    this process); ``checkpoint`` records them and resumes an interrupted run (default: the
+    one set by ``using_checkpoint``, else none): neither changes the values.
     """
     est = get_estimator(method)
     opts = estimator_options(method, options)
@@ -107,9 +121,15 @@ def estimate(
             f"it needs at least {need} evaluations"
         )
     rng = np.random.default_rng(seed)
-    view = BudgetedGame(game, budget, progress=progress)
+    key = {"method": method, "seed": seed, "budget": budget, "options": _plain(opts)}
+    played = prepared_game(game, key, executor, checkpoint)
+    view = BudgetedGame(played, budget, progress=progress)
     start = time.perf_counter()
-    answer = est(view, rng, opts)
+    try:
+        answer = est(view, rng, opts)
+    finally:  # interrupted or not, what was evaluated is kept
+        if isinstance(played, RecordedGame):
+            played.checkpoint.save()
     seconds = time.perf_counter() - start
     if not isinstance(answer, Answer):
         answer = Answer(*answer)
