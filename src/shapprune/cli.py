@@ -320,6 +320,20 @@ def _criterion_options(name: str, explicit: dict, items: list[str]) -> dict:
     return {**given, **parse_options(factory.declaration, items, owner, tuple(factory.fixed))}
 
 
+DEFAULT_PRUNE_CRITERION = "lrp"  # what won the head-to-head (benchmarks/vs_torch_pruning.py)
+DEFAULT_REFINE = 300
+
+
+def _cost_choice(text: str, global_: bool, target) -> str | None:
+    """``--cost macs|params|none|auto`` as ``prune_model`` takes it (auto: the target's
+    kind for a global plan, none per layer or for a channels target)."""
+    if text not in ("macs", "params", "none", "auto"):
+        raise ValueError(f"--cost takes macs, params, none or auto; got {text!r}")
+    if text == "auto":
+        return target.kind if global_ and target.kind in ("macs", "params") else None
+    return None if text == "none" else text
+
+
 def _compensate_choice(text: str | None) -> bool | str | None:
     """``--compensate yes|no|auto`` as ``prune_model`` takes it."""
     choices = {None: None, "yes": True, "no": False, "auto": "auto"}
@@ -350,18 +364,32 @@ def _metrics_table(summary: dict) -> Table:
 def prune(
     model: ModelOpt = "lenet5",
     data: DataOpt = "mnist5k",
-    criterion: Annotated[str, CRITERION_HELP] = "shapley-permutation",
+    criterion: Annotated[str, CRITERION_HELP] = DEFAULT_PRUNE_CRITERION,
     option: Annotated[list[str] | None, PRUNE_OPTION_HELP] = None,
     target: Annotated[str, typer.Option(help="channels=F, params=F or macs=F")] = "macs=0.5",
     layers: Annotated[str | None, typer.Option(help="comma-separated; default: all")] = None,
-    global_: Annotated[bool, typer.Option("--global", help="rank units across layers")] = False,
+    global_: Annotated[
+        bool,
+        typer.Option("--global/--per-layer", help="rank units across layers, or cut each alike"),
+    ] = True,
     normalisation: Annotated[
         str | None,
         typer.Option(help="per-layer scores for --global; default the criterion's (l1, or none)"),
     ] = None,
     cost: Annotated[
-        str | None, typer.Option(help="with --global: rank by score per unit of macs|params saved")
-    ] = None,
+        str,
+        typer.Option(
+            help="with --global: rank by score per macs|params saved, or none; auto: the "
+            "target's kind (macs or params)"
+        ),
+    ] = "auto",
+    refine: Annotated[
+        int,
+        typer.Option(
+            help="evaluations of whole removal sets on the reference examples spent "
+            "swapping units within layers at the target (0: none)"
+        ),
+    ] = DEFAULT_REFINE,
     compensate: Annotated[
         str | None,
         typer.Option(
@@ -414,7 +442,7 @@ def prune(
                 "options": chosen_options, "target": target, "layers": layers,
                 "global": global_, "normalisation": normalisation, "steps": steps,
                 "mode": mode, "per_class": per_class, "seed": seed, "root": root,
-                "cost": cost, "compensate": compensate}  # fmt: skip
+                "cost": cost, "compensate": compensate, "refine": refine}  # fmt: skip
     net, meta = load_model(model, data, root=root)
     net = net.to(where)
     splits = load_dataset(data, root=root, seed=0)
@@ -439,7 +467,8 @@ def prune(
             finetune_epochs=finetune_epochs,
             finetune_lr=finetune_lr,
             compensate=fill,
-            cost=cost,
+            cost=_cost_choice(cost, global_, parsed),
+            refine=refine,
             report=status.update,
         )
     out.mkdir(parents=True, exist_ok=True)

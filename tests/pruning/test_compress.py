@@ -117,7 +117,9 @@ def test_cli_prune_writes_model_and_summary(tmp_path, monkeypatch, capsys, lenet
     assert code == 2 and "(0, 1)" in err
     code, err = _cli(monkeypatch, capsys, *args[:-1], str(tmp_path / "o4"), "--compensate", "mean")
     assert code == 2 and "--compensate takes yes, no or auto; got 'mean'" in err
-    code, err = _cli(monkeypatch, capsys, *args[:-1], str(tmp_path / "o5"), "--cost", "macs")
+    code, err = _cli(
+        monkeypatch, capsys, *args[:-1], str(tmp_path / "o5"), "--per-layer", "--cost", "macs"
+    )
     assert code == 2 and "needs global_=True" in err
 
 
@@ -163,3 +165,16 @@ def test_removal_that_contradicts_the_criterion_s_game_is_refused(lenet, mnist5k
         prune_model(lenet, mnist5k, crit, "channels=0.5", layers=["conv1"], compensate=False)
     with pytest.raises(ValueError, match="compensate must be true, false or 'auto'"):
         prune_model(lenet, mnist5k, crit, "channels=0.5", layers=["conv1"], compensate="mean")
+
+
+def test_refinement_changes_units_not_counts(lenet, mnist5k):
+    crit = get_criterion("weight-l1")
+    kw = {"layers": ["conv1", "conv2"], "per_class": 3, "compensate": False}
+    _, plain = prune_model(lenet, mnist5k, crit, "macs=0.5", **kw)
+    _, refined = prune_model(lenet, mnist5k, crit, "macs=0.5", refine=40, **kw)
+    info = refined["plans"][0]["refinement"]
+    assert 0 < info["sets_evaluated"] <= 40 and info["value"] >= info["seed_value"]
+    assert refined["removed"] == plain["removed"] and refined["refine"] == 40
+    assert refined["after"]["macs"] == plain["after"]["macs"]
+    with pytest.raises(ValueError, match="refine is a number of evaluations"):
+        prune_model(lenet, mnist5k, crit, "macs=0.5", refine=-1, **kw)

@@ -11,6 +11,7 @@ from torch import nn
 from shapprune.evaluation.measure import evaluate, measure
 from shapprune.game.units import Units, layer_units
 from shapprune.pruning.plan import Target, make_plan, prunable_layers
+from shapprune.pruning.refinement import refine_plan
 from shapprune.pruning.removal import apply_removals, history
 from shapprune.zoo.data import DatasetSplits, reference_set
 
@@ -48,6 +49,7 @@ def prune_model(
     finetune_lr: float = 1e-3,
     compensate: bool | str | None = None,
     cost: str | None = None,
+    refine: int = 0,
     report: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Prune ``model`` by ``criterion`` (an object with ``score(model, layers, data, seed)``)
@@ -64,10 +66,14 @@ def prune_model(
     default ``COMPENSATE`` ("auto"). A game criterion values units for its own way of
     removing them (its option ``compensate``): an explicit True/False must agree with it.
     ``cost`` ("macs" or "params", with ``global_``): units compete on score per cost saved.
+    ``refine``: evaluations of whole removal sets on the reference examples spent swapping
+    units within layers to improve the plan at its target (``refine_plan``); 0: none.
     """
     target = Target.parse(target) if isinstance(target, str | float) else target
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if refine < 0:
+        raise ValueError(f"refine is a number of evaluations, >= 0; got {refine}")
     if mode == "mask" and steps > 1:
         raise ValueError("iterative pruning (steps > 1) needs mode='remove'")
     say = report or (lambda _msg: None)
@@ -100,11 +106,29 @@ def prune_model(
             units=units,
             cost=cost,
         )
+        fills = compensate
         if compensate == "auto":
-            current, kept = _better_removal(current, plan.removals, example, mode, units, ref)
-            plan.info["compensated"] = kept
-        else:
-            current = apply(current, plan.removals)
+            fills = _fill_helps(current, plan.removals, example, mode, units, ref)
+            plan.info["compensated"] = fills
+        if refine:
+            say(f"step {step}/{steps}: refining the plan ({refine} evaluations)")
+            plan.removals, plan.info["refinement"] = refine_plan(
+                current,
+                plan.removals,
+                scores,
+                (ref.x, ref.y),
+                refine,
+                units=units,
+                compensate=ref.x if fills else None,
+            )
+        current = apply_removals(
+            current,
+            plan.removals,
+            example,
+            mode=mode,
+            units=units,
+            compensate=ref.x if fills else None,
+        )
         if step < steps:
             units = layer_units(current, chosen, example)
         plans.append({**plan.to_dict(), "scores": {k: v.tolist() for k, v in scores.items()}})
@@ -126,6 +150,7 @@ def prune_model(
         "steps": steps,
         "mode": mode,
         "compensate": compensate,
+        "refine": refine,
         "reference_examples": len(ref),
         "finetune_epochs": finetune_epochs,
         "seconds_scoring_and_planning": score_seconds,
@@ -159,15 +184,12 @@ def _compensates(criterion, compensate: bool | str | None) -> bool | str:
     return compensate
 
 
-def _better_removal(
-    model: nn.Module, removals: dict, example, mode: str, units, ref
-) -> tuple[nn.Module, bool]:
-    """The removal, zeroed or compensated, with the lower loss on the reference examples
-    (never the test split), and whether it compensates."""
+def _fill_helps(model: nn.Module, removals: dict, example, mode: str, units, ref) -> bool:
+    """Whether the removal compensated has a lower loss on the reference examples (never
+    the test split) than the removal zeroed."""
     zeroed = apply_removals(model, removals, example, mode=mode, units=units)
     filled = apply_removals(model, removals, example, mode=mode, units=units, compensate=ref.x)
-    loss = [evaluate(m, ref)["loss"] for m in (zeroed, filled)]
-    return (filled, True) if loss[1] < loss[0] else (zeroed, False)
+    return evaluate(filled, ref)["loss"] < evaluate(zeroed, ref)["loss"]
 
 
 def _step_target(target: Target, step: int, steps: int) -> Target:

@@ -25,6 +25,10 @@ from shapprune.game.units import Units
 
 __all__ = ["refine_plan"]
 
+STEPS = 8
+"""The budget is spread over about this many steps of the search, each trying the
+cheapest-looking swaps of the beam's sets: one big step would make at most one swap."""
+
 
 def refine_plan(
     model: nn.Module,
@@ -65,8 +69,9 @@ def refine_plan(
     if not start:
         return {name: list(removals[name]) for name in removals}, {"sets_evaluated": 0}
     budgeted = BudgetedGame(game, budget)
+    step = max(4, budget // STEPS)  # candidate swaps per step: several steps of climbing
     best, info = refine_search(
-        budgeted, values, len(start), budget, beam=beam, start=start, groups=groups
+        budgeted, values, len(start), budget, beam=beam, step=step, start=start, groups=groups
     )
     out: dict[str, list[int]] = {name: list(removals[name]) for name in removals}
     for name in layers:
