@@ -87,7 +87,7 @@ def test_cli_prunes_globally_by_network_wide_value(tmp_path, monkeypatch, capsys
     out = tmp_path / "pruned"
     code, _, err = run_cli(
         monkeypatch, capsys, "prune", "--model", tmp_path / "base.json", "--per-class", "1",
-        "--criterion", "network-shapley", "--budget", "2400", "--global",
+        "--criterion", "network-shapley", "--budget", "2400", "--global", "--refine", "0",
         "--target", "channels=0.3", "--out", out,
     )  # fmt: skip
     assert code == 0, err
