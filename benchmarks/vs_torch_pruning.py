@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import statistics
 import sys
 import time
@@ -54,7 +55,7 @@ from common import RESULTS, write_json
 from report import first_section, run_and_report
 from torch import nn
 
-from shapprune.criteria.registry import CRITERIA, get_criterion
+from shapprune.criteria.registry import get_criterion
 from shapprune.evaluation.measure import count_macs, count_params, evaluate
 from shapprune.pruning.compress import prune_model
 from shapprune.pruning.plan import prunable_layers
@@ -67,6 +68,8 @@ TARGETS = (0.3, 0.5, 0.7)  # fractions of the MACs removed
 SEEDS = (0, 1, 2)
 PER_CLASS = 10  # reference examples per class, for every method
 BUDGET_PER_UNIT = 4  # shapley-permutation: 4 x the widest layer's units, per layer
+REFINE = 300  # evaluations refining the plan (prune's default), and in the quick run:
+REFINE_QUICK = 20
 FINETUNE = {"epochs": 1, "lr": 1e-3, "batch_size": 128, "optimizer": "adamw"}
 TOLERANCE = 0.02  # MACs removed within this of the target counts as met
 STAGES = {"oneshot": "one-shot", "finetuned": "fine-tuned"}
@@ -88,10 +91,13 @@ class Method:
     options: dict = field(default_factory=dict)
     needs_bn: bool = False  # only for models with BatchNorm
     seeded: bool = True  # False: reads neither the reference data nor random draws
+    cost: str | None = None  # shapprune: global, by score per MAC saved
+    refine: int = 0  # shapprune: evaluations refining the plan at its target
 
     @property
     def allocation(self) -> str:
-        return "global" if self.global_ else "per layer"
+        alloc = "global per MAC" if self.cost else "global" if self.global_ else "per layer"
+        return alloc + (f" + refine {self.refine}" if self.refine else "")
 
 
 TP_IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
@@ -106,19 +112,21 @@ TP_IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
 
 TP_SEEDED = ("taylor", "random")  # the others read only the weights
 
-SHAPPRUNE_CRITERIA: list[tuple[str, dict]] = [  # name, options ("budget": filled by the run)
-    ("shapley-permutation", {"budget": None}),
-    ("shapley-partial", {}),
-    ("loo", {}),
-    ("lrp", {}),
-    ("weight-l1", {}),
-    ("taylor", {}),
-    ("random", {}),
+SHAPPRUNE_METHODS: list[tuple[str, dict, bool, str | None, int]] = [
+    # name, options ("budget": filled by the run), global, cost, refine
+    ("lrp", {}, True, "macs", REFINE),  # prune's defaults (shapprune prune --criterion lrp)
+    ("lrp", {}, True, "macs", 0),
+    ("lrp", {}, False, None, 0),
+    ("weight-l1", {}, True, "macs", 0),
+    ("weight-l1", {}, False, None, 0),
+    ("taylor", {}, True, "macs", 0),
+    ("shapley-permutation", {"budget": None}, False, None, 0),
+    ("shapley-permutation", {"budget": None}, True, "macs", 0),
+    ("loo", {}, True, "macs", 0),
+    ("network-shapley", {"budget": None}, True, "macs", 0),  # one game: 4 x all the units
 ]
 UNSEEDED = ("weight-l1", "weight-l2", "bn-scale")
-NETWORK_CRITERIA: list[tuple[str, dict]] = [  # included when registered (issue 12, item 1)
-    ("network-shapley", {"budget": None}),  # one game: BUDGET_PER_UNIT x all the units
-]
+NETWORK_CRITERIA = ("network-shapley",)
 
 
 def methods(quick: bool) -> list[Method]:
@@ -132,16 +140,13 @@ def methods(quick: bool) -> list[Method]:
                 Method(f"TP {name} ({alloc})", "torch-pruning", name, global_,
                        needs_bn=name == "bn-scale", seeded=name in TP_SEEDED)
             )  # fmt: skip
-    quick_ours = ("weight-l1", "loo")
-    ours = [(n, o) for n, o in SHAPPRUNE_CRITERIA if not quick or n in quick_ours]
-    ours += [(n, o) for n, o in NETWORK_CRITERIA if n in CRITERIA]
-    for name, options in ours:
-        for global_ in (False, True):
-            alloc = "global" if global_ else "per layer"
-            out.append(
-                Method(f"shapprune {name} ({alloc})", "shapprune", name, global_, options,
-                       needs_bn=name == "bn-scale", seeded=name not in UNSEEDED)
-            )  # fmt: skip
+    quick_ours = {("weight-l1", False), ("lrp", True)}
+    for name, options, global_, cost, refine in SHAPPRUNE_METHODS:
+        if quick and (name, bool(refine)) not in quick_ours:
+            continue
+        m = Method("", "shapprune", name, global_, options, seeded=name not in UNSEEDED,
+                   cost=cost, refine=REFINE_QUICK if quick and refine else refine)  # fmt: skip
+        out.append(dataclasses.replace(m, label=f"shapprune {name} ({m.allocation})"))
     return out
 
 
@@ -281,6 +286,8 @@ def prune_shapprune(
         criterion,
         f"macs={target}",
         global_=method.global_,
+        cost=method.cost,
+        refine=method.refine,
         per_class=PER_CLASS,
         seed=seed,
     )
@@ -304,7 +311,7 @@ def run_model(name: str, data: DatasetSplits, all_methods: list[Method], targets
     units = prunable_layers(model, example)
     budget = BUDGET_PER_UNIT * max(u.n_players for u in units.values())  # per layer
     network_budget = BUDGET_PER_UNIT * sum(u.n_players for u in units.values())  # one game
-    network = {n for n, _ in NETWORK_CRITERIA}
+    network = set(NETWORK_CRITERIA)
     chosen = [  # the budget placeholder filled for this model
         dataclasses.replace(
             m, options={**m.options, "budget": network_budget if m.name in network else budget}
@@ -454,7 +461,13 @@ def print_report(result: dict) -> None:
         "TP: Torch-Pruning's MetaPruner, its pruning ratio bisected to the target; uniform = "
         "the same ratio for every layer, global = `global_pruning=True`. shapprune: "
         "`prune_model`; global = units ranked across layers, the scores normalised as "
-        "`prune_model` does by default (l1 within each layer for per-layer criteria).\n"
+        "`prune_model` does by default (l1 within each layer for per-layer criteria); "
+        "global per MAC = ranked by score per MAC their removal saves (`cost='macs'`); "
+        f"+ refine {REFINE} = the plan then refined at its target by {REFINE} evaluations of "
+        "whole removal sets on the reference examples (swaps within layers); every shapprune "
+        "removal is `compensate='auto'` (zeroed or mean-compensated, whichever has the lower "
+        "loss on the reference examples). `shapprune prune`'s defaults are "
+        f"`lrp (global per MAC + refine {REFINE})`.\n"
     )
     print("Best of each side per model, MACs target and stage (test accuracy; gap = shapprune "
           "− Torch-Pruning, in points):\n")  # fmt: skip
@@ -535,7 +548,7 @@ def plot(result: dict, folder: Path) -> list[str]:
             first = rows[0]
             colour = colours(rules.index((first["side"], first["name"])) % 20)
             style = "--" if first["side"] == "torch-pruning" else "-"  # TP dashed
-            marker = "^" if first["allocation"] == "global" else "o"
+            marker = "^" if first["allocation"].startswith("global") else "o"
             for ax, stage in zip(axes, ("oneshot", "finetuned"), strict=True):
                 x = [r["macs_ratio"] for r in rows] + [1.0]
                 y = [r[stage]["mean"] for r in rows] + [m["original"]["accuracy"]]
@@ -579,6 +592,25 @@ def _run(args: argparse.Namespace) -> None:
     print(f"\n_Benchmark wall time: {result['seconds'] / 60:.1f} min._")
 
 
+def _merge(args: argparse.Namespace) -> None:
+    """One report from several runs' JSON files (e.g. one model per process): the models of
+    all, in the order given; the runs must share targets, seeds and methods."""
+    runs = [json.loads(Path(p).read_text()) for p in args.merge]
+    result = runs[0]
+    for other in runs[1:]:
+        for key in ("targets", "seeds", "methods", "per_class", "finetune"):
+            if other[key] != result[key]:
+                raise SystemExit(f"the runs differ in {key}: they cannot be merged")
+        result["models"] += other["models"]
+        result["seconds"] = max(result["seconds"], other["seconds"])
+    result["verdicts"] = verdicts(result)
+    result["plots"] = plot(result, args.out.parent)
+    write_json(args.out, result)
+    result["machine"] = {"threads": str(torch.get_num_threads())}
+    print_report(result)
+    print(f"\n_Benchmark wall time: {result['seconds'] / 60:.1f} min (runs in parallel)._")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
@@ -590,8 +622,10 @@ def main() -> None:
         "--models", nargs="+", choices=("lenet5", "vgg", "resnet20"),
         help=f"zoo models (default: {' '.join(MODELS)}; quick: {' '.join(QUICK['models'])})",
     )  # fmt: skip
+    parser.add_argument("--merge", nargs="+", type=Path, help="report from these runs' JSON")
     args = parser.parse_args()
-    run_and_report("vs_torch_pruning", lambda: _run(args), args.readme, first_section)
+    job = (lambda: _merge(args)) if args.merge else (lambda: _run(args))
+    run_and_report("vs_torch_pruning", job, args.readme, first_section)
 
 
 if __name__ == "__main__":

@@ -270,6 +270,7 @@ def test_interrupted_prune_writes_nothing(user, tmp_path, monkeypatch, capsys):
     out = tmp_path / "pruned"
     _interrupt_after(monkeypatch, "shapprune.game.pruning_game.PruningGame.value", 1)
     args = ["prune", "--model", f"{user}/tiny.json", "--target", "channels=0.5", "--budget", "60"]
+    args += ["--criterion", "shapley-permutation"]
     code, _, err = run_cli(monkeypatch, capsys, *args, "--per-class", "2", "--out", out)
     assert code == 130 and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -319,6 +320,34 @@ def _criterion_options(name: str, explicit: dict, items: list[str]) -> dict:
     return {**given, **parse_options(factory.declaration, items, owner, tuple(factory.fixed))}
 
 
+DEFAULT_PRUNE_CRITERION = "lrp"  # what won the head-to-head (benchmarks/vs_torch_pruning.py)
+DEFAULT_REFINE = 300
+
+
+def _cost_choice(text: str, global_: bool, target) -> str | None:
+    """``--cost macs|params|none|auto`` as ``prune_model`` takes it (auto: the target's
+    kind for a global plan, none per layer or for a channels target)."""
+    if text not in ("macs", "params", "none", "auto"):
+        raise ValueError(f"--cost takes macs, params, none or auto; got {text!r}")
+    if text == "auto":
+        return target.kind if global_ and target.kind in ("macs", "params") else None
+    return None if text == "none" else text
+
+
+def _compensate_choice(text: str | None) -> bool | str | None:
+    """``--compensate yes|no|auto`` as ``prune_model`` takes it."""
+    choices = {None: None, "yes": True, "no": False, "auto": "auto"}
+    if text not in choices:
+        raise ValueError(f"--compensate takes yes, no or auto; got {text!r}")
+    return choices[text]
+
+
+def _declares(criterion: str, key: str) -> bool:
+    """Whether criterion ``criterion`` (known or not: checked later) has option ``key``."""
+    factory = CRITERIA.get(criterion)
+    return factory is not None and key in {f.name for f in dataclasses.fields(factory.declaration)}
+
+
 def _metrics_table(summary: dict) -> Table:
     table = Table(title=f"{summary['criterion']}, target {summary['target']}")
     for col in ("", "before", "after", "after / before"):
@@ -335,14 +364,38 @@ def _metrics_table(summary: dict) -> Table:
 def prune(
     model: ModelOpt = "lenet5",
     data: DataOpt = "mnist5k",
-    criterion: Annotated[str, CRITERION_HELP] = "shapley-permutation",
+    criterion: Annotated[str, CRITERION_HELP] = DEFAULT_PRUNE_CRITERION,
     option: Annotated[list[str] | None, PRUNE_OPTION_HELP] = None,
     target: Annotated[str, typer.Option(help="channels=F, params=F or macs=F")] = "macs=0.5",
     layers: Annotated[str | None, typer.Option(help="comma-separated; default: all")] = None,
-    global_: Annotated[bool, typer.Option("--global", help="rank units across layers")] = False,
+    global_: Annotated[
+        bool,
+        typer.Option("--global/--per-layer", help="rank units across layers, or cut each alike"),
+    ] = True,
     normalisation: Annotated[
         str | None,
         typer.Option(help="per-layer scores for --global; default the criterion's (l1, or none)"),
+    ] = None,
+    cost: Annotated[
+        str,
+        typer.Option(
+            help="with --global: rank by score per macs|params saved, or none; auto: the "
+            "target's kind (macs or params)"
+        ),
+    ] = "auto",
+    refine: Annotated[
+        int,
+        typer.Option(
+            help="evaluations of whole removal sets on the reference examples spent "
+            "swapping units within layers at the target (0: none)"
+        ),
+    ] = DEFAULT_REFINE,
+    compensate: Annotated[
+        str | None,
+        typer.Option(
+            help="removed units leave their mean as a bias: yes|no|auto (the better on the "
+            "reference examples); default auto"
+        ),
     ] = None,
     steps: Annotated[int, typer.Option(help="iterative pruning in this many steps")] = 1,
     mode: Annotated[str, typer.Option(help="remove (physically) or mask")] = "remove",
@@ -379,13 +432,17 @@ def prune(
     if out.exists() and any(p != resume for p in out.iterdir()) and not force:
         raise FileExistsError(f"{out} is not empty; choose another --out or pass --force")
     explicit = {"budget": budget, "metric": metric, "composite": composite}
+    fill = _compensate_choice(compensate)
+    if _declares(criterion, "compensate") and fill != "auto":  # the game removes as removal does
+        explicit["compensate"] = fill
     chosen_options = _criterion_options(criterion, explicit, option or [])
     scorer = get_criterion(criterion, **chosen_options)
     runner = executor_options(executor, workers, ray_address, threads)
     identity = {"command": "prune", "model": model, "data": data, "criterion": criterion,
                 "options": chosen_options, "target": target, "layers": layers,
                 "global": global_, "normalisation": normalisation, "steps": steps,
-                "mode": mode, "per_class": per_class, "seed": seed, "root": root}  # fmt: skip
+                "mode": mode, "per_class": per_class, "seed": seed, "root": root,
+                "cost": cost, "compensate": compensate, "refine": refine}  # fmt: skip
     net, meta = load_model(model, data, root=root)
     net = net.to(where)
     splits = load_dataset(data, root=root, seed=0)
@@ -409,6 +466,9 @@ def prune(
             seed=seed,
             finetune_epochs=finetune_epochs,
             finetune_lr=finetune_lr,
+            compensate=fill,
+            cost=_cost_choice(cost, global_, parsed),
+            refine=refine,
             report=status.update,
         )
     out.mkdir(parents=True, exist_ok=True)

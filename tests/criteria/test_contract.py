@@ -110,7 +110,7 @@ def test_a_criterion_may_score_layers_together(registries):
         ("lrp", {"canonize": "yes"}, "option 'canonize' must be bool, got 'yes'"),
         ("shapley-permutation", {"budget": "many"}, "option 'budget' must be int or None"),
         ("shapley-permutation", {"antithetc": True}, "its options: budget, metric, batch_size, "
-         "antithetic, control, truncation, patience"),
+         "compensate, antithetic, control, truncation, patience"),
         ("loo", {"metric": "f1"}, "unknown metric 'f1'"),
     ],
 )  # fmt: skip
@@ -128,6 +128,7 @@ def test_options_are_declared_once():
         "budget",
         "metric",
         "batch_size",
+        "compensate",
         "k",
     ]
     assert "lrp" in CRITERIA and "composite (str" in CRITERIA["lrp"].describe()

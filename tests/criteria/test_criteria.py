@@ -333,7 +333,7 @@ def test_shapley_criteria_agree_with_estimate(name, method, options):
     crit = get_criterion(name, metric="margin", **options)
     scores = crit.score(model, ["conv1"], data, seed=7)["conv1"]
     budget = options.pop("budget", None)
-    game = PruningGame(model, "conv1", data, metric="margin")
+    game = PruningGame(model, "conv1", data, metric="margin", compensate=True)  # the default
     direct = estimate(game, method, budget=budget, seed=7, **options)
     np.testing.assert_array_equal(scores, direct.values)
     assert crit.last_estimate.n_evals == direct.n_evals

@@ -32,7 +32,7 @@ def test_scores_are_the_network_game_s_values_split_by_layer(lenet):
     crit = get_criterion("network-shapley", budget=2400, metric="margin")
     scores = crit.score(lenet, LAYERS, (x, y), seed=3)
     assert [len(scores[k]) for k in LAYERS] == [20, 50, 500]
-    game = NetworkGame(lenet, (x, y), LAYERS, metric="margin")
+    game = NetworkGame(lenet, (x, y), LAYERS, metric="margin", compensate=True)  # the default
     direct = estimate(game, "permutation", budget=2400, seed=3).values
     np.testing.assert_allclose(np.concatenate([scores[k] for k in LAYERS]), direct, atol=1e-9)
     assert crit.players == game.players and crit.last_estimate.n_evals <= 2400
@@ -87,7 +87,7 @@ def test_cli_prunes_globally_by_network_wide_value(tmp_path, monkeypatch, capsys
     out = tmp_path / "pruned"
     code, _, err = run_cli(
         monkeypatch, capsys, "prune", "--model", tmp_path / "base.json", "--per-class", "1",
-        "--criterion", "network-shapley", "--budget", "2400", "--global",
+        "--criterion", "network-shapley", "--budget", "2400", "--global", "--refine", "0",
         "--target", "channels=0.3", "--out", out,
     )  # fmt: skip
     assert code == 0, err

@@ -9,6 +9,7 @@ from shapprune.criteria.registry import get_criterion
 from shapprune.evaluation.measure import evaluate
 from shapprune.pruning.compress import prune_model
 from shapprune.pruning.removal import apply_removals
+from shapprune.zoo.data import reference_set
 from shapprune.zoo.models import build_model
 
 
@@ -23,7 +24,12 @@ def lenet(mnist5k):
 
 def test_one_shot_half_the_conv_filters(lenet, mnist5k):
     pruned, summary = prune_model(
-        lenet, mnist5k, get_criterion("weight-l1"), "channels=0.5", layers=["conv1", "conv2"]
+        lenet,
+        mnist5k,
+        get_criterion("weight-l1"),
+        "channels=0.5",
+        layers=["conv1", "conv2"],
+        compensate=False,
     )
     assert summary["removed"] == {"conv1": 10, "conv2": 25}
     assert pruned.conv1.out_channels == 10 and pruned.conv2.out_channels == 25
@@ -109,3 +115,66 @@ def test_cli_prune_writes_model_and_summary(tmp_path, monkeypatch, capsys, lenet
     assert code == 2 and "unknown criterion 'magic'" in err and "weight-l1" in err
     code, err = _cli(monkeypatch, capsys, *args[:-1], str(tmp_path / "o3"), "--target", "macs=2")
     assert code == 2 and "(0, 1)" in err
+    code, err = _cli(monkeypatch, capsys, *args[:-1], str(tmp_path / "o4"), "--compensate", "mean")
+    assert code == 2 and "--compensate takes yes, no or auto; got 'mean'" in err
+    code, err = _cli(
+        monkeypatch, capsys, *args[:-1], str(tmp_path / "o5"), "--per-layer", "--cost", "macs"
+    )
+    assert code == 2 and "needs global_=True" in err
+
+
+def test_cli_prune_global_cost_aware_and_compensated(tmp_path, monkeypatch, capsys, lenet):
+    from shapprune.pruning.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "base", lenet, name="lenet5", config={"seed": 0}, metrics={})
+    out = tmp_path / "pruned"
+    args = ["prune", "--model", str(tmp_path / "base.json"), "--criterion", "loo"]
+    args += ["--target", "macs=0.5", "--global", "--cost", "macs", "--compensate", "yes"]
+    code, err = _cli(monkeypatch, capsys, *args, "--per-class", "3", "--out", str(out))
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["compensate"] is True and summary["plans"][0]["cost"] == "macs"
+    assert 0.5 <= 1 - summary["after"]["macs"] / summary["before"]["macs"] < 0.52
+    model, _ = load_checkpoint(out / "model")  # folded biases reload
+    assert model.conv2.out_channels < 50
+
+
+@pytest.mark.parametrize("target", ["channels=0.3", "channels=0.7"])
+def test_auto_compensation_keeps_the_removal_better_on_the_reference_examples(
+    lenet, mnist5k, target
+):
+    layers = ["conv1", "conv2"]
+    crit = get_criterion("weight-l1")
+    pruned, summary = prune_model(lenet, mnist5k, crit, target, layers=layers, per_class=10)
+    assert summary["compensate"] == "auto"
+    plan = summary["plans"][0]
+    ref = reference_set(mnist5k.val, per_class=10, seed=0)
+    example = mnist5k.val.x[:2]
+    zeroed = apply_removals(lenet, plan["removals"], example)
+    filled = apply_removals(lenet, plan["removals"], example, compensate=ref.x)
+    losses = [evaluate(m, ref)["loss"] for m in (zeroed, filled)]
+    assert losses[0] != losses[1]
+    assert plan["compensated"] == (losses[1] < losses[0])
+    kept = filled if plan["compensated"] else zeroed
+    assert summary["after"]["loss"] == pytest.approx(evaluate(kept, mnist5k.test)["loss"])
+
+
+def test_removal_that_contradicts_the_criterion_s_game_is_refused(lenet, mnist5k):
+    crit = get_criterion("loo", compensate=True)
+    with pytest.raises(ValueError, match="set the criterion's option compensate=false too"):
+        prune_model(lenet, mnist5k, crit, "channels=0.5", layers=["conv1"], compensate=False)
+    with pytest.raises(ValueError, match="compensate must be true, false or 'auto'"):
+        prune_model(lenet, mnist5k, crit, "channels=0.5", layers=["conv1"], compensate="mean")
+
+
+def test_refinement_changes_units_not_counts(lenet, mnist5k):
+    crit = get_criterion("weight-l1")
+    kw = {"layers": ["conv1", "conv2"], "per_class": 3, "compensate": False}
+    _, plain = prune_model(lenet, mnist5k, crit, "macs=0.5", **kw)
+    _, refined = prune_model(lenet, mnist5k, crit, "macs=0.5", refine=40, **kw)
+    info = refined["plans"][0]["refinement"]
+    assert 0 < info["sets_evaluated"] <= 40 and info["value"] >= info["seed_value"]
+    assert refined["removed"] == plain["removed"] and refined["refine"] == 40
+    assert refined["after"]["macs"] == plain["after"]["macs"]
+    with pytest.raises(ValueError, match="refine is a number of evaluations"):
+        prune_model(lenet, mnist5k, crit, "macs=0.5", refine=-1, **kw)

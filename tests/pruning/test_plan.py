@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from shapprune.evaluation.measure import count_macs, count_params
-from shapprune.pruning.plan import Target, make_plan, normalise, prunable_layers
+from shapprune.pruning.plan import Target, make_plan, normalise, prunable_layers, unit_costs
 from shapprune.pruning.removal import apply_removals
 from shapprune.zoo.models import build_model
 
@@ -114,3 +114,37 @@ def test_layer_units_are_the_units_found_one_by_one():
         ]
     chosen = select_layers(model, x, ["layer2.0.conv1"])  # the layers, with their units
     assert list(chosen) == ["layer2.0.conv1"] and chosen["layer2.0.conv1"].n_players == 32
+
+
+def test_unit_costs_are_what_removing_one_unit_saves():
+    model = build_model("lenet5", seed=0)
+    x = torch.randn(2, 1, 28, 28)
+    layers = prunable_layers(model, x)
+    costs = unit_costs(model, {n: u.n_players for n, u in layers.items()}, x, "macs")
+    conv1, conv2 = model.conv1, model.conv2
+    # conv1: its own 5x5 filter over 24x24 outputs, and conv2's input column over 8x8 outputs
+    own = 24 * 24 * 25 * conv1.in_channels
+    consumer = 8 * 8 * 25 * conv2.out_channels
+    assert costs["conv1"] >= own + consumer and costs["conv1"] > costs["fc1"] > 0
+    with pytest.raises(ValueError, match="unknown cost 'flops'"):
+        unit_costs(model, {"conv1": 6}, x, "flops")
+
+
+def test_a_cost_aware_global_plan_meets_the_target_and_spares_cheap_units():
+    model = build_model("lenet5", seed=0)
+    x = torch.randn(2, 1, 28, 28)
+    layers = prunable_layers(model, x)
+    for seed in range(3):
+        scores = {n: np.abs(s) for n, s in _scores(layers, seed).items()}
+        plan = make_plan(model, scores, "macs=0.5", x, global_=True, cost="macs")
+        pruned = apply_removals(model, plan.removals, x)
+        reduction = 1 - count_macs(pruned, x) / count_macs(model, x)
+        assert 0.5 <= reduction < 0.52 and plan.info["cost"] == "macs"
+    # equal values: the units that cost most go first, conv1's before fc1's
+    alike = {name: np.ones(u.n_players) for name, u in layers.items()}
+    plan = make_plan(
+        model, alike, "channels=0.1", x, global_=True, cost="macs", normalisation="none"
+    )
+    assert plan.removals["conv1"] and not plan.removals["fc1"]
+    with pytest.raises(ValueError, match="needs global_=True"):
+        make_plan(model, alike, "macs=0.5", x, cost="macs")

@@ -121,7 +121,14 @@ class NetworkShapleyCriterion(Criterion):
         self, model: nn.Module, layers: list[str], x: torch.Tensor, y: torch.Tensor, seed: int
     ) -> dict[str, np.ndarray]:
         opts = self.options
-        game = NetworkGame(model, (x, y), layers, metric=opts.metric, batch_size=opts.batch_size)
+        game = NetworkGame(
+            model,
+            (x, y),
+            layers,
+            metric=opts.metric,
+            batch_size=opts.batch_size,
+            compensate=opts.compensate,
+        )
         chosen = {k: v for k, v in _estimator_values(opts).items() if v is not None}
         est = estimate(game, opts.method, budget=opts.budget, seed=seed, **chosen)
         self.last_estimate, self.players = est, game.players

@@ -32,6 +32,9 @@ class GameOptions:
     budget: int | None = option(None, "coalition evaluations per layer (default: the method's)")
     metric: str = option("loss", f"the game's payoff: {'|'.join(METRICS)}")
     batch_size: int = option(512, "coalitions evaluated per forward pass")
+    compensate: bool = option(
+        True, "removed units leave their mean as a bias in their consumers (false: zero)"
+    )
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -128,7 +131,14 @@ class ShapleyCriterion(Criterion):
         out = {}
         for layer in layers:
             opts = self.options
-            game = PruningGame(model, layer, (x, y), metric=opts.metric, batch_size=opts.batch_size)
+            game = PruningGame(
+                model,
+                layer,
+                (x, y),
+                metric=opts.metric,
+                batch_size=opts.batch_size,
+                compensate=opts.compensate,
+            )
             est = estimate(
                 game, self.method, budget=opts.budget, seed=seed, **self.estimator_options
             )

@@ -60,6 +60,8 @@ def check_resumable(config: ExperimentConfig, out: Path) -> None:
         "cost_seeds": config.cost_seeds,
         "cost_reference_budget": config.cost_reference_budget,
     }
+    if config.compensate:  # (absent from folders written before the key existed)
+        identity["compensate"] = True
     path = out / "experiment.json"
     if path.is_file():
         before = json.loads(path.read_text())
@@ -124,7 +126,7 @@ def run_compare(
                 results["scores"][key] = store.get(key, compute)
                 step(f"scores {spec.label} {layer}")
     if "robustness" in config.experiments:
-        _robustness(config, model, units, heldout, store, results, step)
+        _robustness(config, model, units, heldout, data.val, store, results, step)
     if "rates" in config.experiments:
         _rates(config, model, units, data.test, example, store, results, step)
     if "oracle" in config.experiments or "cost_benefit" in config.experiments:
@@ -149,18 +151,23 @@ def _scores_of(results: dict, spec: CriterionSpec, layer: str, seed: int) -> np.
     return np.asarray(results["scores"][f"scores/{spec.label}/{layer}/{seed}"]["scores"])
 
 
-def _robustness(config, model, units, heldout, store, results, step) -> None:
+def _robustness(config, model, units, heldout, data_val, store, results, step) -> None:
     from shapprune.evaluation.experiments import robustness_curve
 
     for spec in config.criteria:
         for layer in units:
             for seed in config.seeds:
+                fill = None  # removed units' means: over the seed's reference examples
+                if config.compensate:
+                    fill = reference_set(data_val, per_class=config.per_class, seed=seed).x
                 key = f"robustness/{spec.label}/{layer}/{seed}"
                 ranking = ranking_from_scores(_scores_of(results, spec, layer, seed))
 
-                def compute(layer=layer, ranking=ranking) -> dict:
+                def compute(layer=layer, ranking=ranking, fill=fill) -> dict:
                     data = (heldout.x, heldout.y)
-                    curve = robustness_curve(model, layer, ranking, data, units=units[layer])
+                    curve = robustness_curve(
+                        model, layer, ranking, data, units=units[layer], compensate=fill
+                    )
                     return {"curve": np.asarray(curve).tolist()}
 
                 results["robustness"][key] = store.get(key, compute)

@@ -41,6 +41,7 @@ class ExperimentConfig:
     heldout: int = 1000
     rates: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     global_: bool = False
+    compensate: bool = False  # robustness curves: removed units leave their reference mean
     oracle_ks: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     oracle_max_subsets: int = 20_000
     oracle_beam_width: int = 8
@@ -62,6 +63,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "heldout": (int,),
     "rates": (list,),
     "global": (bool,),
+    "compensate": (bool,),
     "oracle_ks": (list,),
     "oracle_max_subsets": (int,),
     "oracle_beam_width": (int,),

@@ -47,7 +47,13 @@ def nested_masks(ranking: np.ndarray) -> torch.Tensor:
 
 
 def robustness_curve(
-    model: nn.Module, layer: str, ranking, data, metric: str = "loss", units: Units | None = None
+    model: nn.Module,
+    layer: str,
+    ranking,
+    data,
+    metric: str = "loss",
+    units: Units | None = None,
+    compensate: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Loss increase on ``data`` as ``layer``'s units go one by one in ``ranking`` order.
 
@@ -55,9 +61,11 @@ def robustness_curve(
     cross-entropy with the first j ranked units removed (no fine-tuning) minus that of the
     intact model, for j = 0..n-1 (one unit always stays), so ``curve[0] == 0``. With
     ``metric="accuracy"`` or ``"margin"`` it is the drop in that metric instead.
-    ``units``: ``layer``'s units, if already found on ``model``.
+    ``units``: ``layer``'s units, if already found on ``model``. ``compensate``: reference
+    inputs; removed units leave their mean over them behind (``apply_removals``'s way).
     """
-    game = PruningGame(model, layer, data, metric=metric, units=units)
+    fill = compensate if compensate is not None else False
+    game = PruningGame(model, layer, data, metric=metric, units=units, compensate=fill)
     order = _check_ranking(ranking, game.n_players)
     values = game.value(nested_masks(order)).numpy()
     return values[0] - values  # L = -value for the loss: L(j) - L(0) = value(0) - value(j)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import nn
 
 from shapprune.game.pruning_game import MaskedGame
@@ -28,7 +29,8 @@ class NetworkGame(MaskedGame):
             one per coupled group, as ``prunable_layers`` lists them). Two layers of one
             coupled group (a residual stream) would be the same players: refused.
         metric: "loss" (minus mean cross-entropy), "accuracy" or "margin".
-        batch_size, memory_mb, max_stack, cache, decompose: as for ``PruningGame``.
+        batch_size, memory_mb, max_stack, cache, decompose, compensate: as for
+            ``PruningGame``.
         units: layers' units already found on ``model`` (``prunable_layers``,
             ``layer_units``); without ``layers``, their layers are the game's.
     """
@@ -46,6 +48,7 @@ class NetworkGame(MaskedGame):
         cache: bool = True,
         decompose: bool = True,
         units: Mapping[str, Units] | None = None,
+        compensate: bool | torch.Tensor = False,
     ) -> None:
         if isinstance(layers, str):
             layers = [layers]
@@ -55,7 +58,13 @@ class NetworkGame(MaskedGame):
             twice = sorted({n for n in layers if list(layers).count(n) > 1})
             raise ValueError(f"layers named more than once: {', '.join(twice)}")
         super().__init__(
-            model, data, metric, batch_size=batch_size, memory_mb=memory_mb, max_stack=max_stack
+            model,
+            data,
+            metric,
+            batch_size=batch_size,
+            memory_mb=memory_mb,
+            max_stack=max_stack,
+            compensate=compensate,
         )
         example = self.x[: min(2, len(self.x))]
         known = dict(units or {})

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from shapprune.devices import as_float64, device_of, to_device
+from shapprune.game.compensation import matrices
 from shapprune.game.split import SplitModel
 from shapprune.game.tracing import trace
 from shapprune.game.units import MaskPoint, Units, find_units
@@ -103,6 +104,7 @@ class MaskedGame:
         batch_size: int,
         memory_mb: float,
         max_stack: int | None,
+        compensate: bool | torch.Tensor = False,
     ) -> None:
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
@@ -118,6 +120,18 @@ class MaskedGame:
         self.n_evals = 0
         self.spec: Any = None  # the GameSpec it was built from (see from_spec), else None
         self._batch_size = batch_size
+        if isinstance(compensate, torch.Tensor):
+            self._compensate_on: torch.Tensor | None = to_device(compensate, self.model)
+        elif compensate is True or compensate is False:
+            self._compensate_on = self.x if compensate else None
+        else:
+            raise TypeError("compensate must be True, False, or the reference inputs (a tensor)")
+
+    @property
+    def compensated(self) -> bool:
+        """Whether removed units leave their mean contribution behind, as a bias in their
+        consumers (``shapprune.game.compensation``), rather than zero."""
+        return self._compensate_on is not None
 
     def _play(self, units: Sequence[Units], cache: bool, decompose: bool) -> None:
         """Make ``units`` the players, layer after layer, and prepare their evaluation:
@@ -131,6 +145,9 @@ class MaskedGame:
         self._n_players = start
         points = tuple(p for u in self.layer_units for p in u.mask_points)
         slices = tuple(self.layer_slices[u.layer] for u in self.layer_units for _ in u.mask_points)
+        compensation = None
+        if self._compensate_on is not None:
+            compensation = matrices(self.model, points, self._compensate_on, self._batch_size)
         self._split: SplitModel | None = None
         if cache:
             try:
@@ -141,6 +158,7 @@ class MaskedGame:
                     self.n_players,
                     table_bytes=self.memory_bytes / len(self.x) if decompose else 0.0,
                     slices=slices,
+                    compensation=compensation,
                 )
             except Exception as err:  # untraceable model: fall back to full forward passes
                 warnings.warn(
@@ -163,7 +181,7 @@ class MaskedGame:
         if self._split is not None:
             self._caches = [self._split.prepare(x) for x, _ in self._chunks]
         else:
-            self._hooks = _Hooks(self.model, points, slices)
+            self._hooks = _Hooks(self.model, points, slices, compensation)
         self._per_coalition = per_example * self.batch_size
 
     @property
@@ -276,6 +294,10 @@ class PruningGame(MaskedGame):
         decompose: evaluate linear first consumers from per-player output tables.
         units: ``layer``'s units if already found on ``model`` (e.g. by
             ``prunable_layers``), so that they are not found again.
+        compensate: removed units leave their mean over the reference inputs behind, as a
+            bias in their consumers (``shapprune.game.compensation``): True takes the
+            means over ``data``, a tensor over those inputs; False (default) zeroes them.
+            ``apply_removals(..., compensate=inputs)`` removes them the same way.
     """
 
     def __init__(
@@ -291,11 +313,18 @@ class PruningGame(MaskedGame):
         cache: bool = True,
         decompose: bool = True,
         units: Units | None = None,
+        compensate: bool | torch.Tensor = False,
     ) -> None:
         if units is not None and units.layer != layer:
             raise ValueError(f"the units given are {units.layer!r}'s, not {layer!r}'s")
         super().__init__(
-            model, data, metric, batch_size=batch_size, memory_mb=memory_mb, max_stack=max_stack
+            model,
+            data,
+            metric,
+            batch_size=batch_size,
+            memory_mb=memory_mb,
+            max_stack=max_stack,
+            compensate=compensate,
         )
         self.layer = layer
         if units is None:
@@ -344,9 +373,11 @@ class _Hooks:
         model: nn.Module,
         points: tuple[MaskPoint, ...],
         slices: Sequence[slice] | None = None,
+        compensation: dict[str, torch.Tensor] | None = None,
     ) -> None:
         modules = dict(model.named_modules())
         self.modules = [modules[p.module] for p in points]
+        self.compensation = compensation or {}
         self.points = points
         self.slices = tuple(slices) if slices is not None else (slice(None),) * len(points)
         if any(isinstance(m, nn.MultiheadAttention) for m in modules.values()) and any(
@@ -368,6 +399,8 @@ class _Hooks:
                 return (inp * full.reshape(shape),) + tuple(args[1:])
 
             handles.append(module.register_forward_pre_hook(hook))
+        for name, d in self.compensation.items():  # after the masks' hooks: added to outputs
+            handles.append(self._add_compensation(model, name, d, masks, batch))
         try:
             with torch.inference_mode():
                 logits = model(x.repeat(m, *[1] * (x.dim() - 1)))
@@ -375,3 +408,23 @@ class _Hooks:
             for h in handles:
                 h.remove()
         return logits.reshape(m, batch, -1)
+
+    def _add_compensation(
+        self, model: nn.Module, name: str, d: torch.Tensor, masks: torch.Tensor, batch: int
+    ):
+        """A hook adding, to consumer ``name``'s output, what its removed inputs leave."""
+        mask = None
+        for point, sl in zip(self.points, self.slices, strict=True):
+            if point.module == name:
+                part = point.channel_mask(masks[:, sl])
+                mask = part if mask is None else mask * part
+        added = ((1 - mask) @ d).repeat_interleave(batch, dim=0)  # (m * B, out)
+        consumer = model.get_submodule(name)
+        cd = 1 if not isinstance(consumer, nn.Linear) else -1
+
+        def hook(_mod, _args, out):
+            shape = [1] * out.dim()
+            shape[0], shape[cd] = added.shape[0], added.shape[1]
+            return out + added.reshape(shape)
+
+        return consumer.register_forward_hook(hook)

@@ -31,6 +31,7 @@ GAME_OPTIONS: dict[str, tuple[type, ...]] = {
     "max_stack": (int, type(None)),
     "cache": (bool,),
     "decompose": (bool,),
+    "compensate": (bool,),
 }
 """The keyword options of ``PruningGame`` a spec may set, with their JSON types."""
 

@@ -35,6 +35,8 @@ class _Edge:
     channel_dim: int = 1
     ndim: int = 0
     module: torch.nn.Module | None = None  # the consumer
+    compensation: torch.Tensor | None = None  # (in, out): see shapprune.game.compensation
+    out_dims: tuple[int, int, int] = (0, 1, 2)  # the consumer output's batch, channel dims, ndim
 
 
 class _Recorder(Interpreter):
@@ -81,13 +83,16 @@ class SplitModel:
         table_bytes: float = 0.0,
         mask_weights: bool = True,
         slices: Sequence[slice] | None = None,
+        compensation: dict[str, torch.Tensor] | None = None,
     ):
         """Split ``gm`` at ``points``. How each masked consumer fed by the prefix is run:
         from per-player output tables (``_table``) if its table fits in ``table_bytes``
         per example; else, if it is a linear layer and ``mask_weights``, with the mask
         applied to its weight's columns (``_masked_linear``); else on masked copies of
         its input. ``slices``: per point, the columns of the (m, n_players) coalition mask
-        that are its players (default: all of them, the players of one layer)."""
+        that are its players (default: all of them, the players of one layer).
+        ``compensation``: per consumer, the matrix whose rows its removed input channels
+        add to its output (``shapprune.game.compensation``); none: removed means zero."""
         graph = gm.graph
         self.points = points
         self.n_players = n_players
@@ -173,6 +178,14 @@ class SplitModel:
             )
             e.source = self.frontier.index(src) if e.frontier else -1
             e.module = modules[e.consumer.target]
+            if compensation is not None:
+                e.compensation = compensation[e.consumer.target]
+                out = s2[e.consumer.name]
+                obd = _batch_dim(out, s3[e.consumer.name])
+                if out is None or obd is None:
+                    raise ValueError(f"the output of {e.consumer.target!r} has no batch dimension")
+                ocd = 1 if not isinstance(e.module, torch.nn.Linear) else len(out) - 1
+                e.out_dims = (obd, ocd, len(out))
         self.edges = edges
         self.prefix = _prefix_module(gm, self.frontier)
         self.suffix = _suffix_module(gm, dependent, recompute, self.plain, edges)
@@ -203,6 +216,7 @@ class SplitModel:
             value if bd is None else tile(value, bd, m)
             for value, bd in ((cache.tensors[i], bd) for i, bd in self.plain_inputs)
         ]
+        extra = []  # per compensated edge, what its removed channels add to its output
         for j, e in enumerate(self.edges):
             sl = self.slices[e.points[0]]
             if e.kind == "table" and _table_pays(e.module, _width(sl), m):
@@ -214,13 +228,12 @@ class SplitModel:
                 table = self._table(cache, j)
                 out = weights[key] @ table.reshape(table.shape[0], -1)
                 args.append(out.reshape(m * table.shape[1], *table.shape[2:]))
+                if e.compensation is not None:
+                    extra.append(self._compensation(e, self._edge_mask(e, masks, channel), cache))
                 continue
-            for p in e.points:
-                if p not in channel:
-                    channel[p] = self.points[p].channel_mask(masks[:, self.slices[p]])
-            mask = channel[e.points[0]]
-            for p in e.points[1:]:  # several layers' units enter this consumer
-                mask = mask * channel[p]
+            mask = self._edge_mask(e, masks, channel)
+            if e.compensation is not None:
+                extra.append(self._compensation(e, mask, cache))
             if e.kind != "input":  # "weights", or a table too costly for m coalitions
                 args.append(_masked_consumer(e, cache.tensors[e.source], mask))
             elif e.source >= 0:  # mask and stack the cached tensor in one broadcast multiply
@@ -229,7 +242,25 @@ class SplitModel:
                 )
             else:
                 args.append(_graph_mask(mask, cache.batch, e.batch_dim, e.channel_dim, e.ndim))
-        return args
+        return args + extra
+
+    def _edge_mask(self, e: _Edge, masks: torch.Tensor, channel: dict) -> torch.Tensor:
+        """Edge e's (m, C) float channel mask: the product of its points' (several layers'
+        units may enter one consumer); each point's is built once per pass, in ``channel``."""
+        for p in e.points:
+            if p not in channel:
+                channel[p] = self.points[p].channel_mask(masks[:, self.slices[p]])
+        mask = channel[e.points[0]]
+        for p in e.points[1:]:
+            mask = mask * channel[p]
+        return mask
+
+    @staticmethod
+    def _compensation(e: _Edge, mask: torch.Tensor, cache: Cache) -> torch.Tensor:
+        """What the removed channels of ``mask`` add to edge e's consumer output, shaped to
+        broadcast over its stacked output."""
+        added = (1 - mask) @ e.compensation  # (m, out channels)
+        return _graph_mask(added, cache.batch, *e.out_dims)
 
     def _table(self, cache: Cache, j: int) -> torch.Tensor:
         """Edge j's per-player output table for the cached batch, built on first use."""
@@ -430,6 +461,11 @@ def _suffix_module(
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {n: graph.placeholder(f"plain_{i}") for i, n in enumerate(plain)}
     edge_inputs = [graph.placeholder(f"edge_{j}") for j in range(len(edges))]
+    compensated = {
+        j: graph.placeholder(f"compensation_{j}")
+        for j, e in enumerate(edges)
+        if e.compensation is not None
+    }
     edge_of = {e.consumer: j for j, e in enumerate(edges)}
     for node in gm.graph.nodes:
         if node.op == "output":
@@ -441,12 +477,14 @@ def _suffix_module(
                 continue
             if edges[j].kind != "input":
                 env[node] = edge_inputs[j]  # the consumer's output itself
-                continue
-            if edges[j].frontier:
-                masked = edge_inputs[j]  # already masked and stacked
             else:
-                masked = graph.call_function(torch.mul, (env[node.args[0]], edge_inputs[j]))
-            args = (masked,) + fx.map_arg(node.args[1:], lambda a: env[a])
-            kwargs = fx.map_arg(node.kwargs, lambda a: env[a])
-            env[node] = graph.create_node(node.op, node.target, args, kwargs, name=node.name)
+                if edges[j].frontier:
+                    masked = edge_inputs[j]  # already masked and stacked
+                else:
+                    masked = graph.call_function(torch.mul, (env[node.args[0]], edge_inputs[j]))
+                args = (masked,) + fx.map_arg(node.args[1:], lambda a: env[a])
+                kwargs = fx.map_arg(node.kwargs, lambda a: env[a])
+                env[node] = graph.create_node(node.op, node.target, args, kwargs, name=node.name)
+            if j in compensated:
+                env[node] = graph.call_function(torch.add, (env[node], compensated[j]))
     return fx.GraphModule(gm, graph, class_name="Suffix")

@@ -75,6 +75,17 @@ def save_checkpoint(
     return st_path, json_path
 
 
+def _add_folded_biases(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give a bias to each layer that has none but whose saved weights hold one: removal
+    with compensation folds removed units' means into biases the layer was built without."""
+    modules = dict(model.named_modules())
+    for key, value in state.items():
+        owner, _, leaf = key.rpartition(".")
+        module = modules.get(owner)
+        if leaf == "bias" and module is not None and getattr(module, "bias", 0) is None:
+            module.bias = nn.Parameter(torch.zeros_like(value))
+
+
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model saved by :func:`save_checkpoint` from its prefix, .json or .safetensors."""
     from safetensors.torch import load_file
@@ -99,6 +110,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if pruning:  # rebuild the pruned architecture by replaying its history
         example = torch.zeros(2, *pruning["input_shape"], device="cpu")
         replay(model, pruning["history"], example)
+    _add_folded_biases(model, state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

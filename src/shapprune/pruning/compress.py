@@ -8,9 +8,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from shapprune.evaluation.measure import measure
+from shapprune.evaluation.measure import evaluate, measure
 from shapprune.game.units import Units, layer_units
 from shapprune.pruning.plan import Target, make_plan, prunable_layers
+from shapprune.pruning.refinement import refine_plan
 from shapprune.pruning.removal import apply_removals, history
 from shapprune.zoo.data import DatasetSplits, reference_set
 
@@ -46,6 +47,9 @@ def prune_model(
     seed: int = 0,
     finetune_epochs: int = 0,
     finetune_lr: float = 1e-3,
+    compensate: bool | str | None = None,
+    cost: str | None = None,
+    refine: int = 0,
     report: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Prune ``model`` by ``criterion`` (an object with ``score(model, layers, data, seed)``)
@@ -56,14 +60,25 @@ def prune_model(
     anew on the pruned network before each step. The test split measures the result.
     ``normalisation`` (of the scores, for a global plan): default the criterion's own
     (``l1``; ``none`` for a network-wide game's values).
+    ``compensate``: removed units leave their mean over the reference examples as a bias in
+    their consumers (``shapprune.game.compensation``) rather than zero; "auto": both are
+    built and the one with the lower loss on the reference examples is kept (per step);
+    default ``COMPENSATE`` ("auto"). A game criterion values units for its own way of
+    removing them (its option ``compensate``): an explicit True/False must agree with it.
+    ``cost`` ("macs" or "params", with ``global_``): units compete on score per cost saved.
+    ``refine``: evaluations of whole removal sets on the reference examples spent swapping
+    units within layers to improve the plan at its target (``refine_plan``); 0: none.
     """
     target = Target.parse(target) if isinstance(target, str | float) else target
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if refine < 0:
+        raise ValueError(f"refine is a number of evaluations, >= 0; got {refine}")
     if mode == "mask" and steps > 1:
         raise ValueError("iterative pruning (steps > 1) needs mode='remove'")
     say = report or (lambda _msg: None)
     normalisation = normalisation or getattr(criterion, "normalisation", "l1")
+    compensate = _compensates(criterion, compensate)
     example = data.val.x[:2]
     ref = reference_set(data.val, per_class=per_class, seed=seed)
     units = select_layers(model, example, layers)  # found once per model, then passed on
@@ -74,6 +89,11 @@ def prune_model(
         step_target = _step_target(target, step, steps)
         say(f"step {step}/{steps}: scoring {', '.join(chosen)}")
         scores = criterion.score(current, chosen, (ref.x, ref.y), seed=seed)
+        fill = ref.x if compensate is True else None  # "auto": plan on zeroed copies
+
+        def apply(m: nn.Module, removals: dict, units=units, fill=fill) -> nn.Module:
+            return apply_removals(m, removals, example, mode=mode, units=units, compensate=fill)
+
         plan = make_plan(
             current,
             scores,
@@ -81,10 +101,34 @@ def prune_model(
             example,
             global_=global_,
             normalisation=normalisation,
+            apply=apply,
             baseline=model,
             units=units,
+            cost=cost,
         )
-        current = apply_removals(current, plan.removals, example, mode=mode, units=units)
+        fills = compensate
+        if compensate == "auto":
+            fills = _fill_helps(current, plan.removals, example, mode, units, ref)
+            plan.info["compensated"] = fills
+        if refine:
+            say(f"step {step}/{steps}: refining the plan ({refine} evaluations)")
+            plan.removals, plan.info["refinement"] = refine_plan(
+                current,
+                plan.removals,
+                scores,
+                (ref.x, ref.y),
+                refine,
+                units=units,
+                compensate=ref.x if fills else None,
+            )
+        current = apply_removals(
+            current,
+            plan.removals,
+            example,
+            mode=mode,
+            units=units,
+            compensate=ref.x if fills else None,
+        )
         if step < steps:
             units = layer_units(current, chosen, example)
         plans.append({**plan.to_dict(), "scores": {k: v.tolist() for k, v in scores.items()}})
@@ -105,6 +149,8 @@ def prune_model(
         "global": global_,
         "steps": steps,
         "mode": mode,
+        "compensate": compensate,
+        "refine": refine,
         "reference_examples": len(ref),
         "finetune_epochs": finetune_epochs,
         "seconds_scoring_and_planning": score_seconds,
@@ -115,6 +161,35 @@ def prune_model(
         "plans": plans,
     }
     return current, summary
+
+
+COMPENSATE: bool | str = "auto"
+"""How removal treats removed units by default."""
+
+
+def _compensates(criterion, compensate: bool | str | None) -> bool | str:
+    """Removal as the criterion's game removes (a game that zeroes units values them for
+    zeroing); an explicit choice that contradicts it is refused ("auto" never does)."""
+    if compensate not in (None, True, False, "auto"):
+        raise ValueError(f"compensate must be true, false or 'auto'; got {compensate!r}")
+    own = getattr(getattr(criterion, "options", None), "compensate", None)
+    if compensate is None:
+        return COMPENSATE
+    if compensate != "auto" and own is not None and bool(own) != compensate:
+        raise ValueError(
+            f"the criterion's game {'compensates' if own else 'zeroes'} removed units but "
+            f"removal would {'compensate' if compensate else 'zero'} them; set the criterion's "
+            f"option compensate={str(compensate).lower()} too"
+        )
+    return compensate
+
+
+def _fill_helps(model: nn.Module, removals: dict, example, mode: str, units, ref) -> bool:
+    """Whether the removal compensated has a lower loss on the reference examples (never
+    the test split) than the removal zeroed."""
+    zeroed = apply_removals(model, removals, example, mode=mode, units=units)
+    filled = apply_removals(model, removals, example, mode=mode, units=units, compensate=ref.x)
+    return evaluate(filled, ref)["loss"] < evaluate(zeroed, ref)["loss"]
 
 
 def _step_target(target: Target, step: int, steps: int) -> Target:

@@ -24,6 +24,7 @@ from shapprune.pruning.removal import apply_removals
 
 TARGET_KINDS = ("channels", "params", "macs")
 NORMALISATIONS = ("l1", "l2", "max", "rank", "none")
+COSTS = ("macs", "params")
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,24 @@ def normalise(scores: np.ndarray, how: str) -> np.ndarray:
     raise ValueError(f"unknown normalisation {how!r}; use one of {', '.join(NORMALISATIONS)}")
 
 
+def unit_costs(
+    model: nn.Module,
+    layers: Mapping[str, int],
+    example: torch.Tensor,
+    kind: str,
+    apply: Callable[[nn.Module, dict[str, list[int]]], nn.Module] | None = None,
+) -> dict[str, float]:
+    """Per layer (-> its number of units), the MACs or parameters that removing one of its
+    units saves: measured on a copy with unit 0 removed (a unit's own weights, its
+    BatchNorm, and its consumers' input columns; coupled layers together)."""
+    if kind not in COSTS:
+        raise ValueError(f"unknown cost {kind!r}; use one of {', '.join(COSTS)}")
+    measure = count_params if kind == "params" else lambda m: count_macs(m, example)
+    apply = apply or (lambda m, r: apply_removals(m, r, example))
+    full = measure(model)
+    return {name: float(full - measure(apply(model, {name: [0]}))) for name in layers}
+
+
 def _lowest(scores: np.ndarray, k: int) -> list[int]:
     return sorted(ranking_from_scores(scores)[:k].tolist())
 
@@ -117,6 +136,7 @@ def make_plan(
     apply: Callable[[nn.Module, dict[str, list[int]]], nn.Module] | None = None,
     baseline: nn.Module | None = None,
     units: Mapping[str, Units] | None = None,
+    cost: str | None = None,
 ) -> Plan:
     """Choose the units to remove from ``scores`` (layer -> one score per unit, higher =
     more important) so that ``target`` is met.
@@ -127,6 +147,9 @@ def make_plan(
     ``baseline`` is the model the target's fraction refers to (default: ``model``);
     ``units``: the layers' units found on ``model`` (:func:`layer_units`), passed on to the
     default ``apply`` so that it does not find them again.
+    ``cost`` ("macs" or "params", global plans only): units compete on their normalised
+    score per MAC or parameter their removal saves (:func:`unit_costs`), so that a cheap
+    unit of little value is not cut before an expensive one of less value per cost.
     """
     target = Target.parse(target) if isinstance(target, str | float) else target
     if normalisation not in NORMALISATIONS:
@@ -145,9 +168,20 @@ def make_plan(
             removals[name] = _lowest(scores[name], min(int(r * sizes[name]), sizes[name] - 1))
         return Plan(removals, "per-layer ratios", float("nan"), False, {"ratios": dict(ratios)})
 
+    if cost is not None and not global_:
+        raise ValueError("a cost-aware plan ranks units across layers: it needs global_=True")
+    if apply is None:
+
+        def apply(m: nn.Module, removals: dict[str, list[int]]) -> nn.Module:
+            return apply_removals(m, removals, example, units=units)
+
+    per_unit = unit_costs(model, sizes, example, cost, apply) if cost else {}
+    if any(c <= 0 for c in per_unit.values()):
+        free = [name for name, c in per_unit.items() if c <= 0]
+        raise ValueError(f"removing a unit of {', '.join(free)} saves no {cost}; drop --cost")
     if global_:
         flat = [
-            (value, name, int(i))
+            (value / per_unit.get(name, 1.0), name, int(i))
             for name, s in scores.items()
             for i, value in enumerate(normalise(s, normalisation))
         ]
@@ -175,12 +209,8 @@ def make_plan(
         total = sum(sizes.values())
         removals = removals_for(target.fraction)
         achieved = sum(len(v) for v in removals.values()) / total
-        return Plan(removals, str(target), achieved, global_, {"normalisation": normalisation})
-
-    if apply is None:
-
-        def apply(m: nn.Module, removals: dict[str, list[int]]) -> nn.Module:
-            return apply_removals(m, removals, example, units=units)
+        info = {"normalisation": normalisation, "cost": cost}
+        return Plan(removals, str(target), achieved, global_, info)
 
     base = baseline if baseline is not None else model
     measure = count_params if target.kind == "params" else lambda m: count_macs(m, example)
@@ -211,4 +241,6 @@ def make_plan(
             lo = mid
     removals = removals_for(hi)
     achieved = reduction(hi)
-    return Plan(removals, str(target), achieved, global_, {"normalisation": normalisation})
+    return Plan(
+        removals, str(target), achieved, global_, {"normalisation": normalisation, "cost": cost}
+    )

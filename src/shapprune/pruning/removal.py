@@ -21,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 
 from shapprune.game.attention import SlimMultiheadAttention, head_rows
+from shapprune.game.compensation import fold_means
 from shapprune.game.coupling import prune_players
 from shapprune.game.units import (
     MaskPoint,
@@ -54,12 +55,16 @@ def apply_removals(
     mode: str = "remove",
     *,
     units: Mapping[str, Units] | None = None,
+    compensate: torch.Tensor | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with ``removals`` (layer -> unit indices) masked or removed.
 
     ``units``: layers' units already found on ``model`` (as ``prunable_layers`` gives
     them), so that they are not found again; a layer coupled to one removed before it in
     this call is found anew (its width has changed).
+    ``compensate``: reference inputs; each removed unit's mean over them is folded into its
+    consumers' biases first (``shapprune.game.compensation``), as the games compute with
+    ``compensate`` set.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
@@ -68,6 +73,14 @@ def apply_removals(
     known = dict(units or {})
     changed: set[str] = set()  # layers whose width a removal in this call has changed
     graph = None  # the copy's dependency graph, while its shape is the one it was built on
+    if compensate is not None:
+        folds = []
+        for layer, which in removals.items():
+            if layer not in known:
+                known[layer], graph = _find(model, layer, example_inputs, graph)
+            folds += [(p, sorted({int(u) for u in which})) for p in known[layer].mask_points]
+        fold_means(model, folds, compensate)
+        graph = None  # a consumer may have been given a bias
     for layer, which in removals.items():
         idxs = sorted({int(u) for u in which})
         if not idxs:

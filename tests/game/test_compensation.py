@@ -1,0 +1,135 @@
+"""Removal with compensation: masking still computes exactly what removal computes, and a
+removed unit leaves its mean contribution behind."""
+
+import pytest
+import torch
+import torchvision
+from helpers import F32_ACROSS_SHAPES, randomise_norms
+from torch import nn
+
+from shapprune.game.compensation import compensation_matrix, consumer_means, fold_means
+from shapprune.game.network_game import NetworkGame
+from shapprune.game.pruning_game import PruningGame, metric_sums
+from shapprune.game.units import find_units
+from shapprune.pruning.checkpoint import load_checkpoint, save_pruned
+from shapprune.pruning.removal import apply_removals
+from shapprune.zoo.models import build_model
+
+
+def _data(shape, n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _coalition(game, seed=0, p_drop=0.4):
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(game.n_players, generator=g) > p_drop
+    removals = {}
+    for layer in game.layer_slices:
+        sl = game.players_of(layer)
+        keep[sl.start] = True  # removal never empties a layer
+        removals[layer] = (~keep[sl]).nonzero().flatten().tolist()
+    return keep, removals
+
+
+def _assert_equals_compensated_removal(model, game, x, y, reference, seed=0):
+    keep, removals = _coalition(game, seed)
+    pruned = apply_removals(model, removals, x[:2], compensate=reference)
+    zeroed = apply_removals(model, removals, x[:2])
+    with torch.no_grad():
+        expected = pruned(x)
+        assert (expected - zeroed(x)).abs().max() > 1e-2  # compensation changed the outputs
+    torch.testing.assert_close(game.logits(keep), expected, atol=1e-5, rtol=1e-5)
+    value = metric_sums(expected[None], y, game.metric).item() / len(y)
+    assert game.value(keep).item() == pytest.approx(value, abs=F32_ACROSS_SHAPES)
+
+
+ZOO = [
+    ("lenet5", (1, 28, 28)),
+    ("vgg", (3, 32, 32)),
+    ("resnet20", (3, 32, 32)),
+    ("vit", (1, 28, 28)),
+]
+
+
+@pytest.mark.parametrize("name,shape", ZOO, ids=[c[0] for c in ZOO])
+def test_network_game_with_compensation_equals_compensated_removal(name, shape):
+    model = randomise_norms(build_model(name, in_channels=shape[0], image_size=shape[1], seed=1))
+    x, y = _data(shape)
+    reference, _ = _data(shape, n=9, seed=5)  # means over other inputs than the game's
+    game = NetworkGame(model, (x, y), metric="margin", compensate=reference)
+    assert game.cached and game.compensated
+    _assert_equals_compensated_removal(model, game, x, y, reference)
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "hooks"])
+def test_one_layer_game_with_compensation_equals_removal_cached_or_not(cache):
+    model = randomise_norms(build_model("vgg", in_channels=3, image_size=32, seed=0))
+    x, y = _data((3, 32, 32), n=8)
+    game = PruningGame(model, "features.4", (x, y), metric="margin", compensate=True, cache=cache)
+    assert game.cached == cache
+    _assert_equals_compensated_removal(model, game, x, y, x, seed=2)
+
+
+def test_torchvision_resnet18_with_compensation_equals_removal():
+    torch.manual_seed(0)
+    model = randomise_norms(torchvision.models.resnet18(num_classes=10))
+    x, y = _data((3, 32, 32), n=3)
+    layers = ["conv1", "layer1.0.conv1", "layer2.1.conv1", "layer4.0.conv1"]
+    game = NetworkGame(model, (x, y), layers, metric="margin", compensate=True)
+    _assert_equals_compensated_removal(model, game, x, y, x, seed=1)
+
+
+def test_the_empty_coalition_keeps_each_linear_consumer_at_its_mean_input():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)).eval()
+    x, y = _data((5,), n=20)
+    game = PruningGame(model, "0", (x, y), compensate=True)
+    mean_hidden = torch.relu(model[0](x)).mean(0)
+    expected = model[2](mean_hidden).expand(20, 3)  # every example gets the mean prediction
+    torch.testing.assert_close(game.logits(torch.zeros(4, dtype=torch.bool)), expected)
+    plain = PruningGame(model, "0", (x, y))
+    torch.testing.assert_close(
+        plain.logits(torch.zeros(4, dtype=torch.bool)), model[2].bias.expand(20, 3)
+    )
+
+
+def test_folding_adds_each_removed_channel_mean_times_its_summed_kernel():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 3, bias=False)).eval()
+    x = torch.randn(4, 1, 9, 9)
+    point = find_units(model, "0", x[:2]).mask_points[0]
+    means = consumer_means(model, [point], x)["2"]
+    torch.testing.assert_close(means, torch.relu(model[0](x)).mean((0, 2, 3)))
+    d = compensation_matrix(model[2], means)
+    assert d.shape == (3, 2)
+    folded = model
+    fold_means(folded, [(point, [1])], x)
+    torch.testing.assert_close(folded[2].bias, means[1] * model[2].weight[:, 1].sum((1, 2)))
+
+
+def test_a_compensated_pruned_model_saves_and_loads_with_its_new_biases(tmp_path):
+    config = {"in_channels": 3, "image_size": 32, "seed": 0}
+    model = randomise_norms(build_model("vgg", **config))
+    x, _ = _data((3, 32, 32), n=8)
+    assert model.get_submodule("features.4").bias is None  # the consumer of features.0
+    pruned = apply_removals(
+        model, {"features.0": [0, 2], "features.4": [1, 5]}, x[:2], compensate=x
+    )
+    assert pruned.get_submodule("features.4").bias is not None
+    save_pruned(
+        tmp_path / "p", pruned, base={"model": "vgg", "config": config}, input_shape=(3, 32, 32)
+    )
+    loaded, _ = load_checkpoint(tmp_path / "p")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), pruned(x))
+
+
+def test_a_grouped_consumer_cannot_be_compensated():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=2)).eval()
+    x = torch.randn(2, 1, 8, 8)
+    from shapprune.game.units import MaskPoint
+
+    point = MaskPoint("2", 1, torch.arange(4))
+    with pytest.raises(ValueError, match="only plain convolutions and linear layers"):
+        consumer_means(model, [point], x)
