@@ -25,6 +25,7 @@ import torch
 
 from shapprune.estimators._budget import BudgetedGame
 from shapprune.estimators.base import Answer, Estimator
+from shapprune.estimators.catalog import estimator_options, get_estimator
 from shapprune.options import option
 
 __all__ = ["Refine", "RefineOptions", "refine_search", "removed_count"]
@@ -179,8 +180,6 @@ class Refine(Estimator):
 
     @staticmethod
     def _base(options: RefineOptions) -> tuple[Estimator, Any]:
-        from shapprune.estimators.registry import estimator_options, get_estimator
-
         return get_estimator(options.base), estimator_options(
             options.base, dict(options.base_options or {})
         )

@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 
 from shapprune.estimators._budget import BudgetedGame, Game
-from shapprune.estimators.base import Answer, Estimate, Estimator
+from shapprune.estimators.base import Answer, Estimate
+from shapprune.estimators.catalog import (
+    ESTIMATORS,
+    estimator_options,
+    get_estimator,
+    register_estimator,
+)
 from shapprune.estimators.exact import Exact
 from shapprune.estimators.executors import Executor
 from shapprune.estimators.kernel import Kernel
@@ -26,7 +32,6 @@ from shapprune.estimators.permutation import Permutation
 from shapprune.estimators.refine import Refine
 from shapprune.estimators.resume import Checkpoint, RecordedGame, prepared_game
 from shapprune.estimators.semivalue import Semivalue
-from shapprune.options import build_options
 
 __all__ = [
     "ESTIMATORS",
@@ -35,23 +40,6 @@ __all__ = [
     "get_estimator",
     "register_estimator",
 ]
-
-ESTIMATORS: dict[str, Estimator] = {}
-
-
-def register_estimator(estimator: Estimator | type[Estimator], *, replace: bool = False):
-    """Make ``estimator`` (an instance, or a class built without arguments) reachable by its
-    name; usable as a class decorator. Returns what it was given."""
-    instance = estimator() if isinstance(estimator, type) else estimator
-    if not isinstance(instance, Estimator) or not instance.name:
-        raise TypeError(f"{estimator!r} is not an Estimator with a name")
-    if instance.name in ESTIMATORS and not replace:
-        raise ValueError(
-            f"an estimator named {instance.name!r} is already registered; pass replace=True"
-        )
-    ESTIMATORS[instance.name] = instance
-    return estimator
-
 
 for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut, Semivalue, Refine):
     register_estimator(_builtin)
@@ -62,18 +50,6 @@ def __getattr__(name: str) -> Any:
     if name == "METHODS":
         return tuple(ESTIMATORS)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def get_estimator(name: str) -> Estimator:
-    """The estimator registered as ``name``."""
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(ESTIMATORS)}")
-    return ESTIMATORS[name]
-
-
-def estimator_options(method: str, options: dict[str, Any]) -> Any:
-    """``options`` checked against ``method``'s declaration, as that declaration."""
-    return build_options(get_estimator(method).Options, options, f"method {method!r}")
 
 
 def default_budget(method: str, n: int, **options: Any) -> int:
