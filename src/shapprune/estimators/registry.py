@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from shapprune.estimators._budget import BudgetedGame, Game
+from shapprune.estimators.bandit import Bandit
 from shapprune.estimators.base import Answer, Estimate, Estimator
 from shapprune.estimators.exact import Exact
 from shapprune.estimators.kernel import Kernel
@@ -48,7 +49,7 @@ def register_estimator(estimator: Estimator | type[Estimator], *, replace: bool 
     return estimator
 
 
-for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut):
+for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut, Bandit):
     register_estimator(_builtin)
 
 
@@ -84,7 +85,7 @@ def estimate(
     budget: int | None = None,
     seed: int = 0,
     *,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[..., None] | None = None,
     **options: Any,
 ) -> Estimate:
     """Estimate the value of every player of ``game``.
@@ -92,7 +93,9 @@ def estimate(
     ``method`` is a registered estimator (``ESTIMATORS``); ``budget`` caps the coalitions
     evaluated (default: ``default_budget``); ``options`` are the method's declared options
     (e.g. permutation: ``antithetic``, ``control``, ``truncation``, ``patience``; partial:
-    depth ``k``). ``progress(done, budget)`` is called after each evaluation batch.
+    depth ``k``; bandit: ``k``, ``top``, ``delta``, ...). ``progress(done, budget)`` is called
+    after each evaluation batch; a callback with a third parameter also gets a status dict
+    (the bandit's ``in_doubt``: players still straddling the cut).
     """
     est = get_estimator(method)
     opts = estimator_options(method, options)
