@@ -62,7 +62,10 @@ def test_top_k_and_exact_known_values():
     assert top.info["settled"]
     bottom = estimate(game, "bandit", budget=20_000, seed=1, k=3)
     assert sorted(bottom.selected.tolist()) == [5, 6, 7]  # weight 1: tied among themselves
-    assert bottom.info["settled"]
+    # 0/1 marginals, rare for the weight-1 players: the range is the payoff's, never a
+    # player's own (eight zeros in a row would settle a player with a zero-width interval)
+    fooled = estimate(game, "bandit", budget=20_000, seed=1, k=3, player_range=True)
+    assert fooled.info["samples"][0] < bottom.info["samples"][0]
 
 
 def test_near_tie_at_the_cut_is_reported_not_hidden():

@@ -12,7 +12,7 @@ evaluations go to the players near the cut, and the run stops once none is in do
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,10 +35,13 @@ class BanditOptions:
         None, "stop a walk once |v(S) - v(empty)| stays below this tolerance"
     )
     patience: int = option(3, "steps below the truncation tolerance before a walk stops")
-    walks: int = option(32, "walks advanced together: one batch of coalitions per step")
+    walks: int = option(8, "walks advanced together: one batch of coalitions per step")
     min_samples: int = option(5, "marginals a player needs before it can settle (>= 2)")
     value_range: float | None = option(
-        None, "R of the Bernstein bound: a marginal's range (default: each player's seen range)"
+        None, "R of the Bernstein bound, a marginal's range (default: the range seen so far)"
+    )
+    player_range: bool = option(
+        False, "R from each player's own marginals: settles sooner, rare large marginals fool it"
     )
 
     def __post_init__(self) -> None:
@@ -100,11 +103,18 @@ class _Stats:
 class _Bounds:
     """Empirical-Bernstein half-widths and the cut, from the running statistics."""
 
-    def __init__(self, stats: _Stats, k: int, top: bool, value_range: float | None) -> None:
+    def __init__(
+        self, stats: _Stats, k: int, top: bool, value_range: float | None, player_range: bool
+    ) -> None:
         self.n = len(stats.count)
         self.count, self.mean, self.var = stats.count, stats.mean(), stats.var()
-        seen = np.where(stats.count > 0, stats.high - stats.low, 0.0)
-        self.range = np.full(self.n, value_range) if value_range is not None else seen
+        if value_range is not None:
+            self.range = np.full(self.n, float(value_range))
+        elif player_range:
+            self.range = np.where(stats.count > 0, stats.high - stats.low, 0.0)
+        else:
+            seen = stats.high.max() - stats.low.min() if stats.count.any() else 0.0
+            self.range = np.full(self.n, seen)
         key = -self.mean if top else self.mean
         order = np.argsort(key, kind="stable")
         self.selected = order[:k]
@@ -142,13 +152,24 @@ class _Bounds:
 
 @dataclass
 class _Walk:
-    """One removal walk: its order, the next position, who is left, the value there."""
+    """One removal walk: its order, the next position, who is left, the value there, and
+    the marginals it found (handed over when it ends)."""
 
     order: np.ndarray
     alive: np.ndarray
+    base: float | None  # v(alive), when known
     pos: int = 0
-    base: float | None = None  # v(alive), when known
     quiet: int = 0
+    players: list[int] = field(default_factory=list)
+    margs: list[float] = field(default_factory=list)
+
+    def cost_bound(self, doubt: np.ndarray) -> int:
+        """Most evaluations the rest of the walk can take, with today's doubt."""
+        ahead = int(doubt[self.order[self.pos :]].sum())
+        return min(2 * ahead, self.len_left() + 1)
+
+    def len_left(self) -> int:
+        return len(self.order) - self.pos
 
 
 def bandit(
@@ -159,50 +180,73 @@ def bandit(
     delta: float = 0.1,
     truncation: float | None = None,
     patience: int = 3,
-    walks: int = 32,
+    walks: int = 8,
     min_samples: int = 5,
     value_range: float | None = None,
+    player_range: bool = False,
     on_round: Callable[[int, _Bounds], None] | None = None,
 ) -> Answer:
     """The k lowest (``top``: highest) players, settled by empirical-Bernstein intervals.
 
     ``walks`` removal walks advance together; each step evaluates, per walk, v(S minus p)
     for its next player p in doubt (and v(S) again when settled players were removed
-    since the last evaluation), all in one batch. With ``truncation`` a walk stops once
-    |v(S) - v(empty)| stayed below it for ``patience`` evaluated steps; the players in doubt
-    it did not reach get a zero marginal. The plan never depends on what the budget's memo
-    saved: the evaluations asked for are counted, not those paid. ``on_round(spent,
-    bounds)`` sees every round (for benchmarks).
+    since the last evaluation), all in one batch. A walk's marginals count once it ends,
+    so that every sample comes from a whole random ordering (a walk's first steps only
+    see marginals against nearly full coalitions); a walk starts only while the budget
+    can carry it to its end. With ``truncation`` a walk stops once |v(S) - v(empty)| stayed
+    below it for ``patience`` evaluated steps; the players in doubt it did not reach get a
+    zero marginal. The plan never depends on what the budget's memo saved: evaluations
+    asked for are counted, not those paid. ``on_round(spent, bounds)`` sees every update
+    of the bounds (for benchmarks).
     """
     n = game.n
     v_full, v_empty = game.full_and_empty()
     stats = _Stats(n)
-    spent, rounds, started, truncated, skipped = 2, 0, 0, 0, 0
+    spent, started, finished, truncated, skipped = 2, 0, 0, 0, 0
     doubt = np.ones(n, dtype=bool)
+    bounds = _Bounds(stats, k, top, value_range, player_range)
     slots: list[_Walk | None] = [None] * walks
-    bounds = _Bounds(stats, k, top, value_range)
-    while doubt.any():
+    while True:
+        ended = [w for w in slots if w is not None and w.pos >= n]
+        if ended:
+            for walk in ended:
+                stats.add(np.asarray(walk.players, dtype=np.int64), np.asarray(walk.margs))
+            finished += len(ended)
+            slots = [None if w is not None and w.pos >= n else w for w in slots]
+            bounds = _Bounds(stats, k, top, value_range, player_range)
+            doubt = bounds.doubt(delta, min_samples)
+            if on_round is not None:
+                on_round(spent, bounds)
+        if not doubt.any():
+            break
         game.status["in_doubt"] = int(doubt.sum())  # what progress reports show
-        plans: list[tuple[int, bool, bool]] = []  # (slot, needs v(S), needs v(S minus p))
+        reserved = sum(w.cost_bound(doubt) for w in slots if w is not None)
         for s in range(walks):
-            walk = slots[s]
-            if walk is None or walk.pos >= n:
-                walk = slots[s] = _Walk(rng.permutation(n), np.ones(n, dtype=bool), base=v_full)
+            need = min(2 * int(doubt.sum()), n)
+            if slots[s] is None and game.budget - spent - reserved >= need:
+                slots[s] = _Walk(rng.permutation(n), np.ones(n, dtype=bool), base=v_full)
                 started += 1
+                reserved += need
+        if all(w is None for w in slots):
+            break  # the budget cannot carry another walk to its end
+        plans: list[tuple[int, bool, bool]] = []  # (slot, needs v(S), needs v(S minus p))
+        for s, walk in enumerate(slots):
+            if walk is None:
+                continue
             # settled players ahead are removed without an evaluation
             ahead = doubt[walk.order[walk.pos :]]
-            step = int(np.argmax(ahead)) if ahead.any() else n - walk.pos
+            step = int(np.argmax(ahead)) if ahead.any() else walk.len_left()
             if step:
                 walk.alive[walk.order[walk.pos : walk.pos + step]] = False
                 walk.pos += step
                 skipped += step
                 walk.base = v_empty if walk.pos >= n else None
             if walk.pos < n:
-                last = int(walk.alive.sum()) == 1  # v(empty) is known
+                last = int(walk.alive.sum()) == 1  # then v(S minus p) = v(empty), known
                 plans.append((s, walk.base is None, not last))
-        cost = [int(a) + int(b) for _, a, b in plans]
-        fit = int(np.searchsorted(np.cumsum(cost), game.budget - spent, side="right"))
-        if fit < len(plans):  # the budget ends here: whole steps only
+        cost = np.cumsum([int(a) + int(b) for _, a, b in plans])
+        fit = int(np.searchsorted(cost, game.budget - spent, side="right"))
+        if fit < len(plans):  # doubt grew since the walks started: whole steps only
             plans = plans[:fit]
             if not plans:
                 break
@@ -217,32 +261,25 @@ def bandit(
                 masks.append(after)
         got = iter(game.values(np.stack(masks)).tolist() if masks else [])
         spent += len(masks)
-        players, margs = [], []
         for s, need_base, need_after in plans:
             walk = slots[s]
             before = next(got) if need_base else walk.base
             after = next(got) if need_after else v_empty
-            p = walk.order[walk.pos]
+            p = int(walk.order[walk.pos])
             walk.alive[p] = False
             walk.pos += 1
-            players.append(p)
-            margs.append(before - after)
+            walk.players.append(p)
+            walk.margs.append(before - after)
             walk.base = after
             if truncation is not None:
                 walk.quiet = walk.quiet + 1 if abs(after - v_empty) < truncation else 0
                 if walk.quiet >= patience:  # the rest of the walk's marginals count as zero
                     rest = walk.order[walk.pos :]
-                    rest = rest[doubt[rest]]
-                    players.extend(rest.tolist())
-                    margs.extend([0.0] * len(rest))
+                    rest = rest[doubt[rest]].tolist()
+                    walk.players.extend(rest)
+                    walk.margs.extend([0.0] * len(rest))
                     walk.pos = n
                     truncated += 1
-        stats.add(np.asarray(players, dtype=np.int64), np.asarray(margs))
-        rounds += 1
-        bounds = _Bounds(stats, k, top, value_range)
-        doubt = bounds.doubt(delta, min_samples)
-        if on_round is not None:
-            on_round(spent, bounds)
     in_doubt = np.flatnonzero(doubt)
     game.status["in_doubt"] = len(in_doubt)
     confidence = bounds.confidence(min_samples)
@@ -256,8 +293,8 @@ def bandit(
         "in_doubt": len(in_doubt),
         "in_doubt_players": in_doubt.tolist(),
         "threshold": bounds.threshold,
-        "walks": started,
-        "rounds": rounds,
+        "walks": finished,
+        "walks_unfinished": started - finished,  # the budget ended them: not counted
         "truncation": truncation,
         "truncated_walks": truncated,
         "skipped_steps": skipped,
@@ -307,4 +344,5 @@ class Bandit(Estimator):
             walks=options.walks,
             min_samples=options.min_samples,
             value_range=options.value_range,
+            player_range=options.player_range,
         )
