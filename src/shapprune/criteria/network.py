@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from shapprune.criteria.base import Criterion, _checked
-from shapprune.criteria.shapley import GameOptions
+from shapprune.criteria.shapley import GameOptions, with_cut
 from shapprune.estimators.base import Estimate
 from shapprune.estimators.registry import ESTIMATORS, estimate, get_estimator
 from shapprune.game.network_game import NetworkGame
@@ -117,6 +117,7 @@ class NetworkShapleyCriterion(Criterion):
         super().__init__(*args, **options)
         self.last_estimate: Estimate | None = None
         self.players: list[str] = []
+        self.cut_fraction: float | None = None  # set by prune_model from a channels target
 
     @classmethod
     def declaration_for(cls, **fixed: Any) -> type:
@@ -131,6 +132,7 @@ class NetworkShapleyCriterion(Criterion):
         opts = self.options
         game = NetworkGame(model, (x, y), layers, metric=opts.metric, batch_size=opts.batch_size)
         chosen = {k: v for k, v in _estimator_values(opts).items() if v is not None}
+        chosen = with_cut(opts.method, chosen, self.cut_fraction)
         est = estimate(game, opts.method, budget=opts.budget, seed=seed, **chosen)
         self.last_estimate, self.players = est, game.players
         values = _checked(est.values, game.n_players, self.name)

@@ -28,7 +28,11 @@ __all__ = ["Bandit", "BanditOptions", "bandit", "resolve_k"]
 class BanditOptions:
     """Options of the bandit."""
 
-    k: float = option(0.5, "players to settle: a count >= 1, or a fraction in (0, 1) of them")
+    k: float | None = option(
+        None,
+        "players to settle: a count >= 1 or a fraction in (0, 1) (None: the pruning "
+        "target's fraction of channels where there is one, else 0.5)",
+    )
     top: bool = option(False, "settle the k highest instead of the k lowest")
     delta: float = option(0.1, "failure probability of all the intervals together, in (0, 1)")
     truncation: float | None = option(
@@ -45,9 +49,9 @@ class BanditOptions:
     )
 
     def __post_init__(self) -> None:
-        if not self.k > 0:
+        if self.k is not None and not self.k > 0:
             raise ValueError(f"k must be a count >= 1 or a fraction in (0, 1), got {self.k}")
-        if self.k >= 1 and self.k != int(self.k):
+        if self.k is not None and self.k >= 1 and self.k != int(self.k):
             raise ValueError(f"k must be a whole count or a fraction in (0, 1), got {self.k}")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be a probability in (0, 1), got {self.delta}")
@@ -63,8 +67,12 @@ class BanditOptions:
             raise ValueError(f"value_range must be > 0, got {self.value_range}")
 
 
-def resolve_k(k: float, n: int) -> int:
+DEFAULT_K = 0.5
+
+
+def resolve_k(k: float | None, n: int) -> int:
     """The count that ``k`` (a count, or a fraction of the ``n`` players) stands for."""
+    k = DEFAULT_K if k is None else k
     count = int(k) if k >= 1 else max(1, int(round(k * n)))
     if count >= n:
         raise ValueError(f"k must leave players on both sides of the cut: k={k} of {n} players")
@@ -200,6 +208,7 @@ def bandit(
     of the bounds (for benchmarks).
     """
     n = game.n
+    game.status["in_doubt"] = n  # what progress reports show
     v_full, v_empty = game.full_and_empty()
     stats = _Stats(n)
     spent, started, finished, truncated, skipped = 2, 0, 0, 0, 0
@@ -322,6 +331,7 @@ class Bandit(Estimator):
 
     name = "bandit"
     Options = BanditOptions
+    cut = "k"  # a pruning target's fraction of channels fills k when it was left None
 
     def check(self, n: int, options: BanditOptions) -> None:
         resolve_k(options.k, n)
