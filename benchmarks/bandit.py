@@ -19,12 +19,13 @@ budget and every larger one (None: not within the ladder). Methods:
 Runs on one ladder share one memo of the coalitions evaluated (same seed, so a budget's
 walks are the larger budgets' first walks): each count is what a separate run at that
 budget evaluates, paid once. Run: ``python benchmarks/bandit.py [--quick] [--out FILE]``.
-``--quick``: an untrained VGG, 8 images, a short ladder and reference.
+``--quick``: an untrained VGG's first two layers (96 units), 8 images, a short ladder.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import numpy as np
@@ -37,9 +38,9 @@ from shapprune.zoo.cache import pretrained
 from shapprune.zoo.data import load_dataset
 from shapprune.zoo.models import build_model
 
-IMAGES, REF_WALKS = 32, 48
-LADDER = (4, 6, 8, 12, 16, 24)  # budgets in walks of n - 1 evaluations
-QUICK = {"images": 8, "ref_walks": 8, "ladder": (4, 6)}
+IMAGES, REF_WALKS = 16, 32
+LADDER = (4, 6, 8, 12, 16)  # budgets in walks of n - 1 evaluations
+QUICK = {"images": 8, "ref_walks": 8, "ladder": (4, 6), "layers": ["features.0", "features.4"]}
 FRACTIONS = (0.1, 0.3, 0.5)
 OVERLAP = 0.9
 TRUNCATION = 0.2  # of |v(empty)|, the chance-level loss
@@ -84,7 +85,7 @@ def reference(game: NetworkGame, key: str, walks: int, quick: bool) -> tuple[np.
         stored = json.loads(path.read_text())
         if (stored["budget"], stored["images"]) == (budget, len(game.x)):
             return np.array(stored["values"]), stored["info"]
-    est = estimate(game, "permutation", budget, seed=12345)
+    est = estimate(game, "permutation", budget, seed=12345, progress=_tick)
     info = {"walks": walks, "evals": est.n_evals, "seconds": est.seconds}
     if not quick:
         path.write_text(
@@ -92,6 +93,11 @@ def reference(game: NetworkGame, key: str, walks: int, quick: bool) -> tuple[np.
                         "info": info})
         )  # fmt: skip
     return est.values, info
+
+
+def _tick(done: int, budget: int) -> None:
+    if done // 1000 != (done - 1) // 1000 or done == budget:
+        print(f"reference: {done:,} of {budget:,} evaluations", file=sys.stderr, flush=True)
 
 
 def overlap(ranking: np.ndarray, truth: np.ndarray, k: int) -> float:
@@ -137,7 +143,8 @@ def measure(name: str, quick: bool) -> dict:
         model = build_model(name)
     else:
         model, _ = pretrained(name, "mnist5k", progress=False)
-    game = NetworkGame(model, (data.val.x[:images], data.val.y[:images]))
+    layers = QUICK["layers"] if quick else None
+    game = NetworkGame(model, (data.val.x[:images], data.val.y[:images]), layers)
     n = game.n_players
     ref_values, ref_info = reference(
         game, f"network_{name}", QUICK["ref_walks"] if quick else REF_WALKS, quick
@@ -169,7 +176,7 @@ def measure(name: str, quick: bool) -> dict:
                     "confidence": last.confidence,
                 }
             )
-            print(f"{name} {label} {fraction}: {good} {scores}", flush=True)
+            print(f"{name} {label} {fraction}: {good} {scores}", file=sys.stderr, flush=True)
         rows[-1]["memo_paid"] = memo.paid
         rows[-1]["memo_seconds"] = memo.seconds
         rows[-1]["wall_s"] = time.perf_counter() - start
@@ -240,18 +247,19 @@ def print_model(r: dict) -> None:
 
 def project(r: dict) -> dict:
     """Wall time of a network-wide ranking of PROJECTED_UNITS units, scaled from the
-    measured evaluations per unit (evaluations / units of the measured network)."""
+    measured evaluations per unit (evaluations / units of the measured network); where a
+    method did not reach the overlap within the ladder, its largest budget (a lower bound)."""
+    cap = 2 + r["ladder_walks"][-1] * (r["units"] - 1)
     out = {"units": PROJECTED_UNITS, "seconds_per_eval": PROJECTED_SECONDS_PER_EVAL, "rows": []}
     for row in r["rows"]:
-        if row["method"] not in ("permutation", "bandit, per-player R", "bandit"):
+        if row["method"] == "truncated permutation":
             continue
-        evals = row["evals_to_overlap"]
-        if evals is None:
-            continue
+        reached = row["evals_to_overlap"] is not None
+        evals = row["evals_to_overlap"] if reached else cap
         total = evals / r["units"] * PROJECTED_UNITS
         hours = {w: total * PROJECTED_SECONDS_PER_EVAL / w / 3600 for w in WORKERS}
         out["rows"].append({"method": row["method"], "fraction": row["fraction"],
-                            "evals": total, "hours": hours})  # fmt: skip
+                            "reached": reached, "evals": total, "hours": hours})  # fmt: skip
     return out
 
 
@@ -261,19 +269,20 @@ def print_projection(p: dict) -> None:
         f"(ResNet-50-sized), at {p['seconds_per_eval']:.1f} s per evaluation\n"
     )
     print(
-        "Assumptions: evaluations per unit as measured above (same walks to the same overlap, "
-        "the bandit's savings unchanged); one evaluation = one near-full forward pass of 32 "
-        "images at 224 px, ~0.3 per second on this 2-core CPU (issue 13's measurement); "
-        "workers run whole walks independently (Neuron Shapley's design) and scale "
-        "linearly, with no overhead counted.\n"
+        "Assumptions: evaluations per unit as measured above (the same number of walks to "
+        "the same overlap, the bandit's savings unchanged at 50x the units); one evaluation = "
+        "one near-full forward pass of 32 images at 224 px, ~0.3 per second on this 2-core "
+        "CPU (issue 13's measurement of a ResNet-50); workers run whole walks independently "
+        "(Neuron Shapley's design) and scale linearly, no overhead counted. '>': the method "
+        "did not reach the overlap within the ladder; its largest budget, a lower bound.\n"
     )
     print("| method | lowest | evaluations | hours, 1 worker | 8 workers | 64 workers |")
     print("|---|---|---|---|---|---|")
     for row in p["rows"]:
-        h = row["hours"]
+        h, mark = row["hours"], "" if row["reached"] else "> "
         print(
-            f"| {row['method']} | {row['fraction']:.0%} | {row['evals']:,.0f} "
-            f"| {h[1]:,.1f} | {h[8]:,.1f} | {h[64]:,.2f} |"
+            f"| {row['method']} | {row['fraction']:.0%} | {mark}{row['evals']:,.0f} "
+            f"| {mark}{h[1]:,.0f} | {mark}{h[8]:,.1f} | {mark}{h[64]:,.2f} |"
         )
 
 

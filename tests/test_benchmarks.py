@@ -16,6 +16,7 @@ SCRIPTS = [
     "scale",
     "criteria_lenet",
     "vs_torch_pruning",
+    "bandit",
 ]
 
 
@@ -144,6 +145,24 @@ def _check_vs_torch_pruning(r: dict) -> None:
                     v["best"]["shapprune"]["accuracy"] - v["best"]["torch-pruning"]["accuracy"]
                 )
     assert len(r["plots"]) == len(r["models"])
+
+
+def _check_bandit(r: dict) -> None:
+    assert r["fractions"] == [0.1, 0.3, 0.5] and r["overlap"] == 0.9
+    for m in r["models"]:
+        n, cap = m["units"], 2 + m["ladder_walks"][-1] * (m["units"] - 1)
+        assert {row["method"] for row in m["rows"]} >= {"permutation", "bandit"}
+        for row in m["rows"]:
+            assert row["k"] == max(1, round(row["fraction"] * n))
+            pairs = zip(row["evals"], row["budgets"], strict=True)
+            assert all(0 < e <= b <= cap for e, b in pairs)
+            assert all(0 <= o <= 1 for o in row["overlaps"])
+            good = row["evals_to_overlap"]
+            assert good is None or (good in row["evals"] and row["overlaps"][-1] >= 0.9)
+            if row["method"].startswith("bandit"):
+                assert row["settled"] in (True, False) and 0 <= row["confidence"] <= 1
+                assert row["settled"] == (row["in_doubt"] == 0)
+    assert r["projection"]["units"] == 26_000
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}
