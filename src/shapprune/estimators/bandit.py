@@ -7,6 +7,14 @@ permutation sampling; but once a player's empirical-Bernstein interval (Maurer a
 2009) no longer contains the threshold between the k-th and the (k+1)-th mean, it is
 settled: later walks remove it without an evaluation and record no marginal for it. The
 evaluations go to the players near the cut, and the run stops once none is in doubt.
+
+Where this departs from Neuron Shapley's public code: the cut is the midpoint between the
+k-th and (k+1)-th means (theirs is the (k+1)-th mean, so one player never settles and
+they stop at one in doubt); delta covers all players together (a union bound: each
+interval at delta / n); R, the range in the Bernstein bound, is the range of all the
+marginals seen (theirs a constant per metric: 1 for accuracy, ln(classes) for the loss).
+Walks remove players in the same order and hand over their marginals when they end, as
+theirs do; a player removed without an evaluation makes the next one cost two.
 """
 
 from __future__ import annotations
@@ -133,7 +141,7 @@ class _Bounds:
         log = np.log(4 * self.n / delta)
         c = np.maximum(self.count, 2)  # below two samples: the trivial bound, the range
         cb = np.sqrt(2 * self.var * log / c) + 7 / 3 * self.range * log / (c - 1)
-        return np.where(self.count >= 2, cb, np.maximum(self.range, np.abs(self.mean)) + 1.0)
+        return np.where(self.count >= 2, cb, self.range)
 
     def doubt(self, delta: float, min_samples: int) -> np.ndarray:
         """Players whose interval still contains the threshold, or with too few samples."""
@@ -326,7 +334,10 @@ class Bandit(Estimator):
 
     Where the budget ends before every player is settled, ``selected`` is the best guess
     (the k lowest means), ``confidence`` falls below 1 - delta and ``info["in_doubt"]``
-    says how many players still straddle the cut (near-ties are reported, not hidden).
+    says how many players still straddle the cut (near-ties are reported, not hidden;
+    ``info["in_doubt_players"]`` names them). ``confidence`` is 1 minus the smallest
+    failure probability at which every player would be settled. With ``top`` the k
+    highest are ``selected`` and, as for any selected set, listed first by ``ranking``.
     """
 
     name = "bandit"
