@@ -162,7 +162,11 @@ def _check_bandit(r: dict) -> None:
             if row["method"].startswith("bandit"):
                 assert row["settled"] in (True, False) and 0 <= row["confidence"] <= 1
                 assert row["settled"] == (row["in_doubt"] == 0)
-    assert r["projection"]["units"] == 26_000
+        quality = m["equal_quality"]
+        assert len(quality) == len(r["fractions"]) * len({row["method"] for row in m["rows"]})
+        for q in quality:  # permutation reaches its own overlap, at its largest budget at worst
+            assert q["method"] != "permutation" or q["evals"] is not None
+    assert r["projection"]["units"] == 26_000 and r["projection"]["rows"]
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}
