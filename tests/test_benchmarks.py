@@ -16,6 +16,7 @@ SCRIPTS = [
     "scale",
     "criteria_lenet",
     "vs_torch_pruning",
+    "executors",
     "bandit",
 ]
 
@@ -145,6 +146,20 @@ def _check_vs_torch_pruning(r: dict) -> None:
                     v["best"]["shapprune"]["accuracy"] - v["best"]["torch-pruning"]["accuracy"]
                 )
     assert len(r["plots"]) == len(r["models"])
+
+
+def _check_executors(r: dict) -> None:
+    labels = [row["executor"] for row in r["rows"]]
+    assert labels[0] == "serial, 1 worker" and {"processes, 2 workers", "ray, 2 workers"} <= set(
+        labels
+    )
+    for row in r["rows"]:
+        assert row["identical_to_serial"], row["executor"]  # same seed, same values
+        assert row["evals_per_s"] > 0 and _spread_ok(row["seconds"])
+        assert row["speedup_vs_serial"] == pytest.approx(
+            r["rows"][0]["seconds"]["median"] / row["seconds"]["median"]
+        )
+    assert set(r["speedup_2_workers"]) == {"processes", "ray"}
 
 
 def _check_bandit(r: dict) -> None:

@@ -16,6 +16,14 @@ from shapprune.criteria.registry import (
 )
 from shapprune.devices import available_devices, resolve_device
 from shapprune.estimators.base import Answer, Estimate, Estimator
+from shapprune.estimators.executors import (
+    EXECUTORS,
+    Executor,
+    ExecutorOptions,
+    make_executor,
+    register_executor,
+    using_executor,
+)
 from shapprune.estimators.registry import (
     ESTIMATORS,
     default_budget,
@@ -23,6 +31,7 @@ from shapprune.estimators.registry import (
     get_estimator,
     register_estimator,
 )
+from shapprune.estimators.resume import Checkpoint, using_checkpoint
 from shapprune.evaluation.measure import evaluate, measure
 from shapprune.evaluation.oracle import oracle_rank, oracle_sets
 from shapprune.game.network_game import NetworkGame
@@ -42,12 +51,16 @@ from shapprune.zoo.models import build_model
 __all__ = [
     "CRITERIA",
     "ESTIMATORS",
+    "EXECUTORS",
     "METHODS",
     "METRICS",
     "Answer",
+    "Checkpoint",
     "Criterion",
     "Estimate",
     "Estimator",
+    "Executor",
+    "ExecutorOptions",
     "GameSpec",
     "NetworkGame",
     "PruningGame",
@@ -66,6 +79,7 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "load_model",
+    "make_executor",
     "make_plan",
     "measure",
     "oracle_rank",
@@ -77,9 +91,12 @@ __all__ = [
     "reference_set",
     "register_criterion",
     "register_estimator",
+    "register_executor",
     "resolve_device",
     "save_pruned",
     "score_layers",
+    "using_checkpoint",
+    "using_executor",
 ]
 
 

@@ -16,8 +16,9 @@ from rich.table import Table
 
 from shapprune.criteria.registry import CRITERIA, get_criterion
 from shapprune.devices import resolve_device
+from shapprune.estimators.executors import ExecutorOptions
 from shapprune.estimators.registry import ESTIMATORS, get_estimator
-from shapprune.jobs import DEMO_EXPERIMENT, rank_layer
+from shapprune.jobs import DEMO_EXPERIMENT, evaluating, executor_options, rank_layer
 from shapprune.options import declared, parse_options
 from shapprune.outputs import check_output
 from shapprune.zoo.cache import load_model
@@ -71,6 +72,20 @@ def _refresh_help() -> None:
 DeviceOpt = Annotated[
     str, typer.Option(help="cpu, cuda, cuda:N, mps, or auto: the first accelerator, else cpu")
 ]
+_RUN_HELP = {name: text for name, (_, _, text) in declared(ExecutorOptions).items()}
+ExecutorOpt = Annotated[str, typer.Option(help=_RUN_HELP["executor"])]
+WorkersOpt = Annotated[int, typer.Option(help=_RUN_HELP["workers"])]
+RayAddressOpt = Annotated[str | None, typer.Option(help=_RUN_HELP["ray_address"])]
+ThreadsOpt = Annotated[int | None, typer.Option(help=_RUN_HELP["threads"])]
+CheckpointEveryOpt = Annotated[
+    int, typer.Option(help="write the resume checkpoint every N evaluations (and each minute)")
+]
+CHECKPOINT = "checkpoint.json"  # suffix of the resume file next to the output
+
+
+def _resuming(found) -> None:
+    if found is not None and found.resumed:
+        console.print(f"resuming from {found.path}")
 
 
 def main() -> None:
@@ -242,24 +257,39 @@ def rank(
     out: Annotated[Path | None, typer.Option(help="write the result as JSON here")] = None,
     force: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
     device: DeviceOpt = "auto",
+    executor: ExecutorOpt = "serial",
+    workers: WorkersOpt = 1,
+    ray_address: RayAddressOpt = None,
+    threads: ThreadsOpt = None,
+    checkpoint_every: CheckpointEveryOpt = 10_000,
 ) -> None:
-    """Shapley values of a layer's units, written as JSON with the ranking."""
+    """Shapley values of a layer's units, written as JSON with the ranking.
+
+    With --out, an interrupted run leaves OUT.checkpoint.json; the same command resumes it.
+    """
     if out is not None:
         check_output(out, force=force)
     decl = get_estimator(method).Options
     options = parse_options(decl, option or [], f"method {method!r}")
-    record = rank_layer(
-        model, data, layer, method, budget, seed, metric, per_class, root, _evaluation_progress,
-        options=options,
-        device=resolve_device(device),
-    )  # fmt: skip
+    runner = executor_options(executor, workers, ray_address, threads)
+    resume = out.with_name(f"{out.name}.{CHECKPOINT}") if out is not None else None
+    identity = {"command": "rank", "model": model, "data": data, "layer": layer,
+                "method": method, "options": options, "budget": budget, "seed": seed,
+                "metric": metric, "per_class": per_class, "root": root}  # fmt: skip
+    with evaluating(runner, resume, identity, checkpoint_every) as found:
+        _resuming(found)
+        record = rank_layer(
+            model, data, layer, method, budget, seed, metric, per_class, root,
+            _evaluation_progress, options=options, device=resolve_device(device),
+        )  # fmt: skip
+        if out is not None:
+            _write_json(out, record, force)
     console.print(_ranking_table(record, show=10))
     console.print(
         f"{record['n_evals']} evaluations in {record['seconds']:.2f} s "
         f"({record['n_evals'] / max(record['seconds'], 1e-9):.0f}/s)"
     )
     if out is not None:
-        _write_json(out, record, force)
         console.print(f"wrote {out}")
 
 
@@ -350,8 +380,16 @@ def prune(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("pruned"),
     force: Annotated[bool, typer.Option(help="write into a non-empty --out folder")] = False,
     device: DeviceOpt = "auto",
+    executor: ExecutorOpt = "serial",
+    workers: WorkersOpt = 1,
+    ray_address: RayAddressOpt = None,
+    threads: ThreadsOpt = None,
+    checkpoint_every: CheckpointEveryOpt = 10_000,
 ) -> None:
-    """Prune a model: score units, remove them, measure before and after."""
+    """Prune a model: score units, remove them, measure before and after.
+
+    An interrupted run leaves OUT/scores.checkpoint.json; the same command resumes it.
+    """
     from shapprune.pruning.checkpoint import save_pruned
     from shapprune.pruning.compress import prune_model
     from shapprune.pruning.plan import Target
@@ -360,15 +398,26 @@ def prune(
     parsed = Target.parse(target)
     where = resolve_device(device)
     check_output(out, folder=True)
-    if out.exists() and any(out.iterdir()) and not force:
+    resume = out / f"scores.{CHECKPOINT}"
+    if out.exists() and any(p != resume for p in out.iterdir()) and not force:
         raise FileExistsError(f"{out} is not empty; choose another --out or pass --force")
     explicit = {"budget": budget, "metric": metric, "composite": composite}
-    scorer = get_criterion(criterion, **_criterion_options(criterion, explicit, option or []))
+    chosen_options = _criterion_options(criterion, explicit, option or [])
+    scorer = get_criterion(criterion, **chosen_options)
+    runner = executor_options(executor, workers, ray_address, threads)
+    identity = {"command": "prune", "model": model, "data": data, "criterion": criterion,
+                "options": chosen_options, "target": target, "layers": layers,
+                "global": global_, "normalisation": normalisation, "steps": steps,
+                "mode": mode, "per_class": per_class, "seed": seed, "root": root}  # fmt: skip
     net, meta = load_model(model, data, root=root)
     net = net.to(where)
     splits = load_dataset(data, root=root, seed=0)
     chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
-    with console.status("pruning") as status:
+    with (
+        evaluating(runner, resume, identity, checkpoint_every) as found,
+        console.status("pruning") as status,
+    ):
+        _resuming(found)
         pruned, summary = prune_model(
             net,
             splits,
@@ -412,10 +461,16 @@ def compare(
         "runs/compare"
     ),
     device: DeviceOpt = "auto",
+    executor: ExecutorOpt = "serial",
+    workers: WorkersOpt = 1,
+    ray_address: RayAddressOpt = None,
+    threads: ThreadsOpt = None,
+    checkpoint_every: CheckpointEveryOpt = 10_000,
 ) -> None:
     """Compare criteria on layers, rates and seeds: JSON, CSV, plots and a Markdown report.
 
-    Finished cells are saved as they complete; the same command again resumes.
+    Finished cells are saved as they complete, estimations within a cell every
+    --checkpoint-every evaluations; the same command again resumes.
     """
     from shapprune.evaluation.compare import check_resumable, run_compare
     from shapprune.evaluation.config import load_config
@@ -424,8 +479,14 @@ def compare(
     where = resolve_device(device)
     experiment = load_config(config)
     check_output(out, folder=True, resumes="experiment.json")
+    runner = executor_options(executor, workers, ray_address, threads)
     check_resumable(experiment, out)
-    with _cell_progress("compare") as update:
+    identity = {"command": "compare", **json.loads((out / "experiment.json").read_text())}
+    resume = out / f"estimations.{CHECKPOINT}"
+    with (
+        evaluating(runner, resume, identity, checkpoint_every),
+        _cell_progress("compare") as update,
+    ):
         results = run_compare(experiment, out, progress=update, device=where)
     report = write_outputs(experiment, results, out)
     console.print(f"{results['cells_computed']} cells computed; wrote {report} and plots in {out}")

@@ -2,15 +2,46 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from shapprune.estimators.executors import ExecutorOptions, using_executor
 from shapprune.estimators.registry import default_budget, estimate
+from shapprune.estimators.resume import Checkpoint, using_checkpoint
 from shapprune.game.spec import GameSpec
+from shapprune.options import build_options
 
-__all__ = ["DEMO_EXPERIMENT", "rank_layer"]
+__all__ = ["DEMO_EXPERIMENT", "evaluating", "executor_options", "rank_layer"]
+
+
+def executor_options(
+    executor: str, workers: int, ray_address: str | None, threads: int | None = None
+) -> ExecutorOptions:
+    """The command line's executor flags, checked (one-line ValueError naming the fix)."""
+    values = {"executor": executor, "workers": workers, "ray_address": ray_address}
+    values["threads"] = threads
+    return build_options(ExecutorOptions, values, "the executor")
+
+
+@contextmanager
+def evaluating(
+    executor: ExecutorOptions | None,
+    checkpoint: Path | None = None,
+    identity: dict[str, Any] | None = None,
+    every_evals: int = 10_000,
+) -> Iterator[Checkpoint | None]:
+    """Every estimation inside runs on ``executor`` and records to the ``checkpoint`` file
+    (resuming from it if an earlier run of the same command, ``identity``, left it); the
+    file is removed when the block completes, kept if it is interrupted."""
+    found = Checkpoint(checkpoint, identity or {}, every_evals) if checkpoint else None
+    with using_executor(executor), using_checkpoint(found):
+        yield found
+    if found is not None:
+        found.remove()
 
 
 def rank_layer(

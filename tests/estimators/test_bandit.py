@@ -179,3 +179,25 @@ def test_truncation_works_on_the_network_game():
     assert np.all(np.isfinite(cut.values))
     bandit = estimate(game, "bandit", budget=2_000, seed=0, k=5, truncation=tol)
     assert bandit.info["truncated_walks"] > 0 and bandit.n_evals <= 2_000
+
+
+def test_an_interrupted_bandit_resumes_to_the_same_answer(tmp_path):
+    from shapprune.estimators.resume import Checkpoint, using_checkpoint
+
+    path, identity = tmp_path / "bandit.checkpoint.json", {"command": "test", "seed": 3}
+    reference = estimate(_tiny_game(), "bandit", budget=1_500, seed=3, k=5)
+    seen = []
+
+    def stop(done, budget):
+        seen.append(done)
+        if len(seen) == 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), using_checkpoint(Checkpoint(path, identity)):
+        estimate(_tiny_game(), "bandit", budget=1_500, seed=3, k=5, progress=stop)
+    resumed = Checkpoint(path, identity)
+    assert resumed.resumed
+    got = estimate(_tiny_game(), "bandit", budget=1_500, seed=3, k=5, checkpoint=resumed)
+    assert np.array_equal(got.values, reference.values)
+    assert np.array_equal(got.selected, reference.selected) and got.info == reference.info
+    assert got.n_evals == reference.n_evals and resumed.replayed > 0

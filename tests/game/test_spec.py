@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import shapprune
+from shapprune.game.network_game import NetworkGame
 from shapprune.game.pruning_game import PruningGame
 from shapprune.game.spec import GameSpec
 from shapprune.pruning.checkpoint import save_checkpoint
@@ -19,6 +20,7 @@ from shapprune.zoo.models import build_model
 
 REBUILD = """
 import json, sys, torch
+from shapprune.game.network_game import NetworkGame
 from shapprune.game.pruning_game import PruningGame
 from shapprune.game.spec import GameSpec
 spec_text, masks_path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -132,8 +134,11 @@ def test_bad_specs_are_refused_in_one_line(text, message):
     assert "\n" not in str(err.value)
 
 
-def test_a_game_over_several_layers_is_refused_before_loading():
-    spec = GameSpec(model="no-such-model", layers=["conv1", "conv2"])
-    with pytest.raises(NotImplementedError, match="not built yet") as err:
-        PruningGame.from_spec(spec)
-    assert "\n" not in str(err.value)
+def test_a_spec_over_several_layers_builds_the_network_game(checkpoint):
+    spec = _spec(checkpoint, layer=None, layers=["conv1", "conv2"])
+    game = GameSpec.from_json(spec.to_json()).build("cpu")
+    assert isinstance(game, NetworkGame) and game.layers == ["conv1", "conv2"]
+    assert game.n_players == 20 + 50 and game.spec == spec
+    direct = NetworkGame(game.model, (game.x, game.y), ["conv1", "conv2"], max_stack=4)
+    masks = torch.rand(6, game.n_players, generator=torch.Generator().manual_seed(0)) > 0.5
+    assert torch.equal(game.value(masks), direct.value(masks))

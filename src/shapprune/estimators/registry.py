@@ -8,6 +8,7 @@ reachable here, as the criterion ``shapley-<name>``, from the CLI and in experim
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,10 +19,12 @@ from shapprune.estimators._budget import BudgetedGame, Game
 from shapprune.estimators.bandit import Bandit
 from shapprune.estimators.base import Answer, Estimate, Estimator
 from shapprune.estimators.exact import Exact
+from shapprune.estimators.executors import Executor
 from shapprune.estimators.kernel import Kernel
 from shapprune.estimators.loo import LeaveOneOut
 from shapprune.estimators.partial import Partial
 from shapprune.estimators.permutation import Permutation
+from shapprune.estimators.resume import Checkpoint, RecordedGame, prepared_game
 from shapprune.options import build_options
 
 __all__ = [
@@ -79,6 +82,10 @@ def default_budget(method: str, n: int, **options: Any) -> int:
     return max(est.min_budget(n, opts), est.default_budget(n, opts))
 
 
+def _plain(opts: Any) -> dict[str, Any]:
+    return dataclasses.asdict(opts) if dataclasses.is_dataclass(opts) else {}
+
+
 def estimate(
     game: Game,
     method: str = "permutation",
@@ -86,6 +93,8 @@ def estimate(
     seed: int = 0,
     *,
     progress: Callable[..., None] | None = None,
+    executor: Executor | None = None,
+    checkpoint: Checkpoint | None = None,
     **options: Any,
 ) -> Estimate:
     """Estimate the value of every player of ``game``.
@@ -96,6 +105,9 @@ def estimate(
     depth ``k``; bandit: ``k``, ``top``, ``delta``, ...). ``progress(done, budget)`` is called
     after each evaluation batch; a callback with a third parameter also gets a status dict
     (the bandit's ``in_doubt``: players still straddling the cut).
+    ``executor`` evaluates the coalitions (default: the one set by ``using_executor``, else
+    this process); ``checkpoint`` records them and resumes an interrupted run (default: the
+    one set by ``using_checkpoint``, else none): neither changes the values.
     """
     est = get_estimator(method)
     opts = estimator_options(method, options)
@@ -110,9 +122,15 @@ def estimate(
             f"it needs at least {need} evaluations"
         )
     rng = np.random.default_rng(seed)
-    view = BudgetedGame(game, budget, progress=progress)
+    key = {"method": method, "seed": seed, "budget": budget, "options": _plain(opts)}
+    played = prepared_game(game, key, executor, checkpoint)
+    view = BudgetedGame(played, budget, progress=progress)
     start = time.perf_counter()
-    answer = est(view, rng, opts)
+    try:
+        answer = est(view, rng, opts)
+    finally:  # interrupted or not, what was evaluated is kept
+        if isinstance(played, RecordedGame):
+            played.checkpoint.save()
     seconds = time.perf_counter() - start
     if not isinstance(answer, Answer):
         answer = Answer(*answer)

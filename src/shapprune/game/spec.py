@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from shapprune.devices import resolve_device
-from shapprune.game.pruning_game import METRICS, PruningGame
+from shapprune.game.network_game import NetworkGame
+from shapprune.game.pruning_game import METRICS, MaskedGame, PruningGame
 from shapprune.zoo.cache import load_model
 from shapprune.zoo.data import Split, load_dataset, reference_set
 
@@ -66,8 +67,8 @@ class GameSpec:
 
     Args:
         model: a zoo name (trained by its recipe on ``data``, cached) or a checkpoint path.
-        layer: the layer whose units are the players; or ``layers`` for a game over several
-            layers (accepted here; building one is not supported yet).
+        layer: the layer whose units are the players (a ``PruningGame``); or ``layers`` for
+            a game over the units of several layers at once (a ``NetworkGame``).
         data: ``mnist5k``, a dataset name read from ``root``, or an image folder.
         root: the folder holding local datasets (None: the default data root).
         split: the split the reference examples are drawn from: train, val or test.
@@ -164,24 +165,18 @@ class GameSpec:
         ref = reference_set(getattr(splits, self.split), per_class=self.per_class, seed=self.seed)
         return model, meta, ref
 
-    def game(self, model: nn.Module, ref: Split) -> PruningGame:
-        """The game on an already loaded model and reference set (as ``load`` gives them)."""
-        layer = self._single_layer()
-        game = PruningGame(model, layer, ref, metric=self.metric, **self.options)
+    def game(self, model: nn.Module, ref: Split) -> MaskedGame:
+        """The game on an already loaded model and reference set (as ``load`` gives them):
+        a ``PruningGame`` for ``layer``, a ``NetworkGame`` for ``layers``."""
+        game: MaskedGame
+        if self.layer is not None:
+            game = PruningGame(model, self.layer, ref, metric=self.metric, **self.options)
+        else:
+            game = NetworkGame(model, ref, self.layers, metric=self.metric, **self.options)
         game.spec = self
         return game
 
-    def build(self, device: str | torch.device | None = None) -> PruningGame:
+    def build(self, device: str | torch.device | None = None) -> MaskedGame:
         """The game this spec describes, on ``device`` (see ``load``)."""
-        self._single_layer()  # refused before anything is loaded
         model, _, ref = self.load(device)
         return self.game(model, ref)
-
-    def _single_layer(self) -> str:
-        names = self.layer_names
-        if len(names) > 1:
-            raise NotImplementedError(
-                f"a game over several layers ({', '.join(self.layer_names)}) is not built yet "
-                "(no network-wide game): give one layer"
-            )
-        return names[0]
