@@ -41,3 +41,19 @@ def test_the_bar_gets_the_bandit_status(monkeypatch):
     assert np.isfinite(est.values).all()
     with cli._evaluation_progress("permutation", 3_000) as update:  # no status: still fine
         estimate(Linear(), "permutation", 3_000, seed=0, progress=update)
+
+
+def test_criteria_deep_in_a_job_report_through_using_progress():
+    from shapprune.estimators.registry import using_progress
+
+    said = []
+    update = cli.status_progress(said.append, "scoring")
+    with using_progress(update):  # the estimate below is given no progress of its own
+        estimate(Linear(), "bandit", 3_000, seed=0, k=5)
+        estimate(Linear(), "permutation", 1_000, seed=0)
+    bandit = [s for s in said if "in doubt" in s]
+    assert bandit and bandit[0].startswith("scoring: ") and "/3,000 evaluations" in bandit[0]
+    assert "/1,000 evaluations" in said[-1] and "in doubt" not in said[-1]  # the next one
+    said.clear()
+    estimate(Linear(), "permutation", 1_000, seed=0)  # outside: nothing reported
+    assert said == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -17,7 +18,7 @@ from rich.table import Table
 from shapprune.criteria.registry import CRITERIA, get_criterion
 from shapprune.devices import resolve_device
 from shapprune.estimators.executors import ExecutorOptions
-from shapprune.estimators.registry import ESTIMATORS, get_estimator
+from shapprune.estimators.registry import ESTIMATORS, get_estimator, using_progress
 from shapprune.jobs import DEMO_EXPERIMENT, evaluating, executor_options, rank_layer
 from shapprune.options import declared, parse_options
 from shapprune.outputs import check_output
@@ -184,6 +185,23 @@ def progress_fields(done: int, budget: int, seconds: float, status: dict) -> dic
         "left": "" if left is None else f"{'≤ ' if early else ''}{_duration(left)} left",
         "doubt": f", {status['in_doubt']:,} in doubt" if early else "",
     }
+
+
+def status_progress(say: Callable[[str], object], label: str) -> Callable[..., None]:
+    """A ``progress(done, budget, status)`` callback that says where each estimation is in
+    one line (``say``: a spinner's text), for jobs that estimate inside criteria."""
+    clock = {"start": time.perf_counter(), "last": 0}
+
+    def update(done: int, budget: int, status: dict | None = None) -> None:
+        if done < clock["last"]:  # a new estimation (the next layer or step)
+            clock["start"] = time.perf_counter()
+        clock["last"] = done
+        f = progress_fields(done, budget, time.perf_counter() - clock["start"], status or {})
+        rate = f" {f['rate']}" if f["rate"] else ""
+        left = f", {f['left']}" if f["left"] else ""
+        say(f"{label}: {done:,}/{budget:,} evaluations{rate}{left}{f['doubt']}")
+
+    return update
 
 
 def _duration(seconds: float) -> str:
@@ -416,6 +434,7 @@ def prune(
     with (
         evaluating(runner, resume, identity, checkpoint_every) as found,
         console.status("pruning") as status,
+        using_progress(status_progress(status.update, "scoring")),
     ):
         _resuming(found)
         pruned, summary = prune_model(

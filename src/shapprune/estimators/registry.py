@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ __all__ = [
     "estimate",
     "get_estimator",
     "register_estimator",
+    "using_progress",
 ]
 
 ESTIMATORS: dict[str, Estimator] = {}
@@ -86,6 +89,20 @@ def _plain(opts: Any) -> dict[str, Any]:
     return dataclasses.asdict(opts) if dataclasses.is_dataclass(opts) else {}
 
 
+_PROGRESS: ContextVar[Callable[..., None] | None] = ContextVar("shapprune_progress", default=None)
+
+
+@contextmanager
+def using_progress(progress: Callable[..., None] | None) -> Iterator[None]:
+    """Every ``estimate`` inside that is given no ``progress`` of its own reports to this
+    one (a command's progress display, for criteria that estimate deep inside a job)."""
+    token = _PROGRESS.set(progress)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
 def estimate(
     game: Game,
     method: str = "permutation",
@@ -124,6 +141,7 @@ def estimate(
     rng = np.random.default_rng(seed)
     key = {"method": method, "seed": seed, "budget": budget, "options": _plain(opts)}
     played = prepared_game(game, key, executor, checkpoint)
+    progress = progress if progress is not None else _PROGRESS.get()
     view = BudgetedGame(played, budget, progress=progress)
     start = time.perf_counter()
     try:
