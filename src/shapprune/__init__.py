@@ -30,6 +30,7 @@ from shapprune.estimators.registry import (
     estimate,
     get_estimator,
     register_estimator,
+    using_progress,
 )
 from shapprune.estimators.resume import Checkpoint, using_checkpoint
 from shapprune.evaluation.measure import evaluate, measure
@@ -97,6 +98,7 @@ __all__ = [
     "score_layers",
     "using_checkpoint",
     "using_executor",
+    "using_progress",
 ]
 
 
