@@ -152,6 +152,15 @@ def equal_quality(r: dict) -> list[dict]:
     return out
 
 
+def _width_over_gap(est) -> float | None:
+    """The bandit's median interval half-width over the median distance to the cut: how far
+    from settling the typical unit is (about 1 / samples for the range term)."""
+    if est.intervals is None or "threshold" not in est.info:
+        return None
+    half = (est.intervals[:, 1] - est.intervals[:, 0]) / 2
+    return float(np.median(half) / np.median(np.abs(est.values - est.info["threshold"])))
+
+
 def measure(name: str, quick: bool) -> dict:
     """Every method at every fraction on ``name``'s network game."""
     data = load_dataset("mnist5k")
@@ -193,6 +202,7 @@ def measure(name: str, quick: bool) -> dict:
                     "settled": last.info.get("settled"),
                     "in_doubt": last.info.get("in_doubt"),
                     "confidence": last.confidence,
+                    "width_over_gap": _width_over_gap(last),
                 }
             )
             print(f"{name} {label} {fraction}: {good} {scores}", file=sys.stderr, flush=True)
@@ -248,7 +258,9 @@ def print_model(r: dict) -> None:
         f"{1 / r['seconds_per_eval']:.0f} evaluations/s\n"
     )
     print("Evaluations until the k lowest overlap >= 0.9 with the reference's (and stay so "
-          "up the ladder); in brackets: relative to permutation.\n")  # fmt: skip
+          "up the ladder); in brackets: relative to permutation. Last column: the overlaps "
+          "at the largest budget, or the bandit's state there (width/gap: its median "
+          "interval half-width over the median distance to the cut).\n")  # fmt: skip
     header = " | ".join(f"lowest {f:.0%}" for f in FRACTIONS)
     print(f"| method | {header} | at the largest budget |")
     print("|---|" + "---|" * len(FRACTIONS) + "---|")
@@ -263,6 +275,7 @@ def print_model(r: dict) -> None:
             state = "; ".join(
                 f"{'settled' if row['settled'] else str(row['in_doubt']) + ' in doubt'}, "
                 f"conf. {row['confidence']:.2f}"
+                + (f", width/gap {row['width_over_gap']:.0f}" if row.get("width_over_gap") else "")
                 for row in rows
             )
         print(f"| {method} | {' | '.join(cells)} | {state} |")
