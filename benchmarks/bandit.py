@@ -2,8 +2,9 @@
 evaluations each needs to find the lowest 10%, 30% and 50% of all the units of a network,
 and what that projects to for a ResNet-50-sized network.
 
-Game: ``NetworkGame`` over every prunable unit of the zoo VGG (trained on MNIST 5k; 480
-units in 5 layers), loss payoff, on the first ``IMAGES`` validation images. Reference: a
+Games: ``NetworkGame`` over every prunable unit of the zoo VGG (trained on MNIST 5k; 480
+units in 5 layers) and of the zoo ResNet-20 (448 units in 12 layers), loss payoff, on the
+first ``IMAGES`` validation images. Reference: a
 long antithetic permutation run (``REF_WALKS`` walks, another seed), cached in
 ``benchmarks/results/`` for the next run. Each method runs on a ladder of budgets (in walks
 of n - 1 evaluations); "evaluations to overlap >= 0.9" is the first budget of the ladder
@@ -226,7 +227,7 @@ def measure(name: str, quick: bool) -> dict:
 
 def main() -> None:
     args = arguments(__doc__, "bandit")
-    models = ["vgg"]
+    models = ["vgg"] if args.quick else ["vgg", "resnet20"]
     results = [measure(name, args.quick) for name in models]
     record = {"quick": args.quick, "overlap": OVERLAP, "fractions": list(FRACTIONS),
               "models": results}  # fmt: skip
