@@ -19,6 +19,7 @@ SCRIPTS = [
     "executors",
     "decision_estimators",
     "lrp_tuning",
+    "bandit",
 ]
 
 
@@ -195,6 +196,28 @@ def _check_lrp_tuning(r: dict) -> None:
     assert tuned["reference_auc"] >= tuned["reference_epsilon"]  # epsilon is its first trial
     cal = rows["LRP tuned (Shapley)"]
     assert -1 <= cal["spearman_before"] <= cal["spearman_after"] <= 1
+
+
+def _check_bandit(r: dict) -> None:
+    assert r["fractions"] == [0.1, 0.3, 0.5] and r["overlap"] == 0.9
+    for m in r["models"]:
+        n, cap = m["units"], 2 + m["ladder_walks"][-1] * (m["units"] - 1)
+        assert {row["method"] for row in m["rows"]} >= {"permutation", "bandit"}
+        for row in m["rows"]:
+            assert row["k"] == max(1, round(row["fraction"] * n))
+            pairs = zip(row["evals"], row["budgets"], strict=True)
+            assert all(0 < e <= b <= cap for e, b in pairs)
+            assert all(0 <= o <= 1 for o in row["overlaps"])
+            good = row["evals_to_overlap"]
+            assert good is None or (good in row["evals"] and row["overlaps"][-1] >= 0.9)
+            if row["method"].startswith("bandit"):
+                assert row["settled"] in (True, False) and 0 <= row["confidence"] <= 1
+                assert row["settled"] == (row["in_doubt"] == 0)
+        quality = m["equal_quality"]
+        assert len(quality) == len(r["fractions"]) * len({row["method"] for row in m["rows"]})
+        for q in quality:  # permutation reaches its own overlap, at its largest budget at worst
+            assert q["method"] != "permutation" or q["evals"] is not None
+    assert r["projection"]["units"] == 26_000 and r["projection"]["rows"]
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}

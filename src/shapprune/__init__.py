@@ -31,6 +31,7 @@ from shapprune.estimators.registry import (
     estimate,
     get_estimator,
     register_estimator,
+    using_progress,
 )
 from shapprune.estimators.resume import Checkpoint, using_checkpoint
 from shapprune.evaluation.measure import evaluate, measure
@@ -102,6 +103,7 @@ __all__ = [
     "tune_lrp",
     "using_checkpoint",
     "using_executor",
+    "using_progress",
 ]
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +19,7 @@ from rich.table import Table
 from shapprune.criteria.registry import CRITERIA, get_criterion
 from shapprune.devices import resolve_device
 from shapprune.estimators.executors import ExecutorOptions
-from shapprune.estimators.registry import ESTIMATORS, get_estimator
+from shapprune.estimators.registry import ESTIMATORS, get_estimator, using_progress
 from shapprune.jobs import DEMO_EXPERIMENT, evaluating, executor_options, rank_layer
 from shapprune.options import declared, parse_options
 from shapprune.outputs import check_output
@@ -141,7 +142,9 @@ def _pydantic_message(err: Exception) -> str:
 
 @contextmanager
 def _evaluation_progress(label: str, total: int):
-    """A rich progress bar fed by an estimator's ``progress(done, budget)`` callback.
+    """A rich progress bar fed by an estimator's ``progress(done, budget, status)`` callback:
+    evaluations per second, the time left at that rate (an upper bound for an estimator
+    that may stop early, such as the bandit) and, for the bandit, the players in doubt.
 
     The bar appears with the first report, so an error raised before any work is done
     prints alone.
@@ -150,24 +153,62 @@ def _evaluation_progress(label: str, total: int):
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("evaluations"),
+        TextColumn("evaluations {task.fields[rate]}"),
         TimeElapsedColumn(),
+        TextColumn("{task.fields[left]}{task.fields[doubt]}"),
         console=console,
         transient=True,
         disable=not console.is_interactive,  # piped stderr: no bar, no stray blank line
     )
-    task = bar.add_task(label, total=total)
+    task = bar.add_task(label, total=total, rate="", left="", doubt="")
+    start = time.perf_counter()
 
-    def update(done: int, budget: int) -> None:
+    def update(done: int, budget: int, status: dict | None = None) -> None:
         if not bar.live.is_started:
             bar.start()
-        bar.update(task, completed=done, total=budget)
+        fields = progress_fields(done, budget, time.perf_counter() - start, status or {})
+        bar.update(task, completed=done, total=budget, **fields)
 
     try:
         yield update
     finally:
         if bar.live.is_started:
             bar.stop()
+
+
+def progress_fields(done: int, budget: int, seconds: float, status: dict) -> dict[str, str]:
+    """The text of a long run's progress: rate, time left at that rate, players in doubt."""
+    rate = done / seconds if seconds > 0 else 0.0
+    left = (budget - done) / rate if rate > 0 else None
+    early = "in_doubt" in status  # the bandit stops once none is in doubt: at most this
+    return {
+        "rate": f"({rate:,.1f}/s)" if rate else "",
+        "left": "" if left is None else f"{'≤ ' if early else ''}{_duration(left)} left",
+        "doubt": f", {status['in_doubt']:,} in doubt" if early else "",
+    }
+
+
+def status_progress(say: Callable[[str], object], label: str) -> Callable[..., None]:
+    """A ``progress(done, budget, status)`` callback that says where each estimation is in
+    one line (``say``: a spinner's text), for jobs that estimate inside criteria."""
+    clock = {"start": time.perf_counter(), "last": 0}
+
+    def update(done: int, budget: int, status: dict | None = None) -> None:
+        if done < clock["last"]:  # a new estimation (the next layer or step)
+            clock["start"] = time.perf_counter()
+        clock["last"] = done
+        f = progress_fields(done, budget, time.perf_counter() - clock["start"], status or {})
+        rate = f" {f['rate']}" if f["rate"] else ""
+        left = f", {f['left']}" if f["left"] else ""
+        say(f"{label}: {done:,}/{budget:,} evaluations{rate}{left}{f['doubt']}")
+
+    return update
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 @contextmanager
@@ -450,6 +491,7 @@ def prune(
     with (
         evaluating(runner, resume, identity, checkpoint_every) as found,
         console.status("pruning") as status,
+        using_progress(status_progress(status.update, "scoring")),
     ):
         _resuming(found)
         pruned, summary = prune_model(

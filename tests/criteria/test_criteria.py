@@ -33,6 +33,8 @@ def _cheap(name: str, n: int) -> Criterion:
         return get_criterion(name, budget=2 + 2 * (n - 1), antithetic=False)
     if name == "shapley-kernel":
         return get_criterion(name, budget=2 + 2 * n)
+    if name == "shapley-bandit":
+        return get_criterion(name, budget=2 + 2 * (n - 1))
     return get_criterion(name)
 
 

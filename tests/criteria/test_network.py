@@ -120,3 +120,22 @@ def test_global_plans_normalise_as_the_criterion_says_unless_told(lenet, mnist5k
     }  # fmt: skip
     assert by == {("weight-l1", None): "l1", ("weight-l1", "max"): "max",
                   ("network-shapley", None): "none", ("network-shapley", "max"): "max"}  # fmt: skip
+
+
+def test_bandit_settles_the_units_a_channels_target_cuts(lenet, mnist5k):
+    from shapprune.pruning.compress import prune_model
+
+    crit = get_criterion("network-shapley", method="bandit", budget=1_500)
+    pruned, summary = prune_model(
+        lenet, mnist5k, crit, "channels=0.2", layers=["conv1", "conv2"], global_=True, per_class=2
+    )
+    est = crit.last_estimate
+    assert est.info["k"] == round(0.2 * 70) and crit.cut_fraction is None  # restored
+    assert est.n_evals <= 1_500 and sum(summary["removed"].values()) == 14
+    # a k given by the user wins over the target's; a fraction k in (0, 1) is accepted
+    crit = get_criterion("network-shapley", method="bandit", budget=1_500, k=0.1)
+    crit.cut_fraction = 0.2
+    crit.score(lenet, ["conv1", "conv2"], _data())
+    assert crit.last_estimate.info["k"] == 7
+    with pytest.raises(ValueError, match="option 'k' must be int"):
+        get_criterion("network-shapley", method="partial", k=0.5).score(lenet, LAYERS, _data())

@@ -5,7 +5,8 @@ layers it scores (Neuron Shapley), so a unit's value is measured with the other 
 units in and out as well, and values of different layers are on one scale: a global plan
 can cut by them directly (``--global --normalisation none``). Its options are the game's,
 the estimator ``method``, and every registered estimator's own options (each None = that
-estimator's default; only the chosen method's may be set).
+estimator's default; only the chosen method's may be set; one name declared by several
+estimators, such as ``k``, accepts each one's type).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from shapprune.criteria.base import Criterion, _checked, estimate_scores
-from shapprune.criteria.shapley import GameOptions
+from shapprune.criteria.shapley import GameOptions, with_cut
 from shapprune.estimators.base import Estimate
 from shapprune.estimators.registry import ESTIMATORS, estimate, get_estimator
 from shapprune.game.network_game import NetworkGame
@@ -61,17 +62,24 @@ def _declaration(estimators: tuple[tuple[str, type], ...]) -> type:
         (f.name, hints[f.name], option(f.default, helps.get(f.name, f.metadata["help"])))
         for f in dataclasses.fields(GameOptions)
     ]
-    seen = {name for name, _, _ in fields}
+    game_names = {name for name, _, _ in fields}
+    shared: dict[str, tuple[Any, list[str], list[str]]] = {}  # name -> type, helps, texts
     for method, decl in estimators:
         est_hints = typing.get_type_hints(decl)
         for f in dataclasses.fields(decl):
-            if f.name in seen:
-                continue  # the first estimator to declare a name owns it
-            seen.add(f.name)
+            if f.name in game_names:
+                continue
             default = f.default if f.default is not dataclasses.MISSING else None
-            text = f"{f.metadata.get('help', '')} ({method}; None: {default!r})"
-            tp = est_hints[f.name] | None
-            fields.append((f.name, tp, option(None, text)))
+            raw = f.metadata.get("help", "")
+            tp, helps, texts = shared.get(f.name, (None, [], []))
+            # one name, several estimators: one option accepting each one's type (partial's
+            # depth k, the bandit's count or fraction k); a help said once per meaning
+            tp = est_hints[f.name] | None if tp is None else tp | est_hints[f.name]
+            if raw not in helps:
+                helps, texts = [*helps, raw], [*texts, f"{raw} ({method}; None: {default!r})"]
+            shared[f.name] = (tp, helps, texts)
+    for name, (tp, _, texts) in shared.items():
+        fields.append((name, tp, option(None, "; ".join(texts))))
     return dataclasses.make_dataclass(
         "NetworkShapleyOptions",
         fields,
@@ -109,6 +117,7 @@ class NetworkShapleyCriterion(Criterion):
         super().__init__(*args, **options)
         self.last_estimate: Estimate | None = None
         self.players: list[str] = []
+        self.cut_fraction: float | None = None  # set by prune_model from a channels target
 
     @classmethod
     def declaration_for(cls, **fixed: Any) -> type:
@@ -130,6 +139,7 @@ class NetworkShapleyCriterion(Criterion):
             compensate=opts.compensate,
         )
         chosen = {k: v for k, v in _estimator_values(opts).items() if v is not None}
+        chosen = with_cut(opts.method, chosen, self.cut_fraction)
         est = estimate(game, opts.method, budget=opts.budget, seed=seed, **chosen)
         self.last_estimate, self.players = est, game.players
         values = _checked(estimate_scores(est), game.n_players, self.name)

@@ -98,6 +98,15 @@ def criterion_names() -> dict[str, str]:
     return {est.criterion or f"shapley-{name}": name for name, est in ESTIMATORS.items()}
 
 
+def with_cut(method: str, options: dict[str, Any], fraction: float | None) -> dict[str, Any]:
+    """``options`` with the estimator's ``cut`` option (the bandit's k) set to ``fraction``
+    where the user left it None."""
+    cut = get_estimator(method).cut
+    if cut is None or fraction is None or options.get(cut) is not None:
+        return options
+    return {**options, cut: fraction}
+
+
 class ShapleyCriterion(Criterion):
     """Values of the units in each layer's ``PruningGame``, by one of the estimators.
 
@@ -116,6 +125,7 @@ class ShapleyCriterion(Criterion):
         self.estimator_options = {k: getattr(self.options, k) for k in own}
         self.last_estimate: Estimate | None = None
         self.estimates: dict[str, Estimate] = {}
+        self.cut_fraction: float | None = None  # set by prune_model from a channels target
 
     @classmethod
     def declaration_for(cls, method: str = "permutation", **_fixed: Any) -> type:
@@ -139,9 +149,8 @@ class ShapleyCriterion(Criterion):
                 batch_size=opts.batch_size,
                 compensate=opts.compensate,
             )
-            est = estimate(
-                game, self.method, budget=opts.budget, seed=seed, **self.estimator_options
-            )
+            chosen = with_cut(self.method, self.estimator_options, self.cut_fraction)
+            est = estimate(game, self.method, budget=opts.budget, seed=seed, **chosen)
             self.estimates[layer] = self.last_estimate = est
             out[layer] = _checked(estimate_scores(est), game.n_players, self.name)
         return out

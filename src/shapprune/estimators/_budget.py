@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,13 +28,16 @@ class BudgetedGame:
     Coalitions already evaluated are answered from memory (``memo=True``) and cost nothing;
     ``n_evals`` counts only real evaluations. Estimators plan their samples from the
     budget alone, so memoisation changes the time spent, never the result.
+
+    ``progress(done, budget)`` is called after each batch; a callback with a third
+    parameter also gets ``status``, a dict an estimator may fill (the bandit: ``in_doubt``).
     """
 
     def __init__(
         self,
         game: Game,
         budget: int,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Callable[..., None] | None = None,
         memo: bool = True,
         memo_limit: int = 1_000_000,
     ) -> None:
@@ -42,6 +46,8 @@ class BudgetedGame:
         self.budget = int(budget)
         self.n_evals = 0
         self.progress = progress
+        self.status: dict[str, Any] = {}
+        self._with_status = progress is not None and _takes_status(progress)
         self._memo: dict[bytes, float] | None = {} if memo else None
         self._memo_limit = memo_limit
 
@@ -83,7 +89,9 @@ class BudgetedGame:
                 for j, key in enumerate(keys):
                     if key in self._memo:
                         out[j] = self._memo[key]
-            if self.progress is not None:
+            if self._with_status:
+                self.progress(self.n_evals, self.budget, self.status)
+            elif self.progress is not None:
                 self.progress(self.n_evals, self.budget)
         return out
 
@@ -91,3 +99,16 @@ class BudgetedGame:
         """v(N) and v(empty set)."""
         v = self.values(np.stack([np.ones(self.n, bool), np.zeros(self.n, bool)]))
         return float(v[0]), float(v[1])
+
+
+def _takes_status(fn: Callable[..., None]) -> bool:
+    """Whether a progress callback accepts a third positional argument (the status)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: the two-argument form
+        return False
+    kinds = [p.kind for p in params]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return True
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(kind in positional for kind in kinds) >= 3

@@ -78,13 +78,16 @@ class Estimator:
 
     ``name`` is how ``estimate(game, method=name)`` reaches it; ``Options`` declares its
     options; ``deterministic`` says that the seed does not change its answer (experiments
-    then run it once); ``criterion`` overrides the criterion name ``shapley-<name>``.
+    then run it once); ``criterion`` overrides the criterion name ``shapley-<name>``;
+    ``cut`` names the option that a pruning target's fraction of units fills where the user
+    left it None (the bandit's ``k``: the set to settle is the set the target cuts).
     """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     deterministic: ClassVar[bool] = False
     criterion: ClassVar[str | None] = None
+    cut: ClassVar[str | None] = None
 
     def check(self, n: int, options: Any) -> None:
         """Refuse a game this estimator cannot handle (raise ValueError); default: accept."""

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
 
 from shapprune.estimators._budget import BudgetedGame, Game
+from shapprune.estimators.bandit import Bandit
 from shapprune.estimators.base import Answer, Estimate
 from shapprune.estimators.catalog import (
     ESTIMATORS,
@@ -39,9 +42,10 @@ __all__ = [
     "estimate",
     "get_estimator",
     "register_estimator",
+    "using_progress",
 ]
 
-for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut, Semivalue, Refine):
+for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut, Semivalue, Refine, Bandit):
     register_estimator(_builtin)
 
 
@@ -63,13 +67,27 @@ def _plain(opts: Any) -> dict[str, Any]:
     return dataclasses.asdict(opts) if dataclasses.is_dataclass(opts) else {}
 
 
+_PROGRESS: ContextVar[Callable[..., None] | None] = ContextVar("shapprune_progress", default=None)
+
+
+@contextmanager
+def using_progress(progress: Callable[..., None] | None) -> Iterator[None]:
+    """Every ``estimate`` inside that is given no ``progress`` of its own reports to this
+    one (a command's progress display, for criteria that estimate deep inside a job)."""
+    token = _PROGRESS.set(progress)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
 def estimate(
     game: Game,
     method: str = "permutation",
     budget: int | None = None,
     seed: int = 0,
     *,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[..., None] | None = None,
     executor: Executor | None = None,
     checkpoint: Checkpoint | None = None,
     **options: Any,
@@ -79,7 +97,9 @@ def estimate(
     ``method`` is a registered estimator (``ESTIMATORS``); ``budget`` caps the coalitions
     evaluated (default: ``default_budget``); ``options`` are the method's declared options
     (e.g. permutation: ``antithetic``, ``control``, ``truncation``, ``patience``; partial:
-    depth ``k``). ``progress(done, budget)`` is called after each evaluation batch.
+    depth ``k``; bandit: ``k``, ``top``, ``delta``, ...). ``progress(done, budget)`` is called
+    after each evaluation batch; a callback with a third parameter also gets a status dict
+    (the bandit's ``in_doubt``: players still straddling the cut).
     ``executor`` evaluates the coalitions (default: the one set by ``using_executor``, else
     this process); ``checkpoint`` records them and resumes an interrupted run (default: the
     one set by ``using_checkpoint``, else none): neither changes the values.
@@ -99,6 +119,7 @@ def estimate(
     rng = np.random.default_rng(seed)
     key = {"method": method, "seed": seed, "budget": budget, "options": _plain(opts)}
     played = prepared_game(game, key, executor, checkpoint)
+    progress = progress if progress is not None else _PROGRESS.get()
     view = BudgetedGame(played, budget, progress=progress)
     start = time.perf_counter()
     try:

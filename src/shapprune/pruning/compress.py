@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -88,7 +89,8 @@ def prune_model(
     for step in range(1, steps + 1):
         step_target = _step_target(target, step, steps)
         say(f"step {step}/{steps}: scoring {', '.join(chosen)}")
-        scores = criterion.score(current, chosen, (ref.x, ref.y), seed=seed)
+        with _cut(criterion, step_target):
+            scores = criterion.score(current, chosen, (ref.x, ref.y), seed=seed)
         fill = ref.x if compensate is True else None  # "auto": plan on zeroed copies
 
         def apply(m: nn.Module, removals: dict, units=units, fill=fill) -> nn.Module:
@@ -190,6 +192,20 @@ def _fill_helps(model: nn.Module, removals: dict, example, mode: str, units, ref
     zeroed = apply_removals(model, removals, example, mode=mode, units=units)
     filled = apply_removals(model, removals, example, mode=mode, units=units, compensate=ref.x)
     return evaluate(filled, ref)["loss"] < evaluate(zeroed, ref)["loss"]
+
+
+@contextmanager
+def _cut(criterion, target: Target) -> Iterator[None]:
+    """Tell a criterion that can use it (``cut_fraction``: the bandit's k) which fraction of
+    the units a channels target cuts; params and MACs targets leave it to the criterion."""
+    if not hasattr(criterion, "cut_fraction") or target.kind != "channels":
+        yield
+        return
+    before, criterion.cut_fraction = criterion.cut_fraction, target.fraction
+    try:
+        yield
+    finally:
+        criterion.cut_fraction = before
 
 
 def _step_target(target: Target, step: int, steps: int) -> Target:

@@ -1,0 +1,59 @@
+"""Progress on long runs: rate, time left, and the bandit's players in doubt."""
+
+import numpy as np
+import torch
+
+from shapprune import cli
+from shapprune.estimators.registry import estimate
+
+
+class Linear:
+    n_players = 30
+
+    def value(self, masks: torch.Tensor) -> torch.Tensor:
+        w = torch.linspace(0, 1, self.n_players, dtype=torch.float64)
+        z = masks.reshape(-1, self.n_players).double()
+        return z @ w + 2 * (z.mean(1) ** 2)
+
+
+def test_fields_say_rate_time_left_and_doubt():
+    plain = cli.progress_fields(500, 2_000, 10.0, {})
+    assert plain == {"rate": "(50.0/s)", "left": "0:30 left", "doubt": ""}
+    bandit = cli.progress_fields(500, 200_000, 10.0, {"in_doubt": 1234})
+    # the bandit may stop early: the time left at this rate is an upper bound
+    assert bandit == {"rate": "(50.0/s)", "left": "≤ 1:06:30 left", "doubt": ", 1,234 in doubt"}
+    assert cli.progress_fields(0, 100, 0.0, {}) == {"rate": "", "left": "", "doubt": ""}
+
+
+def test_the_bar_gets_the_bandit_status(monkeypatch):
+    seen = []
+    real = cli.progress_fields
+
+    def spy(done, budget, seconds, status):
+        seen.append(dict(status))
+        return real(done, budget, seconds, status)
+
+    monkeypatch.setattr(cli, "progress_fields", spy)
+    with cli._evaluation_progress("bandit", 3_000) as update:
+        est = estimate(Linear(), "bandit", 3_000, seed=0, k=5, progress=update)
+    assert seen and all("in_doubt" in s for s in seen)
+    assert seen[0]["in_doubt"] == 30 and seen[-1]["in_doubt"] <= 30
+    assert np.isfinite(est.values).all()
+    with cli._evaluation_progress("permutation", 3_000) as update:  # no status: still fine
+        estimate(Linear(), "permutation", 3_000, seed=0, progress=update)
+
+
+def test_criteria_deep_in_a_job_report_through_using_progress():
+    from shapprune.estimators.registry import using_progress
+
+    said = []
+    update = cli.status_progress(said.append, "scoring")
+    with using_progress(update):  # the estimate below is given no progress of its own
+        estimate(Linear(), "bandit", 3_000, seed=0, k=5)
+        estimate(Linear(), "permutation", 1_000, seed=0)
+    bandit = [s for s in said if "in doubt" in s]
+    assert bandit and bandit[0].startswith("scoring: ") and "/3,000 evaluations" in bandit[0]
+    assert "/1,000 evaluations" in said[-1] and "in doubt" not in said[-1]  # the next one
+    said.clear()
+    estimate(Linear(), "permutation", 1_000, seed=0)  # outside: nothing reported
+    assert said == []
