@@ -34,6 +34,8 @@ BENCHMARKS = {  # name -> title, in the order of the document
     "vs_torch_pruning": "6. Against Torch-Pruning",
     "executors": "7. Executors",
     "bandit": "8. The bandit at network scale",
+    "decision_estimators": "9. Estimation aimed at the decision",
+    "lrp_tuning": "10. LRP tuned for pruning",
     "demo": "The demo's wall time",
 }
 
