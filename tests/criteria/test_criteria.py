@@ -10,6 +10,7 @@ from torch import nn
 
 from shapprune.criteria.base import Criterion
 from shapprune.criteria.registry import CRITERIA, get_criterion, score_layers
+from shapprune.estimators.catalog import estimator_options, get_estimator
 from shapprune.estimators.registry import estimate
 from shapprune.game.pruning_game import PruningGame
 from shapprune.zoo.models import build_model
@@ -35,6 +36,10 @@ def _cheap(name: str, n: int) -> Criterion:
         return get_criterion(name, budget=2 + 2 * n)
     if name == "shapley-bandit":
         return get_criterion(name, budget=2 + 2 * (n - 1))
+    if name in ("shapley-semivalue", "shapley-refine"):
+        method = name.removeprefix("shapley-")
+        least = get_estimator(method).min_budget(n, estimator_options(method, {}))
+        return get_criterion(name, budget=least)
     return get_criterion(name)
 
 
