@@ -57,6 +57,7 @@ def test_rank_option_errors_are_one_line(checkpoint, monkeypatch, capsys, args, 
 def test_prune_with_a_registered_criterion(checkpoint, tmp_path, monkeypatch, capsys):
     out = tmp_path / "pruned"
     args = ["prune", "--model", checkpoint, "--layers", "conv1", "--target", "channels=0.5"]
+    args += ["--refine", "0"]
     code, _, err = run_cli(
         monkeypatch, capsys, *args, "--criterion", "toy-index", "--option", "factor=2",
         "--out", str(out),

@@ -102,7 +102,7 @@ def test_cli_prune_writes_model_and_summary(tmp_path, monkeypatch, capsys, lenet
     save_checkpoint(tmp_path / "base", lenet, name="lenet5", config={"seed": 0}, metrics={})
     out = tmp_path / "pruned"
     args = ["prune", "--model", str(tmp_path / "base.json"), "--criterion", "weight-l1"]
-    args += ["--target", "macs=0.5", "--layers", "conv1,conv2", "--out", str(out)]
+    args += ["--target", "macs=0.5", "--layers", "conv1,conv2", "--refine", "20", "--out", str(out)]
     code, err = _cli(monkeypatch, capsys, *args)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
@@ -130,6 +130,7 @@ def test_cli_prune_global_cost_aware_and_compensated(tmp_path, monkeypatch, caps
     out = tmp_path / "pruned"
     args = ["prune", "--model", str(tmp_path / "base.json"), "--criterion", "loo"]
     args += ["--target", "macs=0.5", "--global", "--cost", "macs", "--compensate", "yes"]
+    args += ["--refine", "20"]
     code, err = _cli(monkeypatch, capsys, *args, "--per-class", "3", "--out", str(out))
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
