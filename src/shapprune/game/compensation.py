@@ -17,7 +17,7 @@ removal can build, so the bias is what both compute.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -106,17 +106,24 @@ def matrices(
 def fold_means(
     model: nn.Module,
     removed: Sequence[tuple[MaskPoint, Sequence[int]]],
-    x: torch.Tensor,
+    x: torch.Tensor | Mapping[str, torch.Tensor],
     batch_size: int = 256,
 ) -> None:
     """Fold each removed unit's mean contribution into its consumers' biases, in place
     (``removed``: per mask point, the players removed there). Means are taken on ``model``
-    as it is, before anything is removed: the game takes them on the whole network too."""
+    as it is, before anything is removed (the game takes them on the whole network too),
+    over the inputs ``x``; or ``x`` is those means already (``consumer_means`` of this
+    model), so that many removals from one model read the data once."""
     points = [p for p, players in removed if len(players)]
     if not points:
         return
     modules = dict(model.named_modules())
-    d = matrices(model, points, x, batch_size)
+    if isinstance(x, Mapping):
+        d = {
+            p.module: compensation_matrix(_consumer(modules, p.module), x[p.module]) for p in points
+        }
+    else:
+        d = matrices(model, points, x, batch_size)
     with torch.no_grad():
         for point, players in removed:
             if not len(players):

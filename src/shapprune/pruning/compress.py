@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from shapprune.evaluation.measure import evaluate, measure
+from shapprune.game.compensation import consumer_means
 from shapprune.game.units import Units, layer_units
 from shapprune.pruning.plan import Target, make_plan, prunable_layers
 from shapprune.pruning.refinement import refine_plan
@@ -91,7 +92,14 @@ def prune_model(
         say(f"step {step}/{steps}: scoring {', '.join(chosen)}")
         with _cut(criterion, step_target):
             scores = criterion.score(current, chosen, (ref.x, ref.y), seed=seed)
-        fill = ref.x if compensate is True else None  # "auto": plan on zeroed copies
+        means = None  # of the consumers' inputs on this model: read once for every removal
+        if compensate in (True, "auto"):
+            points = [p for u in units.values() for p in u.mask_points]
+            try:
+                means = consumer_means(current, points, ref.x)
+            except ValueError:  # a consumer that cannot compensate: refused where it matters
+                means = ref.x
+        fill = means if compensate is True else None  # "auto": plan on zeroed copies
 
         def apply(m: nn.Module, removals: dict, units=units, fill=fill) -> nn.Module:
             return apply_removals(m, removals, example, mode=mode, units=units, compensate=fill)
@@ -108,9 +116,9 @@ def prune_model(
             units=units,
             cost=cost,
         )
-        fills = compensate
+        fills, built = compensate, None
         if compensate == "auto":
-            fills = _fill_helps(current, plan.removals, example, mode, units, ref)
+            fills, built = _better_removal(current, plan.removals, example, mode, units, ref, means)
             plan.info["compensated"] = fills
         if refine:
             say(f"step {step}/{steps}: refining the plan ({refine} evaluations)")
@@ -123,14 +131,18 @@ def prune_model(
                 units=units,
                 compensate=ref.x if fills else None,
             )
-        current = apply_removals(
-            current,
-            plan.removals,
-            example,
-            mode=mode,
-            units=units,
-            compensate=ref.x if fills else None,
-        )
+            if plan.info["refinement"].get("swapped"):
+                built = None  # other units go: build that removal
+        if built is None:
+            built = apply_removals(
+                current,
+                plan.removals,
+                example,
+                mode=mode,
+                units=units,
+                compensate=means if fills else None,
+            )
+        current = built
         if step < steps:
             units = layer_units(current, chosen, example)
         plans.append({**plan.to_dict(), "scores": {k: v.tolist() for k, v in scores.items()}})
@@ -186,12 +198,17 @@ def _compensates(criterion, compensate: bool | str | None) -> bool | str:
     return compensate
 
 
-def _fill_helps(model: nn.Module, removals: dict, example, mode: str, units, ref) -> bool:
-    """Whether the removal compensated has a lower loss on the reference examples (never
-    the test split) than the removal zeroed."""
+def _better_removal(
+    model: nn.Module, removals: dict, example, mode: str, units, ref, means
+) -> tuple[bool, nn.Module]:
+    """Whether the removal compensated (by ``means``, the consumers' on ``model``) has a
+    lower loss on the reference examples (never the test split) than the removal zeroed,
+    and that better removal (kept: no rebuild)."""
     zeroed = apply_removals(model, removals, example, mode=mode, units=units)
-    filled = apply_removals(model, removals, example, mode=mode, units=units, compensate=ref.x)
-    return evaluate(filled, ref)["loss"] < evaluate(zeroed, ref)["loss"]
+    filled = apply_removals(model, removals, example, mode=mode, units=units, compensate=means)
+    if evaluate(filled, ref)["loss"] < evaluate(zeroed, ref)["loss"]:
+        return True, filled
+    return False, zeroed
 
 
 @contextmanager

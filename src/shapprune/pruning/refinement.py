@@ -52,6 +52,8 @@ def refine_plan(
     if budget < 2:
         raise ValueError(f"refinement needs a budget of at least 2 evaluations, got {budget}")
     layers = [name for name in scores if name in removals]
+    if not any(len(removals[name]) for name in layers):  # nothing to swap: no game to build
+        return {name: list(removals[name]) for name in removals}, {"sets_evaluated": 0}
     given = {name: units[name] for name in layers} if units else None
     game = NetworkGame(
         model,
@@ -66,8 +68,6 @@ def refine_plan(
     start = tuple(
         sorted(game.players_of(name).start + int(u) for name in layers for u in removals[name])
     )
-    if not start:
-        return {name: list(removals[name]) for name in removals}, {"sets_evaluated": 0}
     budgeted = BudgetedGame(game, budget)
     step = max(4, budget // STEPS)  # candidate swaps per step: several steps of climbing
     best, info = refine_search(

@@ -55,14 +55,15 @@ def apply_removals(
     mode: str = "remove",
     *,
     units: Mapping[str, Units] | None = None,
-    compensate: torch.Tensor | None = None,
+    compensate: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with ``removals`` (layer -> unit indices) masked or removed.
 
     ``units``: layers' units already found on ``model`` (as ``prunable_layers`` gives
     them), so that they are not found again; a layer coupled to one removed before it in
     this call is found anew (its width has changed).
-    ``compensate``: reference inputs; each removed unit's mean over them is folded into its
+    ``compensate``: reference inputs (or their ``consumer_means`` on ``model``, read once for
+    many removals); each removed unit's mean over them is folded into its
     consumers' biases first (``shapprune.game.compensation``), as the games compute with
     ``compensate`` set.
     """
