@@ -16,23 +16,23 @@ seed; Taylor's backward and the Shapley games run on them), and is measured the 
 MACs by ``shapprune.evaluation.measure.count_macs`` (torch-pruning's counter, one example),
 accuracy on the 1,000 test images. One-shot accuracy is the mean ± std over the seeds
 (``SEEDS``: the seed draws the reference set and any random choice; a method that reads
-only the weights runs once); the first seed's pruned model is measured again after the same
+only the weights runs once); every seed's pruned model is measured again after the same
 short fine-tune for everyone (``shapprune.zoo.training.train_model`` on the training split,
-``FINETUNE`` below, that seed): one fine-tune per method and target keeps the run short.
+``FINETUNE`` below, that seed; a method that runs once has its model fine-tuned with each
+seed): one seed's fine-tune alone moves accuracy by a few tenths of a point.
 Seconds: scoring + allocation (bisection on pruned
 copies) + removal, wall time, ``torch.get_num_threads()`` threads (printed).
 
-ResNet-20 runs with ``--models lenet5 vgg resnet20``; it is left out of the default run to
-keep it short. The ViT is left out: shapprune prunes its attention heads and MLP neurons
-and keeps the residual width (coupled by the LayerNorms); to make MetaPruner prune the same
-units needs its ``num_heads`` and ``ignored_layers`` set up block by block and a second
-ratio (heads) in the bisection, not done yet.
+ResNet-20 runs with ``--models lenet5 vgg vit resnet20``; it is left out of the default run
+to keep it short. On the ViT shapprune prunes attention heads and MLP neurons and keeps the
+residual width (coupled by the LayerNorms); MetaPruner is made to prune the same units: the
+residual width is ignored, whole heads go (``num_heads``, ``prune_num_heads``, no head dims)
+at the same ratio as the MLP neurons (``head_pruning_ratio``), one ratio bisected.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/vs_torch_pruning.py [--quick] [--out FILE.json]
-[--readme README.md] [--models ...]``. The full run (LeNet-5 and VGG) took 21 minutes with
-OMP_NUM_THREADS=1 on 2 cores shared with other work (2026-11-22); ``--quick``: LeNet-5,
-50% of the MACs, one seed, two methods per side: TP magnitude-l1 and random, shapprune
-weight-l1 and loo; under a minute).
+[--readme README.md] [--models ...]``; ``--quick``: LeNet-5, 50% of the MACs, one seed, two
+methods per side: TP magnitude-l1 and random, shapprune weight-l1 per layer and prune's
+defaults (with a short refinement); under a minute.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import json
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,7 @@ from shapprune.zoo.cache import pretrained
 from shapprune.zoo.data import DatasetSplits, Split, load_dataset, reference_set
 from shapprune.zoo.training import train_model
 
-MODELS = ("lenet5", "vgg")  # opt in to resnet20 with --models (kept out for the run time)
+MODELS = ("lenet5", "vgg", "vit")  # opt in to resnet20 with --models (for the run time)
 TARGETS = (0.3, 0.5, 0.7)  # fractions of the MACs removed
 SEEDS = (0, 1, 2)
 PER_CLASS = 10  # reference examples per class, for every method
@@ -87,7 +88,7 @@ class Method:
     label: str
     side: str  # "torch-pruning" | "shapprune"
     name: str  # TP importance or shapprune criterion
-    global_: bool
+    global_: bool | str  # shapprune also "auto": the scope with the lower reference loss
     options: dict = field(default_factory=dict)
     needs_bn: bool = False  # only for models with BatchNorm
     seeded: bool = True  # False: reads neither the reference data nor random draws
@@ -96,7 +97,11 @@ class Method:
 
     @property
     def allocation(self) -> str:
-        alloc = "global per MAC" if self.cost else "global" if self.global_ else "per layer"
+        alloc = "global" if self.global_ else "per layer"
+        if self.cost:
+            alloc = "global per MAC"
+        if self.global_ == "auto":
+            alloc = "global per MAC or per layer" if self.cost else "global or per layer"
         return alloc + (f" + refine {self.refine}" if self.refine else "")
 
 
@@ -112,9 +117,10 @@ TP_IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
 
 TP_SEEDED = ("taylor", "random")  # the others read only the weights
 
-SHAPPRUNE_METHODS: list[tuple[str, dict, bool, str | None, int]] = [
+SHAPPRUNE_METHODS: list[tuple[str, dict, bool | str, str | None, int]] = [
     # name, options ("budget": filled by the run), global, cost, refine
-    ("lrp", {}, True, "macs", REFINE),  # prune's defaults (shapprune prune --criterion lrp)
+    ("lrp", {}, "auto", "macs", REFINE),  # prune's defaults (shapprune prune --criterion lrp)
+    ("lrp", {}, True, "macs", REFINE),
     ("lrp", {}, True, "macs", 0),
     ("lrp", {}, False, None, 0),
     ("weight-l1", {}, True, "macs", 0),
@@ -140,9 +146,9 @@ def methods(quick: bool) -> list[Method]:
                 Method(f"TP {name} ({alloc})", "torch-pruning", name, global_,
                        needs_bn=name == "bn-scale", seeded=name in TP_SEEDED)
             )  # fmt: skip
-    quick_ours = {("weight-l1", False), ("lrp", True)}
+    quick_ours = {("weight-l1", False, False), ("lrp", "auto", True)}
     for name, options, global_, cost, refine in SHAPPRUNE_METHODS:
-        if quick and (name, bool(refine)) not in quick_ours:
+        if quick and (name, global_, bool(refine)) not in quick_ours:
             continue
         m = Method("", "shapprune", name, global_, options, seeded=name not in UNSEEDED,
                    cost=cost, refine=REFINE_QUICK if quick and refine else refine)  # fmt: skip
@@ -171,13 +177,17 @@ def prune_torch_pruning(
 ) -> nn.Module:
     """MetaPruner with ``method``'s importance, its ratio bisected (as shapprune's
     ``make_plan`` bisects its amount) to the smallest one that meets the MACs target."""
+    units = prunable_layers(model, example)
+    heads = [name for name, u in units.items() if u.kind == "heads"]
     ignored = _ignored_layers(model, example)
     original = count_macs(model, example)
     cache: dict[float, tuple[float, nn.Module | None]] = {}
 
     def attempt(ratio: float) -> tuple[float, nn.Module | None]:
         if ratio not in cache:
-            cache[ratio] = _tp_prune(model, method, grads, ratio, example, ignored, seed, original)
+            cache[ratio] = _tp_prune(
+                model, method, grads, ratio, example, ignored, seed, original, heads
+            )
         return cache[ratio]
 
     # global pruning is not monotone in the ratio (a layer it would empty is left whole):
@@ -209,6 +219,7 @@ def _tp_prune(
     ignored: list[str],
     seed: int,
     original: int,
+    heads: list[str],
 ) -> tuple[float, nn.Module | None]:
     """(MACs removed, pruned copy) for one pruning ratio; (-1, None) if TP fails there."""
     pruned = copy.deepcopy(model).eval()
@@ -216,7 +227,9 @@ def _tp_prune(
         for name, p in pruned.named_parameters():
             p.grad = grads[name].clone()
     modules = dict(pruned.named_modules())
-    with torch.random.fork_rng(devices=[]):
+    attention = [modules[n] for n in heads]
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unwrapped parameters")  # ViT's tokens
         torch.manual_seed(seed)  # RandomImportance: the same draws at every ratio
         pruner = tp.pruner.MetaPruner(
             pruned,
@@ -225,19 +238,33 @@ def _tp_prune(
             global_pruning=method.global_,
             pruning_ratio=ratio,
             ignored_layers=[modules[n] for n in ignored],
+            # a ViT: whole heads go (as shapprune removes them), at the same ratio
+            num_heads={a.qkv: a.num_heads for a in attention},
+            prune_num_heads=bool(attention),
+            prune_head_dims=not attention,
+            head_pruning_ratio=ratio if attention else 0.0,
         )
         try:
             pruner.step()
         except Exception:  # e.g. a layer emptied by the global ranking
             return -1.0, None
+    for a in attention:  # the attention's forward reshapes by its number of heads
+        a.num_heads = pruner.num_heads[a.qkv]
     pruned.zero_grad(set_to_none=True)
     return 1 - count_macs(pruned, example) / original, pruned
 
 
 def _ignored_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     """Convolutions and linear layers that shapprune does not prune (the classifier's
-    outputs): Torch-Pruning is told to leave them, so both sides prune the same units."""
-    coupled = {name for units in prunable_layers(model, example).values() for name in units.coupled}
+    outputs; a ViT's residual width): Torch-Pruning is told to leave them, so both sides
+    prune the same units. An attention's heads are its ``qkv``'s output (and ``proj``'s
+    input, which TP follows)."""
+    coupled = set()
+    for units in prunable_layers(model, example).values():
+        if units.kind == "heads":
+            coupled |= {f"{name}.qkv" for name in units.coupled}
+        else:
+            coupled |= set(units.coupled)
     return [
         name
         for name, m in model.named_modules()
@@ -335,9 +362,7 @@ def run_model(name: str, data: DatasetSplits, all_methods: list[Method], targets
                     runs.append({"seed": seed, "error": f"{type(err).__name__}: {err}"})
                     continue
                 run = measure_run(pruned, data, original, example, seed, seconds)
-                if seed == seeds[0]:  # the short fine-tune: the first seed's pruned model
-                    train_model(pruned, data, seed=seed, progress=False, **FINETUNE)
-                    run["finetuned"] = evaluate(pruned, data.test)["accuracy"]
+                run["finetuned"] = finetune(pruned, data, seeds if not method.seeded else [seed])
                 runs.append(run)
             rows.append(summarise(method, target, runs))
             print(f"  {name} -{target:.0%} {method.label}: {_progress(rows[-1])}",
@@ -366,6 +391,17 @@ def _prune(model, method, data, target, example, seed, criteria, grads):
     return pruned, g_seconds + time.perf_counter() - start
 
 
+def finetune(pruned: nn.Module, data: DatasetSplits, seeds) -> list[float]:
+    """Test accuracy after the same short fine-tune for everyone, once per seed (a copy
+    each): one seed's fine-tune moves accuracy by a few tenths of a point on its own."""
+    out = []
+    for seed in seeds:
+        tuned = copy.deepcopy(pruned)
+        train_model(tuned, data, seed=seed, progress=False, **FINETUNE)
+        out.append(evaluate(tuned.eval(), data.test)["accuracy"])
+    return out
+
+
 def measure_run(
     pruned: nn.Module, data: DatasetSplits, original: dict, example, seed: int, seconds: float
 ) -> dict:
@@ -392,7 +428,7 @@ def summarise(method: Method, target: float, runs: list[dict]) -> dict:
     if not ok:
         return row
     for key in ("oneshot", "finetuned"):
-        values = [r[key] for r in ok if key in r]
+        values = [v for r in ok for v in (r[key] if isinstance(r[key], list) else [r[key]])]
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         row[key] = {"mean": statistics.mean(values), "std": std, "n": len(values)}
     for key in ("macs_ratio", "params_ratio", "macs_removed"):
@@ -449,9 +485,10 @@ def print_report(result: dict) -> None:
         f"(validation split, drawn by the seed) for every method; test accuracy on 1,000 "
         f"images. One-shot: mean ± std over {seeds} seed(s) (the seed draws the reference "
         f"set and any random choice; methods that read only the weights run once). "
-        f"Fine-tuned: the first seed's pruned model after {ft['epochs']} epoch(s) of "
+        f"Fine-tuned: each seed's pruned model after {ft['epochs']} epoch(s) of "
         f"`train_model` on the training split ({ft['optimizer']}, lr {ft['lr']:g}, batch "
-        f"{ft['batch_size']}, one-cycle, that seed), the same for everyone. "
+        f"{ft['batch_size']}, one-cycle, that seed), the same for everyone; mean ± std over "
+        "the seeds (a method that runs once: its model fine-tuned with each seed). "
         f"shapley-permutation: {result['budget_per_unit']} x the widest layer's units "
         f"coalition evaluations per layer ({budgets}){network}. "
         f"Seconds: scoring + allocation (bisection to the MACs target on pruned copies) + "
@@ -466,8 +503,10 @@ def print_report(result: dict) -> None:
         f"+ refine {REFINE} = the plan then refined at its target by {REFINE} evaluations of "
         "whole removal sets on the reference examples (swaps within layers); every shapprune "
         "removal is `compensate='auto'` (zeroed or mean-compensated, whichever has the lower "
-        "loss on the reference examples). `shapprune prune`'s defaults are "
-        f"`lrp (global per MAC + refine {REFINE})`.\n"
+        "loss on the reference examples); global per MAC or per layer = both plans built and "
+        "the one whose removal has the lower loss on the reference examples kept "
+        "(`global_='auto'`). `shapprune prune`'s defaults are "
+        f"`lrp (global per MAC or per layer + refine {REFINE})`.\n"
     )
     print("Best of each side per model, MACs target and stage (test accuracy; gap = shapprune "
           "− Torch-Pruning, in points):\n")  # fmt: skip
@@ -619,7 +658,7 @@ def main() -> None:
         "--readme", type=Path, help="write the summary into this README's results block"
     )
     parser.add_argument(
-        "--models", nargs="+", choices=("lenet5", "vgg", "resnet20"),
+        "--models", nargs="+", choices=("lenet5", "vgg", "resnet20", "vit"),
         help=f"zoo models (default: {' '.join(MODELS)}; quick: {' '.join(QUICK['models'])})",
     )  # fmt: skip
     parser.add_argument("--merge", nargs="+", type=Path, help="report from these runs' JSON")

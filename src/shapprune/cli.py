@@ -365,13 +365,14 @@ DEFAULT_PRUNE_CRITERION = "lrp"  # what won the head-to-head (benchmarks/vs_torc
 DEFAULT_REFINE = 300
 
 
-def _cost_choice(text: str, global_: bool, target) -> str | None:
+def _cost_choice(text: str, global_: bool | None, target) -> str | None:
     """``--cost macs|params|none|auto`` as ``prune_model`` takes it (auto: the target's
-    kind for a global plan, none per layer or for a channels target)."""
+    kind for a global plan, none per layer or for a channels target; ``global_`` None:
+    the scope is chosen by ``prune_model``, the cost serves its global candidate)."""
     if text not in ("macs", "params", "none", "auto"):
         raise ValueError(f"--cost takes macs, params, none or auto; got {text!r}")
     if text == "auto":
-        return target.kind if global_ and target.kind in ("macs", "params") else None
+        return target.kind if global_ is not False and target.kind in ("macs", "params") else None
     return None if text == "none" else text
 
 
@@ -410,9 +411,13 @@ def prune(
     target: Annotated[str, typer.Option(help="channels=F, params=F or macs=F")] = "macs=0.5",
     layers: Annotated[str | None, typer.Option(help="comma-separated; default: all")] = None,
     global_: Annotated[
-        bool,
-        typer.Option("--global/--per-layer", help="rank units across layers, or cut each alike"),
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--global/--per-layer",
+            help="rank units across layers, or cut each alike; default: both are built and "
+            "the one with the lower loss on the reference examples is kept",
+        ),
+    ] = None,
     normalisation: Annotated[
         str | None,
         typer.Option(help="per-layer scores for --global; default the criterion's (l1, or none)"),
@@ -500,7 +505,7 @@ def prune(
             scorer,
             parsed,
             layers=chosen,
-            global_=global_,
+            global_="auto" if global_ is None else global_,
             steps=steps,
             normalisation=normalisation,
             mode=mode,

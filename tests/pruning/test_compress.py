@@ -179,3 +179,23 @@ def test_refinement_changes_units_not_counts(lenet, mnist5k):
     assert refined["after"]["macs"] == plain["after"]["macs"]
     with pytest.raises(ValueError, match="refine is a number of evaluations"):
         prune_model(lenet, mnist5k, crit, "macs=0.5", refine=-1, **kw)
+
+
+def test_auto_scope_keeps_the_cut_better_on_the_reference_examples(lenet, mnist5k):
+    crit = get_criterion("weight-l1")
+    kw = {"layers": ["conv1", "conv2", "fc1"], "per_class": 5, "compensate": False}
+    runs = {g: prune_model(lenet, mnist5k, crit, "macs=0.5", global_=g, **kw) for g in (1, 0)}
+    pruned, auto = prune_model(lenet, mnist5k, crit, "macs=0.5", global_="auto", **kw)
+    scope = auto["plans"][0]["scope"]
+    ref = reference_set(mnist5k.val, per_class=5, seed=0)
+    losses = {g: evaluate(m, ref)["loss"] for g, (m, _) in runs.items()}
+    assert scope["reference_loss"]["global"] == pytest.approx(losses[True])
+    assert scope["reference_loss"]["per-layer"] == pytest.approx(losses[False])
+    better = min(losses, key=losses.get)
+    assert scope["chosen"] == ("global" if better else "per-layer")
+    assert auto["removed"] == runs[better][1]["removed"]
+    assert auto["after"]["loss"] == pytest.approx(runs[better][1]["after"]["loss"])
+    with pytest.raises(ValueError, match="global_ must be true, false or 'auto'"):
+        prune_model(lenet, mnist5k, crit, "macs=0.5", global_="both", **kw)
+    with pytest.raises(ValueError, match="needs global_=True"):
+        prune_model(lenet, mnist5k, crit, "macs=0.5", global_=False, cost="macs", **kw)

@@ -12,7 +12,7 @@ from torch import nn
 from shapprune.evaluation.measure import evaluate, measure
 from shapprune.game.compensation import consumer_means
 from shapprune.game.units import Units, layer_units
-from shapprune.pruning.plan import Target, make_plan, prunable_layers
+from shapprune.pruning.plan import Plan, Target, make_plan, prunable_layers
 from shapprune.pruning.refinement import refine_plan
 from shapprune.pruning.removal import apply_removals, history
 from shapprune.zoo.data import DatasetSplits, reference_set
@@ -41,7 +41,7 @@ def prune_model(
     target: Target | str,
     *,
     layers: Sequence[str] | None = None,
-    global_: bool = False,
+    global_: bool | str = False,
     steps: int = 1,
     normalisation: str | None = None,
     mode: str = "remove",
@@ -67,13 +67,21 @@ def prune_model(
     built and the one with the lower loss on the reference examples is kept (per step);
     default ``COMPENSATE`` ("auto"). A game criterion values units for its own way of
     removing them (its option ``compensate``): an explicit True/False must agree with it.
-    ``cost`` ("macs" or "params", with ``global_``): units compete on score per cost saved.
+    ``global_``: units compete across layers (True), or each layer loses the same fraction
+    (False); "auto": both plans are built and the one whose removal has the lower loss on
+    the reference examples is kept (per step): a global cut can starve a layer that a
+    residual network cannot do without.
+    ``cost`` ("macs" or "params", for a global plan): units compete on score per cost saved.
     ``refine``: evaluations of whole removal sets on the reference examples spent swapping
     units within layers to improve the plan at its target (``refine_plan``); 0: none.
     """
     target = Target.parse(target) if isinstance(target, str | float) else target
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if global_ not in (True, False, "auto"):
+        raise ValueError(f"global_ must be true, false or 'auto'; got {global_!r}")
+    if cost is not None and not global_:
+        raise ValueError("a cost-aware plan ranks units across layers: it needs global_=True")
     if refine < 0:
         raise ValueError(f"refine is a number of evaluations, >= 0; got {refine}")
     if mode == "mask" and steps > 1:
@@ -99,27 +107,22 @@ def prune_model(
                 means = consumer_means(current, points, ref.x)
             except ValueError:  # a consumer that cannot compensate: refused where it matters
                 means = ref.x
-        fill = means if compensate is True else None  # "auto": plan on zeroed copies
-
-        def apply(m: nn.Module, removals: dict, units=units, fill=fill) -> nn.Module:
-            return apply_removals(m, removals, example, mode=mode, units=units, compensate=fill)
-
-        plan = make_plan(
-            current,
-            scores,
-            step_target,
-            example,
-            global_=global_,
-            normalisation=normalisation,
-            apply=apply,
-            baseline=model,
-            units=units,
-            cost=cost,
-        )
-        fills, built = compensate, None
-        if compensate == "auto":
-            fills, built = _better_removal(current, plan.removals, example, mode, units, ref, means)
-            plan.info["compensated"] = fills
+        scopes = (True, False) if global_ == "auto" else (bool(global_),)
+        built_plans = [
+            _plan_and_build(current, scores, step_target, example, scope, normalisation,
+                            model, units, cost, mode, compensate, means, ref)
+            for scope in scopes
+        ]  # fmt: skip
+        plan, fills, built = built_plans[0]
+        if len(built_plans) > 1:  # "auto": the scope whose removal loses less on the reference
+            losses = [evaluate(b, ref)["loss"] for _, _, b in built_plans]
+            plan, fills, built = built_plans[losses.index(min(losses))]
+            plan.info["scope"] = {
+                "chosen": "global" if plan.global_ else "per-layer",
+                "reference_loss": {"global": losses[0], "per-layer": losses[1]},
+            }
+            say(f"step {step}/{steps}: {plan.info['scope']['chosen']} cut kept "
+                f"(reference loss {min(losses):.4f} vs {max(losses):.4f})")  # fmt: skip
         if refine:
             say(f"step {step}/{steps}: refining the plan ({refine} evaluations)")
             plan.removals, plan.info["refinement"] = refine_plan(
@@ -131,17 +134,9 @@ def prune_model(
                 units=units,
                 compensate=ref.x if fills else None,
             )
-            if plan.info["refinement"].get("swapped"):
-                built = None  # other units go: build that removal
-        if built is None:
-            built = apply_removals(
-                current,
-                plan.removals,
-                example,
-                mode=mode,
-                units=units,
-                compensate=means if fills else None,
-            )
+            if plan.info["refinement"].get("swapped"):  # other units go: build that removal
+                built = apply_removals(current, plan.removals, example, mode=mode, units=units,
+                                       compensate=means if fills else None)  # fmt: skip
         current = built
         if step < steps:
             units = layer_units(current, chosen, example)
@@ -196,6 +191,41 @@ def _compensates(criterion, compensate: bool | str | None) -> bool | str:
             f"option compensate={str(compensate).lower()} too"
         )
     return compensate
+
+
+def _plan_and_build(
+    model: nn.Module,
+    scores: dict,
+    target: Target,
+    example: torch.Tensor,
+    global_: bool,
+    normalisation: str,
+    baseline: nn.Module,
+    units: dict[str, Units],
+    cost: str | None,
+    mode: str,
+    compensate: bool | str,
+    means,
+    ref,
+) -> tuple[Plan, bool, nn.Module]:
+    """(plan, whether its removal compensates, the removal built) for one scope: the plan
+    is bisected on copies removed as ``compensate`` says (zeroed for "auto", which then
+    keeps the better of both removals)."""
+    fill = means if compensate is True else None
+
+    def apply(m: nn.Module, removals: dict) -> nn.Module:
+        return apply_removals(m, removals, example, mode=mode, units=units, compensate=fill)
+
+    plan = make_plan(model, scores, target, example, global_=global_,
+                     normalisation=normalisation, apply=apply, baseline=baseline, units=units,
+                     cost=cost if global_ else None)  # fmt: skip
+    if compensate == "auto":
+        fills, built = _better_removal(model, plan.removals, example, mode, units, ref, means)
+        plan.info["compensated"] = fills
+        return plan, fills, built
+    built = apply_removals(model, plan.removals, example, mode=mode, units=units,
+                           compensate=means if compensate else None)  # fmt: skip
+    return plan, compensate, built
 
 
 def _better_removal(
