@@ -325,7 +325,17 @@ def prune_shapprune(
 # --- the run ----------------------------------------------------------------------------------
 
 
-def run_model(name: str, data: DatasetSplits, all_methods: list[Method], targets, seeds) -> dict:
+def run_model(
+    name: str,
+    data: DatasetSplits,
+    all_methods: list[Method],
+    targets,
+    seeds,
+    finetune_seeds: int | None = None,
+) -> dict:
+    """Every method at every target on zoo model ``name``; fine-tuned with the first
+    ``finetune_seeds`` seeds (default all)."""
+    tuned_seeds = list(seeds[:finetune_seeds] if finetune_seeds else seeds)
     model, _ = pretrained(name, "mnist5k", progress=False)
     model.eval()
     example = data.val.x[:2]
@@ -362,14 +372,15 @@ def run_model(name: str, data: DatasetSplits, all_methods: list[Method], targets
                     runs.append({"seed": seed, "error": f"{type(err).__name__}: {err}"})
                     continue
                 run = measure_run(pruned, data, original, example, seed, seconds)
-                run["finetuned"] = finetune(pruned, data, seeds if not method.seeded else [seed])
+                mine = tuned_seeds if not method.seeded else [seed] if seed in tuned_seeds else []
+                run["finetuned"] = finetune(pruned, data, mine)
                 runs.append(run)
             rows.append(summarise(method, target, runs))
             print(f"  {name} -{target:.0%} {method.label}: {_progress(rows[-1])}",
                   file=sys.stderr, flush=True)  # fmt: skip
     return {"model": name, "has_batchnorm": has_bn, "original": original, "rows": rows,
             "layers": {n: u.n_players for n, u in units.items()}, "budget": budget,
-            "network_budget": network_budget}  # fmt: skip
+            "network_budget": network_budget, "finetune_seeds": tuned_seeds}  # fmt: skip
 
 
 def _prune(model, method, data, target, example, seed, criteria, grads):
@@ -429,6 +440,8 @@ def summarise(method: Method, target: float, runs: list[dict]) -> dict:
         return row
     for key in ("oneshot", "finetuned"):
         values = [v for r in ok for v in (r[key] if isinstance(r[key], list) else [r[key]])]
+        if not values:
+            continue
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         row[key] = {"mean": statistics.mean(values), "std": std, "n": len(values)}
     for key in ("macs_ratio", "params_ratio", "macs_removed"):
@@ -470,6 +483,16 @@ def verdicts(result: dict) -> list[dict]:
 # --- the report -------------------------------------------------------------------------------
 
 
+def _tuned_seeds(result: dict) -> str:
+    """Which models were fine-tuned with fewer seeds (to keep the run short), in words."""
+    fewer = [
+        f"{m['model']}: {len(m['finetune_seeds'])}"
+        for m in result["models"]
+        if len(m.get("finetune_seeds", result["seeds"])) < len(result["seeds"])
+    ]
+    return f" (seeds fine-tuned with, where fewer: {', '.join(fewer)})" if fewer else ""
+
+
 def print_report(result: dict) -> None:
     seeds = len(result["seeds"])
     budgets = ", ".join(f"{m['model']} {m['budget']:,}" for m in result["models"])
@@ -488,7 +511,8 @@ def print_report(result: dict) -> None:
         f"Fine-tuned: each seed's pruned model after {ft['epochs']} epoch(s) of "
         f"`train_model` on the training split ({ft['optimizer']}, lr {ft['lr']:g}, batch "
         f"{ft['batch_size']}, one-cycle, that seed), the same for everyone; mean ± std over "
-        "the seeds (a method that runs once: its model fine-tuned with each seed). "
+        f"the seeds{_tuned_seeds(result)} (a method that runs once: its model fine-tuned "
+        "with each seed). "
         f"shapley-permutation: {result['budget_per_unit']} x the widest layer's units "
         f"coalition evaluations per layer ({budgets}){network}. "
         f"Seconds: scoring + allocation (bisection to the MACs target on pruned copies) + "
@@ -621,7 +645,9 @@ def _run(args: argparse.Namespace) -> None:
                     "methods": [m.label for m in all_methods], "models": []}  # fmt: skip
     for name in models:
         print(f"{name} ...", file=sys.stderr, flush=True)
-        result["models"].append(run_model(name, data, all_methods, targets, seeds))
+        result["models"].append(
+            run_model(name, data, all_methods, targets, seeds, args.finetune_seeds)
+        )
     result["verdicts"] = verdicts(result)
     result["seconds"] = time.perf_counter() - start
     result["plots"] = plot(result, args.out.parent)
@@ -662,6 +688,9 @@ def main() -> None:
         help=f"zoo models (default: {' '.join(MODELS)}; quick: {' '.join(QUICK['models'])})",
     )  # fmt: skip
     parser.add_argument("--merge", nargs="+", type=Path, help="report from these runs' JSON")
+    parser.add_argument(
+        "--finetune-seeds", type=int, help="fine-tune with the first N seeds only (default all)"
+    )
     args = parser.parse_args()
     job = (lambda: _merge(args)) if args.merge else (lambda: _run(args))
     run_and_report("vs_torch_pruning", job, args.readme, first_section)

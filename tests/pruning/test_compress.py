@@ -199,3 +199,30 @@ def test_auto_scope_keeps_the_cut_better_on_the_reference_examples(lenet, mnist5
         prune_model(lenet, mnist5k, crit, "macs=0.5", global_="both", **kw)
     with pytest.raises(ValueError, match="needs global_=True"):
         prune_model(lenet, mnist5k, crit, "macs=0.5", global_=False, cost="macs", **kw)
+
+
+def test_a_macs_target_aims_the_estimators_at_its_cut(lenet, mnist5k):
+    import numpy as np
+
+    from shapprune.estimators.registry import estimate
+    from shapprune.game.pruning_game import PruningGame
+    from shapprune.pruning.compress import select_layers, units_fraction
+    from shapprune.pruning.plan import Target
+
+    example, layers = mnist5k.val.x[:2], ["conv1", "conv2"]
+    units = select_layers(lenet, example, layers)
+    fraction = units_fraction(lenet, units, Target.parse("macs=0.3"), example, lenet)
+    uniform = prune_model(lenet, mnist5k, get_criterion("random"), "macs=0.3", layers=layers)[1]
+    assert fraction == pytest.approx(sum(uniform["removed"].values()) / 70)
+    crit = get_criterion("network-shapley", method="bandit", budget=600)
+    prune_model(lenet, mnist5k, crit, "macs=0.3", layers=layers, global_=True, per_class=2)
+    assert crit.last_estimate.info["k"] == round(fraction * 70) and crit.cut_fraction is None
+    # a semivalue's window is centred on the kept size (it needs one: an error without)
+    semi = get_criterion("shapley-semivalue", weights="window", budget=200)
+    prune_model(lenet, mnist5k, semi, "channels=0.25", layers=["conv1"], per_class=2)
+    ref = reference_set(mnist5k.val, per_class=2, seed=0)
+    game = PruningGame(lenet, "conv1", (ref.x, ref.y), compensate=True)
+    direct = estimate(game, "semivalue", budget=200, seed=0, weights="window", kept=0.75)
+    np.testing.assert_allclose(semi.last_estimate.values, direct.values, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="window weights need kept"):
+        semi.score(lenet, ["conv1"], (ref.x, ref.y))

@@ -117,7 +117,7 @@ class NetworkShapleyCriterion(Criterion):
         super().__init__(*args, **options)
         self.last_estimate: Estimate | None = None
         self.players: list[str] = []
-        self.cut_fraction: float | None = None  # set by prune_model from a channels target
+        self.cut_fraction: float | None = None  # set by prune_model from its target
 
     @classmethod
     def declaration_for(cls, **fixed: Any) -> type:

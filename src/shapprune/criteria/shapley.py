@@ -99,12 +99,11 @@ def criterion_names() -> dict[str, str]:
 
 
 def with_cut(method: str, options: dict[str, Any], fraction: float | None) -> dict[str, Any]:
-    """``options`` with the estimator's ``cut`` option (the bandit's k) set to ``fraction``
-    where the user left it None."""
-    cut = get_estimator(method).cut
-    if cut is None or fraction is None or options.get(cut) is not None:
+    """``options`` aimed at the cut of ``fraction`` of the units (the bandit's k, a
+    semivalue's or a refinement's kept size) where the user left that open."""
+    if fraction is None:
         return options
-    return {**options, cut: fraction}
+    return get_estimator(method).fill_cut(options, fraction)
 
 
 class ShapleyCriterion(Criterion):
@@ -125,7 +124,7 @@ class ShapleyCriterion(Criterion):
         self.estimator_options = {k: getattr(self.options, k) for k in own}
         self.last_estimate: Estimate | None = None
         self.estimates: dict[str, Estimate] = {}
-        self.cut_fraction: float | None = None  # set by prune_model from a channels target
+        self.cut_fraction: float | None = None  # set by prune_model from its target
 
     @classmethod
     def declaration_for(cls, method: str = "permutation", **_fixed: Any) -> type:

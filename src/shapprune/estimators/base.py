@@ -80,7 +80,8 @@ class Estimator:
     options; ``deterministic`` says that the seed does not change its answer (experiments
     then run it once); ``criterion`` overrides the criterion name ``shapley-<name>``;
     ``cut`` names the option that a pruning target's fraction of units fills where the user
-    left it None (the bandit's ``k``: the set to settle is the set the target cuts).
+    left it None (the bandit's ``k``: the set to settle is the set the target cuts);
+    ``fill_cut`` does the filling, for estimators whose option says it otherwise.
     """
 
     name: ClassVar[str] = ""
@@ -91,6 +92,13 @@ class Estimator:
 
     def check(self, n: int, options: Any) -> None:
         """Refuse a game this estimator cannot handle (raise ValueError); default: accept."""
+
+    def fill_cut(self, options: dict[str, Any], fraction: float) -> dict[str, Any]:
+        """``options`` aimed at a cut of ``fraction`` of the players, where the user left
+        that open: default, the ``cut`` option set to ``fraction``."""
+        if self.cut is None or options.get(self.cut) is not None:
+            return options
+        return {**options, self.cut: fraction}
 
     def min_budget(self, n: int, options: Any) -> int:
         """The fewest evaluations that give an answer on ``n`` players."""

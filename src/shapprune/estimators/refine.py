@@ -178,6 +178,12 @@ class Refine(Estimator):
     name = "refine"
     Options = RefineOptions
 
+    def fill_cut(self, options: dict, fraction: float) -> dict:
+        """The search aimed at what the cut keeps, unless the user set kept or remove."""
+        if options.get("kept") is not None or options.get("remove") is not None:
+            return options
+        return {**options, "kept": 1 - fraction}
+
     @staticmethod
     def _base(options: RefineOptions) -> tuple[Estimator, Any]:
         return get_estimator(options.base), estimator_options(

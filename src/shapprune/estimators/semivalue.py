@@ -213,8 +213,6 @@ class SemivalueOptions:
             raise ValueError(f"kept centres window or beta weights, not {self.weights!r}")
         if self.width < 0:
             raise ValueError(f"width must be >= 0, got {self.width}")
-        if self.weights == "window" and self.kept is None:
-            raise ValueError("window weights need kept (the fraction of players kept)")
         if self.weights == "beta" and self.kept is not None:
             if self.alpha is not None or self.beta is not None:
                 raise ValueError("beta weights take either alpha/beta or kept (with width)")
@@ -238,7 +236,20 @@ class Semivalue(Estimator):
     name = "semivalue"
     Options = SemivalueOptions
 
+    def fill_cut(self, options: dict, fraction: float) -> dict:
+        """Window (and Beta around kept) weights centred on what the cut keeps, unless
+        the user centred them (or gave Beta's alpha/beta)."""
+        free = all(options.get(k) is None for k in ("kept", "alpha", "beta"))
+        if options.get("weights") in ("window", "beta") and free:
+            return {**options, "kept": 1 - fraction}
+        return options
+
     def check(self, n: int, options: SemivalueOptions) -> None:
+        if options.weights == "window" and options.kept is None:
+            raise ValueError(
+                "window weights need kept (the fraction of players kept; prune fills it "
+                "from its target)"
+            )
         if options.exact and exact_cost(_weights_of(n, options)) > MAX_EXACT_COALITIONS:
             raise ValueError(
                 f"the exact semivalue needs {exact_cost(_weights_of(n, options))} evaluations "

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -98,7 +99,11 @@ def prune_model(
     for step in range(1, steps + 1):
         step_target = _step_target(target, step, steps)
         say(f"step {step}/{steps}: scoring {', '.join(chosen)}")
-        with _cut(criterion, step_target):
+
+        def fraction(current=current, units=units, step_target=step_target) -> float:
+            return units_fraction(current, units, step_target, example, model)
+
+        with _cut(criterion, step_target, fraction):
             scores = criterion.score(current, chosen, (ref.x, ref.y), seed=seed)
         means = None  # of the consumers' inputs on this model: read once for every removal
         if compensate in (True, "auto"):
@@ -242,17 +247,30 @@ def _better_removal(
 
 
 @contextmanager
-def _cut(criterion, target: Target) -> Iterator[None]:
-    """Tell a criterion that can use it (``cut_fraction``: the bandit's k) which fraction of
-    the units a channels target cuts; params and MACs targets leave it to the criterion."""
-    if not hasattr(criterion, "cut_fraction") or target.kind != "channels":
+def _cut(criterion, target: Target, fraction: Callable[[], float]) -> Iterator[None]:
+    """Tell a criterion that can use it (``cut_fraction``: the bandit's k, the kept size of
+    a semivalue's window or of a refinement) which fraction of the units the target cuts:
+    a channels target says it; for params and MACs, ``fraction()`` finds it (asked only
+    here, as it prunes copies)."""
+    if not hasattr(criterion, "cut_fraction"):
         yield
         return
-    before, criterion.cut_fraction = criterion.cut_fraction, target.fraction
+    cut = target.fraction if target.kind == "channels" else fraction()
+    before, criterion.cut_fraction = criterion.cut_fraction, cut
     try:
         yield
     finally:
         criterion.cut_fraction = before
+
+
+def units_fraction(
+    model: nn.Module, units: dict[str, Units], target: Target, example, baseline: nn.Module
+) -> float:
+    """The fraction of the units that the same cut in every layer removes to meet a params
+    or MACs ``target`` (``baseline``: the model its fraction refers to)."""
+    flat = {name: np.zeros(u.n_players) for name, u in units.items()}
+    plan = make_plan(model, flat, target, example, baseline=baseline, units=units)
+    return plan.n_removed / sum(u.n_players for u in units.values())
 
 
 def _step_target(target: Target, step: int, steps: int) -> Target:
