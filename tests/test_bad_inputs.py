@@ -15,7 +15,7 @@ import yaml
 from helpers import run_cli
 from PIL import Image
 
-from shapprune import cli
+from shapprune import cli, commands
 from shapprune.pruning.checkpoint import save_checkpoint
 from shapprune.zoo.models import build_model
 
@@ -327,7 +327,7 @@ def test_errors_of_any_library_version_are_one_line(monkeypatch, capsys, make, n
     def fail(*args, **kwargs):
         raise make()
 
-    monkeypatch.setattr(cli, "rank_layer", fail)
+    monkeypatch.setattr(commands.rank, "rank_layer", fail)
     code, _, err = run_cli(monkeypatch, capsys, "rank")
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert needle in err and "Traceback" not in err

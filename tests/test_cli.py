@@ -5,7 +5,7 @@ import json
 import pytest
 from helpers import run_cli
 
-from shapprune import cli
+from shapprune import cli, commands
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_demo_on_a_small_setting_writes_its_report(tmp_path, monkeypatch, capsys
         "per_class": 2,
         "oracle_ks": [1, 2],
     }
-    monkeypatch.setattr(cli, "DEMO_EXPERIMENT", small)
+    monkeypatch.setattr(commands.compare, "DEMO_EXPERIMENT", small)
     out = tmp_path / "demo"
     code, _, err = run_cli(monkeypatch, capsys, "demo", "--budget", "400", "--out", str(out))
     assert code == 0, err

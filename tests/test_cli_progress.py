@@ -33,13 +33,13 @@ def test_the_bar_gets_the_bandit_status(monkeypatch):
         seen.append(dict(status))
         return real(done, budget, seconds, status)
 
-    monkeypatch.setattr(cli, "progress_fields", spy)
-    with cli._evaluation_progress("bandit", 3_000) as update:
+    monkeypatch.setattr(cli.progress, "progress_fields", spy)
+    with cli.progress.evaluation_progress("bandit", 3_000) as update:
         est = estimate(Linear(), "bandit", 3_000, seed=0, k=5, progress=update)
     assert seen and all("in_doubt" in s for s in seen)
     assert seen[0]["in_doubt"] == 30 and seen[-1]["in_doubt"] <= 30
     assert np.isfinite(est.values).all()
-    with cli._evaluation_progress("permutation", 3_000) as update:  # no status: still fine
+    with cli.progress.evaluation_progress("permutation", 3_000) as update:  # no status: still fine
         estimate(Linear(), "permutation", 3_000, seed=0, progress=update)
 
 

@@ -1,0 +1,143 @@
+"""The typer application, the options several commands share, and the entry point that
+turns every error a user can cause into one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from shapprune.criteria.registry import CRITERIA
+from shapprune.estimators.executors import ExecutorOptions
+from shapprune.estimators.registry import ESTIMATORS
+from shapprune.options import declared
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Structured pruning by Shapley values: rank a layer's units by their contribution.",
+)
+console = Console(stderr=True)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, TypeError)
+
+
+# Options shared by several commands
+ModelOpt = Annotated[str, typer.Option(help="zoo model name or checkpoint path")]
+DataOpt = Annotated[str, typer.Option(help="dataset name (mnist5k is embedded)")]
+SeedOpt = Annotated[int, typer.Option(help="random seed")]
+RootOpt = Annotated[str | None, typer.Option(help="folder holding local datasets")]
+PerClassOpt = Annotated[int, typer.Option(min=1, help="reference examples per class")]
+# Help that lists the registered estimators and criteria: written by _refresh_help() when the
+# command line runs, so that estimators and criteria registered after import show up.
+METHOD_HELP = typer.Option(help="a registered estimator")
+CRITERION_HELP = typer.Option(help="a registered criterion")
+RANK_OPTION_HELP = typer.Option("--option", help="KEY=VALUE, a declared option of the method")
+PRUNE_OPTION_HELP = typer.Option("--option", help="KEY=VALUE, a declared option of the criterion")
+
+
+def _options_of(decl: type, fixed: tuple = ()) -> str:
+    names = [n for n in declared(decl) if n not in fixed]
+    return ", ".join(names) if names else "none"
+
+
+def _refresh_help() -> None:
+    """Help texts from the registries and the declarations, as they are now."""
+    METHOD_HELP.help = f"one of: {', '.join(ESTIMATORS)}"
+    CRITERION_HELP.help = f"one of: {', '.join(CRITERIA)}"
+    RANK_OPTION_HELP.help = (
+        "KEY=VALUE, repeatable: a declared option of the method ("
+        + "; ".join(f"{name}: {_options_of(est.Options)}" for name, est in ESTIMATORS.items())
+        + ")"
+    )
+    PRUNE_OPTION_HELP.help = (
+        "KEY=VALUE, repeatable: a declared option of the criterion ("
+        + "; ".join(
+            f"{name}: {_options_of(f.declaration, tuple(f.fixed))}" for name, f in CRITERIA.items()
+        )
+        + "); --budget, --metric and --composite set the option of that name"
+    )
+
+
+DeviceOpt = Annotated[
+    str, typer.Option(help="cpu, cuda, cuda:N, mps, or auto: the first accelerator, else cpu")
+]
+_RUN_HELP = {name: text for name, (_, _, text) in declared(ExecutorOptions).items()}
+ExecutorOpt = Annotated[str, typer.Option(help=_RUN_HELP["executor"])]
+WorkersOpt = Annotated[int, typer.Option(help=_RUN_HELP["workers"])]
+RayAddressOpt = Annotated[str | None, typer.Option(help=_RUN_HELP["ray_address"])]
+ThreadsOpt = Annotated[int | None, typer.Option(help=_RUN_HELP["threads"])]
+CheckpointEveryOpt = Annotated[
+    int, typer.Option(help="write the resume checkpoint every N evaluations (and each minute)")
+]
+CHECKPOINT = "checkpoint.json"  # suffix of the resume file next to the output
+
+
+def say_resuming(found) -> None:
+    if found is not None and found.resumed:
+        console.print(f"resuming from {found.path}")
+
+
+def main() -> None:
+    """Entry point: every error a user can cause is one line on stderr and exit code 2.
+
+    The command runs outside click's own ``main``, so usage errors, Ctrl-C and the user
+    errors below reach this handler as exceptions whatever typer, click or pydantic version
+    is installed (some raise usage errors from pydantic, some vendor click).
+    """
+    _refresh_help()
+    command = typer.main.get_command(app)
+    try:
+        with command.make_context("shapprune", sys.argv[1:]) as ctx:
+            command.invoke(ctx)
+    except KeyboardInterrupt:
+        _fail("interrupted; files already complete are kept, none was left half-written", 130)
+    except Exception as err:
+        kinds = {cls.__name__ for cls in type(err).__mro__}
+        if "Exit" in kinds and hasattr(err, "exit_code"):  # --help, or an explicit exit
+            sys.exit(err.exit_code)
+        if "Abort" in kinds:
+            _fail("aborted", 130)
+        if "NoArgsIsHelpError" in kinds:  # click >= 8.2: no arguments shows the help
+            print(err.format_message())
+            sys.exit(0)
+        if "ClickException" in kinds:  # click's or typer's vendored usage errors
+            _fail(err.format_message() if hasattr(err, "format_message") else str(err))
+        if "ValidationError" in kinds and type(err).__module__.startswith("pydantic"):
+            _fail(_pydantic_message(err))
+        if isinstance(err, OSError) and err.strerror:  # the path and the reason
+            where = f"{err.filename}: " if err.filename is not None else ""
+            _fail(f"{where}{err.strerror}")
+        if isinstance(err, USER_ERRORS + (OSError,)):
+            _fail(str(err.args[0]) if err.args else type(err).__name__)
+        raise
+    sys.exit(0)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """``error: message`` as one line on stderr, then exit."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _pydantic_message(err: Exception) -> str:
+    try:
+        first = err.errors()[0]
+        return f"invalid value {first.get('input')!r}: {first.get('msg')}"
+    except Exception:  # another pydantic version: its own text, made one line by _fail
+        return str(err)
+
+
+def write_json(out: Path, record: dict, force: bool) -> None:
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)

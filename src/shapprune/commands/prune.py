@@ -1,0 +1,228 @@
+"""``shapprune prune``: score units, remove them, measure before and after."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from shapprune.commands.app import (
+    CHECKPOINT,
+    CRITERION_HELP,
+    PRUNE_OPTION_HELP,
+    CheckpointEveryOpt,
+    DataOpt,
+    DeviceOpt,
+    ExecutorOpt,
+    ModelOpt,
+    PerClassOpt,
+    RayAddressOpt,
+    RootOpt,
+    SeedOpt,
+    ThreadsOpt,
+    WorkersOpt,
+    app,
+    console,
+    say_resuming,
+    write_json,
+)
+from shapprune.commands.progress import status_progress
+from shapprune.criteria.registry import CRITERIA, get_criterion
+from shapprune.devices import resolve_device
+from shapprune.estimators.registry import using_progress
+from shapprune.jobs import evaluating, executor_options
+from shapprune.options import parse_options
+from shapprune.outputs import check_output
+from shapprune.zoo.cache import load_model
+
+
+def _criterion_options(name: str, explicit: dict, items: list[str]) -> dict:
+    """The options of criterion ``name``: the flags given explicitly (by the name of the
+    option they set) and the ``--option KEY=VALUE`` items, parsed to the declared types."""
+    if name not in CRITERIA:
+        get_criterion(name)  # the unknown-criterion error, listing the known ones
+    factory = CRITERIA[name]
+    given = {k: v for k, v in explicit.items() if v is not None}
+    factory.check(given)  # a flag the criterion does not declare is an error
+    owner = f"criterion {name!r}"
+    return {**given, **parse_options(factory.declaration, items, owner, tuple(factory.fixed))}
+
+
+DEFAULT_PRUNE_CRITERION = "lrp"  # what won the head-to-head (benchmarks/vs_torch_pruning.py)
+DEFAULT_REFINE = 300
+
+
+def _cost_choice(text: str, global_: bool | None, target) -> str | None:
+    """``--cost macs|params|none|auto`` as ``prune_model`` takes it (auto: the target's
+    kind for a global plan, none per layer or for a channels target; ``global_`` None:
+    the scope is chosen by ``prune_model``, the cost serves its global candidate)."""
+    if text not in ("macs", "params", "none", "auto"):
+        raise ValueError(f"--cost takes macs, params, none or auto; got {text!r}")
+    if text == "auto":
+        return target.kind if global_ is not False and target.kind in ("macs", "params") else None
+    return None if text == "none" else text
+
+
+def _compensate_choice(text: str | None) -> bool | str | None:
+    """``--compensate yes|no|auto`` as ``prune_model`` takes it."""
+    choices = {None: None, "yes": True, "no": False, "auto": "auto"}
+    if text not in choices:
+        raise ValueError(f"--compensate takes yes, no or auto; got {text!r}")
+    return choices[text]
+
+
+def _declares(criterion: str, key: str) -> bool:
+    """Whether criterion ``criterion`` (known or not: checked later) has option ``key``."""
+    factory = CRITERIA.get(criterion)
+    return factory is not None and key in {f.name for f in dataclasses.fields(factory.declaration)}
+
+
+def _metrics_table(summary: dict) -> Table:
+    table = Table(title=f"{summary['criterion']}, target {summary['target']}")
+    for col in ("", "before", "after", "after / before"):
+        table.add_column(col, justify="right")
+    before, after = summary["before"], summary["after"]
+    for key in before:
+        ratio = after[key] / before[key] if before[key] else float("nan")
+        fmt = "{:.4f}" if key in ("accuracy", "loss") or "latency" in key else "{:,.0f}"
+        table.add_row(key, fmt.format(before[key]), fmt.format(after[key]), f"{ratio:.3f}")
+    return table
+
+
+@app.command()
+def prune(
+    model: ModelOpt = "lenet5",
+    data: DataOpt = "mnist5k",
+    criterion: Annotated[str, CRITERION_HELP] = DEFAULT_PRUNE_CRITERION,
+    option: Annotated[list[str] | None, PRUNE_OPTION_HELP] = None,
+    target: Annotated[str, typer.Option(help="channels=F, params=F or macs=F")] = "macs=0.5",
+    layers: Annotated[str | None, typer.Option(help="comma-separated; default: all")] = None,
+    global_: Annotated[
+        bool | None,
+        typer.Option(
+            "--global/--per-layer",
+            help="rank units across layers, or cut each alike; default: both are built and "
+            "the one with the lower loss on the reference examples is kept",
+        ),
+    ] = None,
+    normalisation: Annotated[
+        str | None,
+        typer.Option(help="per-layer scores for --global; default the criterion's (l1, or none)"),
+    ] = None,
+    cost: Annotated[
+        str,
+        typer.Option(
+            help="with --global: rank by score per macs|params saved, or none; auto: the "
+            "target's kind (macs or params)"
+        ),
+    ] = "auto",
+    refine: Annotated[
+        int,
+        typer.Option(
+            help="evaluations of whole removal sets on the reference examples spent "
+            "swapping units within layers at the target (0: none)"
+        ),
+    ] = DEFAULT_REFINE,
+    compensate: Annotated[
+        str | None,
+        typer.Option(
+            help="removed units leave their mean as a bias: yes|no|auto (the better on the "
+            "reference examples); default auto"
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="iterative pruning in this many steps")] = 1,
+    mode: Annotated[str, typer.Option(help="remove (physically) or mask")] = "remove",
+    budget: Annotated[int | None, typer.Option(help="option 'budget' (Shapley)")] = None,
+    metric: Annotated[str | None, typer.Option(help="option 'metric' (Shapley)")] = None,
+    composite: Annotated[str | None, typer.Option(help="option 'composite' (LRP)")] = None,
+    per_class: PerClassOpt = 25,
+    finetune_epochs: Annotated[int, typer.Option(help="0 = the low-data regime")] = 0,
+    finetune_lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = 1e-3,
+    seed: SeedOpt = 0,
+    root: RootOpt = None,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("pruned"),
+    force: Annotated[bool, typer.Option(help="write into a non-empty --out folder")] = False,
+    device: DeviceOpt = "auto",
+    executor: ExecutorOpt = "serial",
+    workers: WorkersOpt = 1,
+    ray_address: RayAddressOpt = None,
+    threads: ThreadsOpt = None,
+    checkpoint_every: CheckpointEveryOpt = 10_000,
+) -> None:
+    """Prune a model: score units, remove them, measure before and after.
+
+    An interrupted run leaves OUT/scores.checkpoint.json; the same command resumes it.
+    """
+    from shapprune.pruning.checkpoint import save_pruned
+    from shapprune.pruning.compress import prune_model
+    from shapprune.pruning.plan import Target
+    from shapprune.zoo.data import load_dataset
+
+    parsed = Target.parse(target)
+    where = resolve_device(device)
+    check_output(out, folder=True)
+    resume = out / f"scores.{CHECKPOINT}"
+    if out.exists() and any(p != resume for p in out.iterdir()) and not force:
+        raise FileExistsError(f"{out} is not empty; choose another --out or pass --force")
+    explicit = {"budget": budget, "metric": metric, "composite": composite}
+    fill = _compensate_choice(compensate)
+    if _declares(criterion, "compensate") and fill != "auto":  # the game removes as removal does
+        explicit["compensate"] = fill
+    chosen_options = _criterion_options(criterion, explicit, option or [])
+    scorer = get_criterion(criterion, **chosen_options)
+    runner = executor_options(executor, workers, ray_address, threads)
+    identity = {"command": "prune", "model": model, "data": data, "criterion": criterion,
+                "options": chosen_options, "target": target, "layers": layers,
+                "global": global_, "normalisation": normalisation, "steps": steps,
+                "mode": mode, "per_class": per_class, "seed": seed, "root": root,
+                "cost": cost, "compensate": compensate, "refine": refine}  # fmt: skip
+    net, meta = load_model(model, data, root=root)
+    net = net.to(where)
+    splits = load_dataset(data, root=root, seed=0)
+    chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
+    with (
+        evaluating(runner, resume, identity, checkpoint_every) as found,
+        console.status("pruning") as status,
+        using_progress(status_progress(status.update, "scoring")),
+    ):
+        say_resuming(found)
+        pruned, summary = prune_model(
+            net,
+            splits,
+            scorer,
+            parsed,
+            layers=chosen,
+            global_="auto" if global_ is None else global_,
+            steps=steps,
+            normalisation=normalisation,
+            mode=mode,
+            per_class=per_class,
+            seed=seed,
+            finetune_epochs=finetune_epochs,
+            finetune_lr=finetune_lr,
+            compensate=fill,
+            cost=_cost_choice(cost, global_, parsed),
+            refine=refine,
+            report=status.update,
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    base = {"model": meta["model"], "config": meta["config"]}
+    save_pruned(
+        out / "model",
+        pruned,
+        base=base,
+        input_shape=tuple(splits.val.x.shape[1:]),
+        metrics=summary["after"],
+        dataset=splits.name,
+        overwrite=force,
+    )
+    summary["source_model"] = model
+    write_json(out / "summary.json", summary, force=True)
+    console.print(_metrics_table(summary))
+    removed = ", ".join(f"{k}: {v}" for k, v in summary["removed"].items())
+    console.print(
+        f"removed units: {removed}\nwrote {out}/model.safetensors, model.json, summary.json"
+    )

@@ -1,0 +1,82 @@
+"""``shapprune tune-lrp``: LRP rules tuned for pruning with Optuna."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shapprune.commands.app import DataOpt, DeviceOpt, ModelOpt, RootOpt, SeedOpt, app, console
+from shapprune.commands.progress import trial_progress
+from shapprune.devices import resolve_device
+from shapprune.outputs import check_output
+from shapprune.zoo.cache import load_model
+
+
+@app.command("tune-lrp")
+def tune_lrp_command(
+    model: ModelOpt = "vgg",
+    data: DataOpt = "mnist5k",
+    units: Annotated[str, typer.Option(help="filters, neurons or heads")] = "filters",
+    objective: Annotated[
+        str, typer.Option(help="auc (accuracy vs pruning rate) or shapley (Spearman)")
+    ] = "auc",
+    trials: Annotated[int, typer.Option(min=1, help="complete trials the study should hold")] = 30,
+    sampler: Annotated[str, typer.Option(help="tpe or gp (Gaussian process)")] = "tpe",
+    per_class: Annotated[int, typer.Option(min=1, help="reference examples per class")] = 10,
+    normalisation: Annotated[str, typer.Option(help="of scores across layers")] = "l1",
+    shapley_budget: Annotated[
+        int | None, typer.Option(help="coalitions for the Shapley values (objective shapley)")
+    ] = None,
+    seed: SeedOpt = 0,
+    root: RootOpt = None,
+    out: Annotated[Path, typer.Option(help="composite JSON; the study resumes from OUT.db")] = Path(
+        "composite.json"
+    ),
+    force: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Tune the LRP rules (one per depth group) for pruning with Optuna; write the best
+    composite as JSON, for `prune --criterion lrp --composite FILE`. Rerun to resume."""
+    from shapprune.criteria.lrp_tune import (
+        accuracy_auc,
+        check_tune_options,
+        tune_lrp,
+        unit_scores,
+    )
+    from shapprune.zoo.data import load_dataset, reference_set
+
+    check_tune_options(units, objective, trials, sampler, normalisation)
+    where = resolve_device(device)
+    check_output(out, force=force)
+    storage = out.with_name(out.name + ".db")
+    net, _ = load_model(model, data, root=root)
+    net = net.to(where)
+    splits = load_dataset(data, root=root, seed=0)
+    with trial_progress("tune-lrp", trials) as update:
+        result = tune_lrp(
+            net, splits, units, objective, trials, seed, storage, sampler=sampler,
+            per_class=per_class, normalisation=normalisation, shapley_budget=shapley_budget,
+            progress=update,
+        )  # fmt: skip
+    spec = result.spec
+    spec.info.update({"model": model, "data": data})
+    # the test split is read only now, after the search
+    ref = reference_set(splits.val, per_class=per_class, seed=seed)
+    tested = {}
+    for label, rules in (("tuned", spec), ("epsilon", "epsilon")):
+        scores = unit_scores(net, (ref.x, ref.y), units, rules)
+        tested[label] = accuracy_auc(net, scores, splits.test, normalisation)[0]
+    spec.info["test_auc"] = tested
+    spec.save(out)
+    console.print(
+        f"best {objective} {result.value:.4f} (plain epsilon {result.baseline:.4f}) "
+        f"after {result.trials} trials ({result.new_trials} now, {result.seconds:.1f} s)"
+    )
+    console.print(f"composite: {spec.describe()}")
+    console.print(
+        f"test AUC of accuracy vs pruning rate: tuned {tested['tuned']:.4f}, "
+        f"epsilon {tested['epsilon']:.4f}"
+    )
+    console.print(f"wrote {out} (study: {storage})")
