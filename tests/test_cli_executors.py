@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import run_cli
 
-from shapprune import cli
+from shapprune import commands
 from shapprune.estimators import resume
 from shapprune.pruning.checkpoint import save_checkpoint
 from shapprune.zoo.models import build_model
@@ -50,7 +50,7 @@ def test_rank_resumes_an_interrupted_run(model, tmp_path, monkeypatch, capsys):
     out = tmp_path / "ranks.json"
     checkpoint = tmp_path / "ranks.json.checkpoint.json"
     with monkeypatch.context() as m:
-        m.setattr(cli, "_evaluation_progress", _interrupting(2))
+        m.setattr(commands.rank, "evaluation_progress", _interrupting(2))
         code, _, err = run_cli(monkeypatch, capsys, *_rank(model, out))
     assert code == 130 and "interrupted" in err and "Traceback" not in err
     assert checkpoint.exists() and not out.exists()
@@ -64,7 +64,7 @@ def test_rank_resumes_an_interrupted_run(model, tmp_path, monkeypatch, capsys):
 def test_rank_refuses_the_checkpoint_of_another_command(model, tmp_path, monkeypatch, capsys):
     out = tmp_path / "ranks.json"
     with monkeypatch.context() as m:
-        m.setattr(cli, "_evaluation_progress", _interrupting(2))
+        m.setattr(commands.rank, "evaluation_progress", _interrupting(2))
         assert run_cli(monkeypatch, capsys, *_rank(model, out))[0] == 130
     code, _, err = run_cli(monkeypatch, capsys, *_rank(model, out, "--seed", "1"))
     assert code == 2 and "another run (it differs in: seed)" in err and err.count("\n") == 1
