@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from common import arguments, write_json
 
 from shapprune.estimators.registry import estimate
@@ -42,10 +43,15 @@ RHO = 0.95
 
 
 def reference_values(
-    game: PruningGame, key: str, budget: int, folder: Path
+    game: PruningGame, key: str, budget: int, folder: Path, halves: bool = False
 ) -> tuple[np.ndarray, dict]:
     """Reference Shapley values: exact when ``budget`` is 0, else an antithetic permutation
-    run with that budget, kept in ``folder/reference_KEY.json`` for the next run."""
+    run with that budget, kept in ``folder/reference_KEY.json`` for the next run.
+
+    With ``halves`` the budget is spent on two independent runs of half of it (seeds 12345
+    and 12346) and the reference is their mean; ``info["halves_spearman"]`` is the
+    Spearman rho between the two halves: the reference's own reliability (the mean of the
+    two is more precise than either)."""
     if budget == 0:
         start = time.perf_counter()
         est = estimate(game, "exact")
@@ -57,22 +63,50 @@ def reference_values(
     path = folder / f"reference_{key}.json"
     if path.exists():
         stored = json.loads(path.read_text())
-        if stored["budget"] == budget and stored["images"] == len(game.x):
+        if (
+            stored["budget"] == budget
+            and stored["images"] == len(game.x)
+            and stored.get("halves", False) == halves
+            and _is_of(game, stored["values"])
+        ):
             return np.array(stored["values"]), stored["info"]
-    est = estimate(game, "permutation", budget, seed=12345, control=False)
-    info = {
-        "kind": f"antithetic permutation, budget {budget:,}",
-        "evals": est.n_evals,
-        "seconds": est.seconds,
-        "max_stderr_over_std": float(est.stderr.max() / est.values.std()),
-    }
+    if halves:
+        runs = [
+            estimate(game, "permutation", budget // 2, seed=seed, control=False)
+            for seed in (12345, 12346)
+        ]
+        values = (runs[0].values + runs[1].values) / 2
+        stderr = np.sqrt(runs[0].stderr ** 2 + runs[1].stderr ** 2) / 2
+        info = {
+            "kind": f"antithetic permutation, two runs of budget {budget // 2:,}, averaged",
+            "evals": sum(r.n_evals for r in runs),
+            "seconds": sum(r.seconds for r in runs),
+            "max_stderr_over_std": float(stderr.max() / values.std()),
+            "halves_spearman": agreement(runs[0].values, runs[1].values)["spearman"],
+        }
+    else:
+        est = estimate(game, "permutation", budget, seed=12345, control=False)
+        values = est.values
+        info = {
+            "kind": f"antithetic permutation, budget {budget:,}",
+            "evals": est.n_evals,
+            "seconds": est.seconds,
+            "max_stderr_over_std": float(est.stderr.max() / est.values.std()),
+        }
+    stored = {"budget": budget, "images": len(game.x), "values": values.tolist(), "info": info}
+    if halves:
+        stored["halves"] = True
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {"budget": budget, "images": len(game.x), "values": est.values.tolist(), "info": info}
-        )
-    )
-    return est.values, info
+    path.write_text(json.dumps(stored))
+    return values, info
+
+
+def _is_of(game: PruningGame, values: list[float]) -> bool:
+    """Whether stored reference values are this game's: permutation estimates (without the
+    control variate) and exact values sum to v(N) - v(empty), which a game of another
+    model (a zoo model trained again elsewhere) or other images does not share."""
+    full, empty = game.value(torch.tensor([[True] * game.n_players, [False] * game.n_players]))
+    return abs(sum(values) - float(full - empty)) <= 1e-6 * max(1.0, abs(float(full - empty)))
 
 
 def ladder(game: PruningGame, reference: np.ndarray, budgets: list[int], seeds: int) -> list[dict]:

@@ -68,13 +68,22 @@ def _check_estimators(r: dict) -> None:
 
 
 def _check_captum_vs(r: dict) -> None:
-    methods = r["methods"]
-    assert len(methods) == 3
-    assert methods["Captum ShapleyValueSampling, user's hook wrapper"]["speedup"] == 1.0
-    for name, m in methods.items():
-        assert m["runs"] and all(run["evals"] > 0 and run["seconds"] > 0 for run in m["runs"])
-        if "budget" in m["runs"][0]:
-            assert all(run["evals"] <= run["budget"] for run in m["runs"]), name
+    assert set(r["layers"]) == {"conv1", "conv2"}  # every layer of LeNet-5's convolutions
+    for layer, lay in r["layers"].items():
+        methods = lay["methods"]
+        assert len(methods) == 3 and lay["players"] == {"conv1": 20, "conv2": 50}[layer]
+        user = methods["Captum ShapleyValueSampling, user's hook wrapper"]
+        assert user["speedup"] == 1.0 and lay["reference"]["evals"] > 0
+        if layer == "conv1":  # two halves of the reference, and their agreement
+            assert -1 <= lay["reference"]["halves_spearman"] <= 1
+        for name, m in methods.items():
+            assert m["runs"] and all(run["evals"] > 0 and run["seconds"] > 0 for run in m["runs"])
+            assert 0 < m["speedup"] < float("inf")
+            assert m["speedup"] == pytest.approx(user["seconds"] / m["seconds"])
+            for run in m["runs"]:  # reached exactly when the agreement reached rho
+                assert run["reached"] == (run["spearman"] >= r["rho"]), name
+                if "budget" in run:
+                    assert run["evals"] <= run["budget"], name
 
 
 def _check_pruned_models(r: dict) -> None:

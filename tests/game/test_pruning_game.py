@@ -8,7 +8,7 @@ from helpers import F32_ACROSS_SHAPES, randomise_norms
 from torch import nn
 
 from shapprune.estimators.registry import estimate
-from shapprune.game.pruning_game import PruningGame, metric_sums
+from shapprune.game.pruning_game import TABLE_STACK, PruningGame, metric_sums
 from shapprune.game.split import SplitModel
 from shapprune.game.tracing import trace
 from shapprune.game.units import find_units
@@ -250,6 +250,22 @@ def test_memory_budget_shrinks_the_examples_per_pass(cache):
     torch.testing.assert_close(
         tight.value(masks), roomy.value(masks), rtol=0, atol=F32_ACROSS_SHAPES
     )
+
+
+def test_tables_read_in_every_pass_get_a_stack_of_coalitions_per_read():
+    # LeNet-5 conv1: conv2 runs from its per-player table even for one coalition, and 256
+    # examples of conv2's outputs on would fill the working set with one coalition
+    model = build_model("lenet5", seed=0)
+    x, y = _data((1, 28, 28), n=256)
+    game = PruningGame(model, "conv1", (x, y))
+    assert game._split.tables_read_alone and game.stack_size() >= TABLE_STACK
+    sizes = [len(cx) for cx, _ in game._chunks]  # passes of nearly equal sizes
+    assert game.batch_size < len(x) and max(sizes) - min(sizes) < len(sizes)
+    one = PruningGame(model, "conv1", (x, y), max_stack=1)  # a stack given: examples kept
+    later = PruningGame(model, "conv2", (x, y))  # enough coalitions per pass already
+    assert one.batch_size == len(x) and later.batch_size == len(x)
+    masks = torch.rand(20, game.n_players, generator=torch.Generator().manual_seed(0)) > 0.5
+    torch.testing.assert_close(game.value(masks), one.value(masks), rtol=0, atol=F32_ACROSS_SHAPES)
 
 
 def test_metrics_match_float64_references_on_large_logits():

@@ -4,12 +4,13 @@ import pytest
 import torch
 from helpers import randomise_norms
 
-from shapprune.game.split import SplitModel, tile
+from shapprune.game.split import SplitModel, _max_pool, tile
 from shapprune.game.tracing import trace
 from shapprune.game.units import find_units
 from shapprune.zoo.models import build_model
 
 CASES = [
+    ("lenet5", "conv1", (1, 28, 28)),  # the suffix is nearly the network, a max pool in it
     ("lenet5", "conv2", (1, 28, 28)),  # flattened into a linear consumer
     ("lenet5", "fc1", (1, 28, 28)),  # linear neurons
     ("resnet20", "layer1.0.conv2", (1, 28, 28)),  # residual stream: many consumers
@@ -95,3 +96,32 @@ def test_tile_stacks_copies_along_the_batch_dimension():
     value = torch.arange(6.0).reshape(2, 3)
     assert tile(value, 0, 3).tolist() == value.tolist() * 3
     assert torch.equal(tile(value, 1, 2), torch.cat([value, value], dim=1))
+
+
+@pytest.mark.parametrize(
+    "shape,window",
+    [((3, 4, 8, 8), (2, 2)), ((2, 3, 9, 7), (2, 2)), ((2, 3, 9, 12), (3, 3)),
+     ((5, 6, 6), (2, 3)), ((2, 3, 5, 5), (1, 1))],
+)  # fmt: skip
+def test_max_pool_by_strided_maximums_is_max_pool2d(shape, window):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    x.view(-1)[0] = float("nan")  # a NaN wins its window, as in max_pool2d
+    expected = torch.nn.functional.max_pool2d(x, window)
+    torch.testing.assert_close(_max_pool(x, window), expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_only_non_overlapping_max_pools_of_the_suffix_are_rewritten_on_a_cpu():
+    model, units, x = _setup("lenet5", "conv1", (1, 28, 28))
+    # LeNet-5's own 2x2 pools, then overlapping 3x3 windows (stride 2): kept as they are
+    pools = [(torch.nn.MaxPool2d(2), 50 * 4 * 4, True)]
+    pools.append((torch.nn.MaxPool2d(3, stride=2), 50 * 3 * 3, False))
+    for pool, features, rewritten in pools:
+        model.pool2, model.fc1 = pool, torch.nn.Linear(features, 500)
+        split = SplitModel(trace(model), units.mask_points, x, units.n_players)
+        code = split.suffix.code
+        assert ("_max_pool(" in code) == rewritten and ("pool2(" in code) != rewritten
+        masks = torch.rand(4, units.n_players, generator=torch.Generator().manual_seed(3)) > 0.5
+        logits = split.run(split.prepare(x), masks)
+        for keep, out in zip(masks, logits, strict=True):
+            torch.testing.assert_close(out, _masked_by_hooks(model, units, x, keep), atol=1e-5,
+                                       rtol=1e-5)  # fmt: skip

@@ -34,6 +34,8 @@ from shapprune.game.units import MaskPoint, Units, find_units
 
 METRICS = ("loss", "accuracy", "margin")
 WORKING_SET_BYTES = 16 * 2**20  # activations per stacked pass, by default
+TABLE_STACK = 8  # fewest coalitions per pass where per-player tables are read, by default
+TABLE_BATCH = 32  # ... unless that leaves fewer examples than this per pass
 
 
 def metric_sums(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
@@ -174,6 +176,12 @@ class MaskedGame:
         self.batch_size = max(
             1, min(self._batch_size, len(self.x), int(self.memory_bytes // per_example))
         )
+        if self._split is not None and self._split.tables_read_alone and self.max_stack is None:
+            # every pass reads the tables for its examples: pass fewer of them, so that
+            # TABLE_STACK coalitions share each read within the working set
+            fit = max(TABLE_BATCH, int(WORKING_SET_BYTES // (TABLE_STACK * per_example)))
+            if fit < self.batch_size:  # passes of nearly equal sizes
+                self.batch_size = -(-len(self.x) // -(-len(self.x) // fit))
         self._chunks = [
             (self.x[i : i + self.batch_size], self.y[i : i + self.batch_size])
             for i in range(0, len(self.x), self.batch_size)
@@ -284,7 +292,9 @@ class PruningGame(MaskedGame):
         data: ``(x, y)`` tensors, or an object with ``.x`` and ``.y``.
         metric: "loss" (minus mean cross-entropy), "accuracy" or "margin".
         batch_size: most examples per pass (the prefix cache holds all of them); fewer
-            if one coalition's pass over that many would exceed ``memory_mb``.
+            if one coalition's pass over that many would exceed ``memory_mb``, and, by
+            default, where a per-player table is read in every pass (``decompose``), fewer
+            so that ``TABLE_STACK`` coalitions share each read within the working set.
         memory_mb: bound on the activation memory of one stacked evaluation (by the
             estimate ``bytes per example x examples per pass x coalitions per pass``),
             and on the per-player output tables kept for the layer's first consumers.

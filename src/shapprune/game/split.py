@@ -188,8 +188,20 @@ class SplitModel:
                 e.out_dims = (obd, ocd, len(out))
         self.edges = edges
         self.prefix = _prefix_module(gm, self.frontier)
-        self.suffix = _suffix_module(gm, dependent, recompute, self.plain, edges)
+        # on a CPU, non-overlapping max pooling runs as strided maximums (see _max_pool)
+        pools = example.device.type == "cpu"
+        self.suffix = _suffix_module(gm, dependent, recompute, self.plain, edges, pools)
         self.bytes_per_example = _bytes_per_example(s2, s3, dependent)
+
+    @property
+    def tables_read_alone(self) -> bool:
+        """Whether a decomposed consumer reads its per-player table even in passes of one
+        coalition: each pass then reads the whole table for its examples, a cost that
+        only more coalitions per pass share out."""
+        return any(
+            e.kind == "table" and _table_pays(e.module, _width(self.slices[e.points[0]]), 1)
+            for e in self.edges
+        )
 
     def prepare(self, x: torch.Tensor) -> Cache:
         """The prefix's outputs for one batch of examples (computed once, then reused)."""
@@ -457,8 +469,13 @@ def _suffix_module(
     recompute: set[fx.Node],
     plain: list[fx.Node],
     edges: list[_Edge],
+    pools: bool = False,
 ) -> fx.GraphModule:
+    """The suffix: the nodes that depend on the masks (and those recomputed), fed by the
+    plain and edge inputs. With ``pools``, each non-overlapping ``nn.MaxPool2d`` call
+    becomes a ``_max_pool`` call (the same values, several times faster on a CPU)."""
     graph = fx.Graph()
+    modules = dict(gm.named_modules())
     env: dict[fx.Node, fx.Node] = {n: graph.placeholder(f"plain_{i}") for i, n in enumerate(plain)}
     edge_inputs = [graph.placeholder(f"edge_{j}") for j in range(len(edges))]
     compensated = {
@@ -473,7 +490,11 @@ def _suffix_module(
         elif node in recompute or node in dependent:
             j = edge_of.get(node)
             if j is None:
-                env[node] = graph.node_copy(node, lambda a: env[a])
+                window = _pool_window(node, modules) if pools else None
+                if window is not None:
+                    env[node] = graph.call_function(_max_pool, (env[node.args[0]], window))
+                else:
+                    env[node] = graph.node_copy(node, lambda a: env[a])
                 continue
             if edges[j].kind != "input":
                 env[node] = edge_inputs[j]  # the consumer's output itself
@@ -488,3 +509,37 @@ def _suffix_module(
             if j in compensated:
                 env[node] = graph.call_function(torch.add, (env[node], compensated[j]))
     return fx.GraphModule(gm, graph, class_name="Suffix")
+
+
+def _pool_window(node: fx.Node, modules: dict[str, torch.nn.Module]) -> tuple[int, int] | None:
+    """The (height, width) window of a call of a non-overlapping ``nn.MaxPool2d`` (stride
+    equal to the window, no padding, dilation or ceil mode, no indices), else None."""
+    if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+        return None
+    pool = modules.get(node.target)
+    if type(pool) is not torch.nn.MaxPool2d or pool.return_indices or pool.ceil_mode:
+        return None
+
+    def pair(v) -> tuple[int, ...]:
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+    kernel, stride = pair(pool.kernel_size), pair(pool.stride or pool.kernel_size)
+    if kernel != stride or pair(pool.padding) != (0, 0) or pair(pool.dilation) != (1, 1):
+        return None
+    return kernel
+
+
+def _max_pool(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """Non-overlapping max pooling of the last two dimensions of ``x`` as the elementwise
+    maximum of its strided slices, one per position in the window: the same values as
+    ``max_pool2d(x, window)``, and several times faster on a CPU (for 2x2 windows on
+    LeNet-5's and VGG's activations, 2-8x in one thread)."""
+    kh, kw = window
+    h, w = (x.shape[-2] // kh) * kh, (x.shape[-1] // kw) * kw  # the rows a window covers
+    parts = [x[..., i:h:kh, j:w:kw] for i in range(kh) for j in range(kw)]
+    if len(parts) == 1:
+        return parts[0].contiguous()
+    out = torch.maximum(parts[0], parts[1])
+    for part in parts[2:]:
+        torch.maximum(out, part, out=out)
+    return out
