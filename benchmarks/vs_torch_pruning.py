@@ -651,8 +651,8 @@ def _run(args: argparse.Namespace) -> None:
     result["verdicts"] = verdicts(result)
     result["seconds"] = time.perf_counter() - start
     result["plots"] = plot(result, args.out.parent)
-    write_json(args.out, result)
     result["machine"] = {"threads": str(torch.get_num_threads())}
+    write_json(args.out, result)
     print_report(result)
     print(f"\n_Benchmark wall time: {result['seconds'] / 60:.1f} min._")
 
@@ -670,8 +670,9 @@ def _merge(args: argparse.Namespace) -> None:
         result["seconds"] = max(result["seconds"], other["seconds"])
     result["verdicts"] = verdicts(result)
     result["plots"] = plot(result, args.out.parent)
+    threads = {run.get("machine", {}).get("threads") for run in runs}  # the runs' own
+    result["machine"] = {"threads": "/".join(sorted(t for t in threads if t)) or "?"}
     write_json(args.out, result)
-    result["machine"] = {"threads": str(torch.get_num_threads())}
     print_report(result)
     print(f"\n_Benchmark wall time: {result['seconds'] / 60:.1f} min (runs in parallel)._")
 
