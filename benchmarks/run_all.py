@@ -3,7 +3,9 @@
 Run: ``python benchmarks/run_all.py [--quick] [--only NAME ...]``. Each benchmark runs as
 its own process, one after the other (never two at once: they time things); its tables
 and JSON land in ``benchmarks/results/``. The full run takes about 20 minutes on 2 cores,
-plus vs_torch_pruning (21 minutes alone at one thread on 2 shared cores, 2026-11-22).
+plus vs_torch_pruning (92 minutes as two processes side by side, LeNet-5, VGG and ViT in
+one and ResNet-20 in the other, at one thread each on 2 cores shared with other work,
+2026-11-22).
 ``--only`` reruns some benchmarks and rebuilds the document from the stored results of
 the others.
 """
