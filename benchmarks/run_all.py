@@ -38,6 +38,7 @@ BENCHMARKS = {  # name -> title, in the order of the document
     "bandit": "8. The bandit at network scale",
     "decision_estimators": "9. Estimation aimed at the decision",
     "lrp_tuning": "10. LRP tuned for pruning",
+    "prune_tradeoffs": "11. What prune's speed costs",
     "demo": "The demo's wall time",
 }
 

@@ -20,6 +20,7 @@ SCRIPTS = [
     "decision_estimators",
     "lrp_tuning",
     "bandit",
+    "prune_tradeoffs",
 ]
 
 
@@ -228,6 +229,15 @@ def _check_bandit(r: dict) -> None:
         for q in quality:  # permutation reaches its own overlap, at its largest budget at worst
             assert q["method"] != "permutation" or q["evals"] is not None
     assert r["projection"]["units"] == 26_000 and r["projection"]["rows"]
+
+
+def _check_prune_tradeoffs(r: dict) -> None:
+    cells = r["cells"]
+    assert len(cells) == 2 and {c["refine"] for c in cells} == {0, 20}
+    for c in cells:
+        assert c["reference_examples"] == 10 * c["per_class"] and c["seconds"] > 0
+        assert 0 <= c["accuracy"] <= 1 and c["scope"] in ("global", "per-layer")
+        assert 0.45 <= c["macs_ratio"] <= 0.5  # the target met: at least half the MACs gone
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}
