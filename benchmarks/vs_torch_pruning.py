@@ -58,6 +58,7 @@ from torch import nn
 
 from shapprune.criteria.registry import get_criterion
 from shapprune.evaluation.measure import count_macs, count_params, evaluate
+from shapprune.game.units import Units
 from shapprune.pruning.compress import prune_model
 from shapprune.pruning.plan import prunable_layers
 from shapprune.zoo.cache import pretrained
@@ -174,12 +175,13 @@ def prune_torch_pruning(
     target: float,
     example: torch.Tensor,
     seed: int,
+    units: dict[str, Units],
 ) -> nn.Module:
     """MetaPruner with ``method``'s importance, its ratio bisected (as shapprune's
-    ``make_plan`` bisects its amount) to the smallest one that meets the MACs target."""
-    units = prunable_layers(model, example)
+    ``make_plan`` bisects its amount) to the smallest one that meets the MACs target;
+    ``units``: the model's prunable layers (``prunable_layers``, found once per model)."""
     heads = [name for name, u in units.items() if u.kind == "heads"]
-    ignored = _ignored_layers(model, example)
+    ignored = _ignored_layers(model, units)
     original = count_macs(model, example)
     cache: dict[float, tuple[float, nn.Module | None]] = {}
 
@@ -254,13 +256,13 @@ def _tp_prune(
     return 1 - count_macs(pruned, example) / original, pruned
 
 
-def _ignored_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
+def _ignored_layers(model: nn.Module, prunable: dict[str, Units]) -> list[str]:
     """Convolutions and linear layers that shapprune does not prune (the classifier's
     outputs; a ViT's residual width): Torch-Pruning is told to leave them, so both sides
     prune the same units. An attention's heads are its ``qkv``'s output (and ``proj``'s
     input, which TP follows)."""
     coupled = set()
-    for units in prunable_layers(model, example).values():
+    for units in prunable.values():
         if units.kind == "heads":
             coupled |= {f"{name}.qkv" for name in units.coupled}
         else:
@@ -366,7 +368,7 @@ def run_model(
             runs = []
             for seed in seeds if method.seeded else seeds[:1]:
                 try:
-                    pruned, seconds = _prune(model, method, data, target, example, seed,
+                    pruned, seconds = _prune(model, method, data, target, example, seed, units,
                                              criteria, grads)  # fmt: skip
                 except Exception as err:  # report the failure, carry on with the others
                     runs.append({"seed": seed, "error": f"{type(err).__name__}: {err}"})
@@ -383,7 +385,7 @@ def run_model(
             "network_budget": network_budget, "finetune_seeds": tuned_seeds}  # fmt: skip
 
 
-def _prune(model, method, data, target, example, seed, criteria, grads):
+def _prune(model, method, data, target, example, seed, units, criteria, grads):
     """One pruning; (pruned model, seconds)."""
     if method.side == "shapprune":
         key = f"{method.name} {sorted(method.options.items())}"
@@ -398,7 +400,7 @@ def _prune(model, method, data, target, example, seed, criteria, grads):
             grads[seed] = (loss_gradients(model, ref), time.perf_counter() - start)
         g, g_seconds = grads[seed]
     start = time.perf_counter()
-    pruned = prune_torch_pruning(model, method, g, target, example, seed)
+    pruned = prune_torch_pruning(model, method, g, target, example, seed, units)
     return pruned, g_seconds + time.perf_counter() - start
 
 

@@ -119,6 +119,14 @@ class NetworkShapleyCriterion(Criterion):
         self.players: list[str] = []
         self.cut_fraction: float | None = None  # set by prune_model from its target
 
+    def _chosen(self) -> dict[str, Any]:
+        """The estimator's options the user set (the others: the estimator's defaults)."""
+        return {k: v for k, v in _estimator_values(self.options).items() if v is not None}
+
+    def uses_cut(self) -> bool:
+        """Whether the estimator would aim at a pruning target's cut (``cut_fraction``)."""
+        return get_estimator(self.options.method).uses_cut(self._chosen())
+
     @classmethod
     def declaration_for(cls, **fixed: Any) -> type:
         return network_options()
@@ -138,8 +146,7 @@ class NetworkShapleyCriterion(Criterion):
             batch_size=opts.batch_size,
             compensate=opts.compensate,
         )
-        chosen = {k: v for k, v in _estimator_values(opts).items() if v is not None}
-        chosen = with_cut(opts.method, chosen, self.cut_fraction)
+        chosen = with_cut(opts.method, self._chosen(), self.cut_fraction)
         est = estimate(game, opts.method, budget=opts.budget, seed=seed, **chosen)
         self.last_estimate, self.players = est, game.players
         values = _checked(estimate_scores(est), game.n_players, self.name)

@@ -126,6 +126,10 @@ class ShapleyCriterion(Criterion):
         self.estimates: dict[str, Estimate] = {}
         self.cut_fraction: float | None = None  # set by prune_model from its target
 
+    def uses_cut(self) -> bool:
+        """Whether the estimator would aim at a pruning target's cut (``cut_fraction``)."""
+        return get_estimator(self.method).uses_cut(self.estimator_options)
+
     @classmethod
     def declaration_for(cls, method: str = "permutation", **_fixed: Any) -> type:
         return shapley_options(method)

@@ -80,8 +80,9 @@ class Estimator:
     options; ``deterministic`` says that the seed does not change its answer (experiments
     then run it once); ``criterion`` overrides the criterion name ``shapley-<name>``;
     ``cut`` names the option that a pruning target's fraction of units fills where the user
-    left it None (the bandit's ``k``: the set to settle is the set the target cuts);
-    ``fill_cut`` does the filling, for estimators whose option says it otherwise.
+    left it None (the bandit's ``k``: the set to settle is the set the target cuts), with
+    the fraction kept instead where ``cut_keeps`` (a semivalue's or a refinement's
+    ``kept``); ``uses_cut`` says whether the options leave it open.
     """
 
     name: ClassVar[str] = ""
@@ -89,16 +90,22 @@ class Estimator:
     deterministic: ClassVar[bool] = False
     criterion: ClassVar[str | None] = None
     cut: ClassVar[str | None] = None
+    cut_keeps: ClassVar[bool] = False
 
     def check(self, n: int, options: Any) -> None:
         """Refuse a game this estimator cannot handle (raise ValueError); default: accept."""
 
+    def uses_cut(self, options: dict[str, Any]) -> bool:
+        """Whether ``options`` leave the ``cut`` option open for a pruning target to fill."""
+        return self.cut is not None and options.get(self.cut) is None
+
     def fill_cut(self, options: dict[str, Any], fraction: float) -> dict[str, Any]:
         """``options`` aimed at a cut of ``fraction`` of the players, where the user left
-        that open: default, the ``cut`` option set to ``fraction``."""
-        if self.cut is None or options.get(self.cut) is not None:
+        that open: the ``cut`` option set to ``fraction`` (``1 - fraction`` if
+        ``cut_keeps``)."""
+        if not self.uses_cut(options):
             return options
-        return {**options, self.cut: fraction}
+        return {**options, self.cut: 1 - fraction if self.cut_keeps else fraction}
 
     def min_budget(self, n: int, options: Any) -> int:
         """The fewest evaluations that give an answer on ``n`` players."""

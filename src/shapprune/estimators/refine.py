@@ -177,12 +177,11 @@ class Refine(Estimator):
 
     name = "refine"
     Options = RefineOptions
+    cut, cut_keeps = "kept", True  # the search aimed at what the cut keeps
 
-    def fill_cut(self, options: dict, fraction: float) -> dict:
-        """The search aimed at what the cut keeps, unless the user set kept or remove."""
-        if options.get("kept") is not None or options.get("remove") is not None:
-            return options
-        return {**options, "kept": 1 - fraction}
+    def uses_cut(self, options: dict) -> bool:
+        """Neither ``kept`` nor ``remove`` set by the user."""
+        return options.get("kept") is None and options.get("remove") is None
 
     @staticmethod
     def _base(options: RefineOptions) -> tuple[Estimator, Any]:

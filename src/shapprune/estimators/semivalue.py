@@ -235,14 +235,12 @@ class Semivalue(Estimator):
 
     name = "semivalue"
     Options = SemivalueOptions
+    cut, cut_keeps = "kept", True  # window/beta weights centred on what the cut keeps
 
-    def fill_cut(self, options: dict, fraction: float) -> dict:
-        """Window (and Beta around kept) weights centred on what the cut keeps, unless
-        the user centred them (or gave Beta's alpha/beta)."""
+    def uses_cut(self, options: dict) -> bool:
+        """Window or Beta weights the user did not centre (nor gave Beta's alpha/beta)."""
         free = all(options.get(k) is None for k in ("kept", "alpha", "beta"))
-        if options.get("weights") in ("window", "beta") and free:
-            return {**options, "kept": 1 - fraction}
-        return options
+        return options.get("weights") in ("window", "beta") and free
 
     def check(self, n: int, options: SemivalueOptions) -> None:
         if options.weights == "window" and options.kept is None:

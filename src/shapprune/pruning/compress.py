@@ -118,10 +118,11 @@ def prune_model(
                             model, units, cost, mode, compensate, means, ref)
             for scope in scopes
         ]  # fmt: skip
-        plan, fills, built = built_plans[0]
+        plan, fills, built, _ = built_plans[0]
         if len(built_plans) > 1:  # "auto": the scope whose removal loses less on the reference
-            losses = [evaluate(b, ref)["loss"] for _, _, b in built_plans]
-            plan, fills, built = built_plans[losses.index(min(losses))]
+            losses = [evaluate(b, ref)["loss"] if loss is None else loss
+                      for _, _, b, loss in built_plans]  # fmt: skip
+            plan, fills, built, _ = built_plans[losses.index(min(losses))]
             plan.info["scope"] = {
                 "chosen": "global" if plan.global_ else "per-layer",
                 "reference_loss": {"global": losses[0], "per-layer": losses[1]},
@@ -212,10 +213,10 @@ def _plan_and_build(
     compensate: bool | str,
     means,
     ref,
-) -> tuple[Plan, bool, nn.Module]:
-    """(plan, whether its removal compensates, the removal built) for one scope: the plan
-    is bisected on copies removed as ``compensate`` says (zeroed for "auto", which then
-    keeps the better of both removals)."""
+) -> tuple[Plan, bool, nn.Module, float | None]:
+    """(plan, whether its removal compensates, the removal built, its loss on ``ref`` where
+    already measured) for one scope: the plan is bisected on copies removed as
+    ``compensate`` says (zeroed for "auto", which then keeps the better of both removals)."""
     fill = means if compensate is True else None
 
     def apply(m: nn.Module, removals: dict) -> nn.Module:
@@ -225,34 +226,36 @@ def _plan_and_build(
                      normalisation=normalisation, apply=apply, baseline=baseline, units=units,
                      cost=cost if global_ else None)  # fmt: skip
     if compensate == "auto":
-        fills, built = _better_removal(model, plan.removals, example, mode, units, ref, means)
+        fills, built, loss = _better_removal(model, plan.removals, example, mode, units, ref, means)
         plan.info["compensated"] = fills
-        return plan, fills, built
+        return plan, fills, built, loss
     built = apply_removals(model, plan.removals, example, mode=mode, units=units,
                            compensate=means if compensate else None)  # fmt: skip
-    return plan, compensate, built
+    return plan, compensate, built, None
 
 
 def _better_removal(
     model: nn.Module, removals: dict, example, mode: str, units, ref, means
-) -> tuple[bool, nn.Module]:
+) -> tuple[bool, nn.Module, float]:
     """Whether the removal compensated (by ``means``, the consumers' on ``model``) has a
     lower loss on the reference examples (never the test split) than the removal zeroed,
-    and that better removal (kept: no rebuild)."""
+    that better removal (kept: no rebuild) and its loss."""
     zeroed = apply_removals(model, removals, example, mode=mode, units=units)
     filled = apply_removals(model, removals, example, mode=mode, units=units, compensate=means)
-    if evaluate(filled, ref)["loss"] < evaluate(zeroed, ref)["loss"]:
-        return True, filled
-    return False, zeroed
+    losses = evaluate(filled, ref)["loss"], evaluate(zeroed, ref)["loss"]
+    if losses[0] < losses[1]:
+        return True, filled, losses[0]
+    return False, zeroed, losses[1]
 
 
 @contextmanager
 def _cut(criterion, target: Target, fraction: Callable[[], float]) -> Iterator[None]:
     """Tell a criterion that can use it (``cut_fraction``: the bandit's k, the kept size of
     a semivalue's window or of a refinement) which fraction of the units the target cuts:
-    a channels target says it; for params and MACs, ``fraction()`` finds it (asked only
-    here, as it prunes copies)."""
-    if not hasattr(criterion, "cut_fraction"):
+    a channels target says it; for params and MACs, ``fraction()`` finds it (it prunes
+    copies: asked only of a criterion whose ``uses_cut()``, where it has one, says so)."""
+    uses = getattr(criterion, "uses_cut", lambda: True)
+    if not hasattr(criterion, "cut_fraction") or (target.kind != "channels" and not uses()):
         yield
         return
     cut = target.fraction if target.kind == "channels" else fraction()
