@@ -6,6 +6,10 @@ stay empty, so no import runs in circles); the subpackages follow the flow
 data, training).
 """
 
+from shapprune.compat import refuse_unsupported
+
+refuse_unsupported()  # torch, zennit, ... outside the supported range: one line, not a traceback
+
 from shapprune.criteria.base import Criterion
 from shapprune.criteria.lrp_spec import CompositeSpec, RuleSpec, load_spec
 from shapprune.criteria.registry import (

@@ -115,3 +115,83 @@ def test_a_file_that_is_not_a_checkpoint_is_left_alone(tmp_path):
     with pytest.raises(ValueError, match="is not a shapprune checkpoint"):
         Checkpoint(path, IDENTITY)
     assert path.read_text() == '{"mine": 1}'
+
+
+def _variants():
+    """Tensors of the shapes, dtypes and layouts a model's state holds."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(4, 6, generator=g)
+    return {
+        "0-dim int64 (BatchNorm's num_batches_tracked)": torch.tensor(7),
+        "0-dim float32": torch.tensor(0.5),
+        "bool": base > 0,
+        "bfloat16": base.to(torch.bfloat16),
+        "float16": base.half(),
+        "complex64": torch.complex(base, -base),
+        "int8": (base * 10).to(torch.int8),
+        "non-contiguous": base.t(),
+        "strided slice": base[:, ::2],
+        "empty": torch.empty(0, 3),
+        "requires grad": base.clone().requires_grad_(True),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_variants()))
+def test_the_digest_takes_tensors_of_any_shape_and_dtype(kind):
+    from shapprune.estimators.resume import _digest
+
+    t = _variants()[kind]
+    first = _digest(t)
+    assert first == _digest(t.clone()) and len(first) == 64
+    # the same values, laid out contiguously, give the same digest
+    assert _digest(t.contiguous()) == first
+    if t.numel():  # a changed value changes the digest
+        changed = t.detach().clone().reshape(-1)
+        changed[0] = 1 if t.dtype == torch.bool and not bool(changed[0]) else 0
+        if torch.equal(changed, t.detach().reshape(-1)):
+            changed[0] = 3
+        assert _digest(changed.reshape(t.shape)) != first
+
+
+def test_the_digest_tells_shapes_and_dtypes_apart():
+    from shapprune.estimators.resume import _digest
+
+    zero_dim, one = torch.tensor(7), torch.tensor([7])
+    assert _digest(zero_dim) != _digest(one)
+    assert _digest(torch.zeros(2, dtype=torch.int32)) != _digest(torch.zeros(1, dtype=torch.int64))
+
+
+def _devices():
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_the_digest_is_the_same_on_every_device(device):
+    from shapprune.estimators.resume import _digest
+
+    on_cpu = list(_variants().values())
+    on_cpu = [t for t in on_cpu if t.dtype != torch.complex64 or device == "cpu"]  # mps: none
+    on_device = [t.detach().to(device) for t in on_cpu]
+    assert [_digest(t) for t in on_device] == [_digest(t) for t in on_cpu]
+
+
+@pytest.mark.parametrize("name", ["vgg", "resnet20"])
+def test_a_batchnorm_model_game_has_a_fingerprint_that_follows_its_state(name):
+    """BatchNorm holds a 0-dim int64 buffer: the fingerprint of its game reads it."""
+    from shapprune.estimators.resume import game_fingerprint
+
+    model = build_model(name, seed=0).eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 1, 28, 28, generator=g), torch.randint(0, 10, (6,), generator=g)
+    layer = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))
+    game = PruningGame(model, layer, (x, y), max_stack=4)
+    first = game_fingerprint(game)
+    assert first == game_fingerprint(PruningGame(model, layer, (x, y), max_stack=4))
+    bn = next(m for m in game.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.num_batches_tracked += 1  # the game holds its own copy of the model
+    assert game_fingerprint(game) != first

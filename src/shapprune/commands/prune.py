@@ -222,6 +222,8 @@ def prune(
     summary["source_model"] = model
     write_json(out / "summary.json", summary, force=True)
     console.print(_metrics_table(summary))
+    for note in summary["notes"]:
+        console.print(f"note: {note}")
     removed = ", ".join(f"{k}: {v}" for k, v in summary["removed"].items())
     console.print(
         f"removed units: {removed}\nwrote {out}/model.safetensors, model.json, summary.json"

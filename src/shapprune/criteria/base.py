@@ -50,6 +50,7 @@ class Criterion:
                 raise TypeError(f"{self.name}: option {key!r} given twice")
             options[key] = value
         self.options = build_options(decl, options, f"criterion {self.name!r}")
+        self.notes: list[str] = []  # what the user should know of how the scores were made
 
     @classmethod
     def declaration_for(cls, **fixed: Any) -> type:

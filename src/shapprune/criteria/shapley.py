@@ -18,6 +18,7 @@ from torch import nn
 
 from shapprune.criteria.base import Criterion, _checked, estimate_scores
 from shapprune.estimators.base import Estimate
+from shapprune.estimators.catalog import estimator_options
 from shapprune.estimators.registry import ESTIMATORS, estimate, get_estimator
 from shapprune.game.pruning_game import METRICS, PruningGame
 from shapprune.options import option
@@ -125,6 +126,21 @@ class ShapleyCriterion(Criterion):
         self.last_estimate: Estimate | None = None
         self.estimates: dict[str, Estimate] = {}
         self.cut_fraction: float | None = None  # set by prune_model from its target
+        self.raised: dict[str, int] = {}  # layer -> the budget it got, above the option
+
+    def _layer_budget(self, layer: str, n_players: int, chosen: dict[str, Any]) -> int | None:
+        """The budget for ``layer``: the option, raised to the estimator's least for the
+        layer's size where it is below it (layers differ in size; one budget must serve
+        all), with a note saying so."""
+        budget = self.options.budget
+        if budget is None:
+            return None
+        est = get_estimator(self.method)
+        need = est.min_budget(n_players, estimator_options(self.method, chosen))
+        if budget < need:
+            self.raised[layer] = need
+            return need
+        return budget
 
     def uses_cut(self) -> bool:
         """Whether the estimator would aim at a pruning target's cut (``cut_fraction``)."""
@@ -153,7 +169,16 @@ class ShapleyCriterion(Criterion):
                 compensate=opts.compensate,
             )
             chosen = with_cut(self.method, self.estimator_options, self.cut_fraction)
-            est = estimate(game, self.method, budget=opts.budget, seed=seed, **chosen)
+            budget = self._layer_budget(layer, game.n_players, chosen)
+            est = estimate(game, self.method, budget=budget, seed=seed, **chosen)
             self.estimates[layer] = self.last_estimate = est
             out[layer] = _checked(estimate_scores(est), game.n_players, self.name)
+        if self.raised:
+            low, high = min(self.raised.values()), max(self.raised.values())
+            span = f"{low}" if low == high else f"{low} to {high}"
+            self.notes.append(
+                f"budget {opts.budget} is below what {self.method} needs on "
+                f"{len(self.raised)} of {len(layers)} layers: they got {span} evaluations "
+                "(raise --budget to choose)"
+            )
         return out

@@ -45,13 +45,29 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor of any shape (0-dim included), dtype (bool, bfloat16, ...),
+    layout or device: flattened to one dimension first, since a 0-dim tensor cannot be
+    viewed as bytes of another element size."""
+    t = t.detach()
+    if t.layout != torch.strided:  # sparse: its dense values say the same
+        t = t.to_dense()
+    if t.is_quantized:
+        t = t.int_repr()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    flat = t.reshape(-1).cpu().contiguous()
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
 def _digest(*arrays: Any) -> str:
     h = hashlib.sha256()
     for a in arrays:
         if isinstance(a, torch.Tensor):
-            a = a.detach().cpu().contiguous()
             h.update(str((a.dtype, tuple(a.shape))).encode())
-            h.update(a.view(torch.uint8).numpy().tobytes() if a.numel() else b"")
+            h.update(_tensor_bytes(a))
         elif isinstance(a, np.ndarray):
             h.update(str((a.dtype, a.shape)).encode())
             h.update(np.ascontiguousarray(a).tobytes())

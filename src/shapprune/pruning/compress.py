@@ -174,6 +174,7 @@ def prune_model(
         "removed": _removed_by_layer(plans),
         "history": history(current),
         "plans": plans,
+        "notes": list(dict.fromkeys(getattr(criterion, "notes", []))),
     }
     return current, summary
 
