@@ -85,6 +85,13 @@ def tiny_torchvision_vit(seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+TORCH_ATTENTION = {  # models on nn.MultiheadAttention, by test id
+    "torchvision-vit": tiny_torchvision_vit,
+    "encoder-batch-first": lambda: EncoderClassifier(batch_first=True),
+    "encoder-sequence-first": lambda: EncoderClassifier(batch_first=False, norm_first=True),
+}
+
+
 def toy_splits(n: int = 20, shape=(3, 32, 32), classes: int = 10, seed: int = 0):
     """Random images, labels cycling through the classes: the same split for train, val
     and test (what ``prune_model`` takes)."""

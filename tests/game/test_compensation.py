@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from helpers import F32_ACROSS_SHAPES, EncoderClassifier, randomise_norms, tiny_torchvision_vit
+from helpers import F32_ACROSS_SHAPES, TORCH_ATTENTION, randomise_norms
 from torch import nn
 
 from shapprune.game.compensation import compensation_matrix, consumer_means, fold_means
@@ -172,13 +172,6 @@ def test_a_torch_attention_s_out_proj_means_are_its_heads_mean_outputs(batch_fir
     torch.testing.assert_close(means, expected, atol=1e-5, rtol=1e-5)
     assert not any(m._forward_pre_hooks or m._forward_pre_hooks_with_kwargs
                    for m in model.modules())  # fmt: skip
-
-
-TORCH_ATTENTION = {
-    "torchvision-vit": tiny_torchvision_vit,
-    "encoder-batch-first": lambda: EncoderClassifier(batch_first=True),
-    "encoder-sequence-first": lambda: EncoderClassifier(batch_first=False, norm_first=True),
-}
 
 
 @pytest.mark.parametrize("build", TORCH_ATTENTION.values(), ids=TORCH_ATTENTION.keys())
