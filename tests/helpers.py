@@ -35,3 +35,71 @@ def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 # their sums differently, so results agree to a few units in the 6th significant digit,
 # not bit for bit. Bit-identical holds only on one machine with the same stack sizes.
 F32_ACROSS_SHAPES = 1e-5
+
+
+class EncoderClassifier(nn.Module):
+    """A user's transformer on torch's own blocks: patches from a strided convolution,
+    ``nn.TransformerEncoder`` layers (``nn.MultiheadAttention`` inside, which applies its
+    ``out_proj`` without calling it), the tokens' mean, a linear head; 32 x 32 RGB inputs
+    give 16 tokens, kept (batch, tokens, features) or, ``batch_first=False``, (tokens,
+    batch, features)."""
+
+    def __init__(
+        self, batch_first: bool = True, norm_first: bool = False, dim: int = 16, seed: int = 0
+    ) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.batch_first = batch_first
+        self.embed = nn.Conv2d(3, dim, 8, stride=8)
+        layer = nn.TransformerEncoderLayer(
+            dim, 4, 32, dropout=0.0, batch_first=batch_first, norm_first=norm_first
+        )
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, 10)
+        with torch.no_grad():  # torch initialises the attention's biases to 0: make them count
+            for name, p in self.named_parameters():
+                if "proj_bias" in name or "out_proj.bias" in name:
+                    p.normal_(std=0.5)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        if not self.batch_first:
+            tokens = tokens.transpose(0, 1)
+        tokens = self.encoder(tokens)
+        return self.head(tokens.mean(1 if self.batch_first else 0))
+
+
+def tiny_torchvision_vit(seed: int = 0) -> nn.Module:
+    """torchvision's ``VisionTransformer`` (``nn.MultiheadAttention`` in every block), small:
+    32 x 32 inputs, 8 x 8 patches, 2 layers of 4 heads, width 32, MLP 64, 10 classes; its
+    head, which torchvision initialises to zeros, random."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(seed)
+    model = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64,
+        num_classes=10,
+    )  # fmt: skip
+    nn.init.normal_(model.heads.head.weight, std=0.5)
+    return model.eval()
+
+
+TORCH_ATTENTION = {  # models on nn.MultiheadAttention, by test id
+    "torchvision-vit": tiny_torchvision_vit,
+    "encoder-batch-first": lambda: EncoderClassifier(batch_first=True),
+    "encoder-sequence-first": lambda: EncoderClassifier(batch_first=False, norm_first=True),
+}
+
+
+def toy_splits(n: int = 20, shape=(3, 32, 32), classes: int = 10, seed: int = 0):
+    """Random images, labels cycling through the classes: the same split for train, val
+    and test (what ``prune_model`` takes)."""
+    from shapprune.zoo.data import DatasetSplits, Split
+
+    g = torch.Generator().manual_seed(seed)
+    split = Split(torch.randn(n, *shape, generator=g), torch.arange(n) % classes)
+    return DatasetSplits(
+        split, split, split, name="toy", num_classes=classes, in_channels=shape[0],
+        image_size=shape[1],
+    )  # fmt: skip

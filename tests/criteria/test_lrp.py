@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from helpers import randomise_norms
+from helpers import EncoderClassifier, randomise_norms
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
 
@@ -156,6 +156,22 @@ def test_torchvision_multihead_attention_heads(canonize):
     assert scores.shape == (2,)
     assert np.isfinite(scores).all() and (scores > 0).all()
     _assert_untouched(model, before, training=False)
+
+
+def test_a_sequence_first_transformer_scores_as_its_batch_first_twin():
+    """Units of nn.TransformerEncoder layers, whose inputs are (tokens, batch, features)
+    when not batch-first: each example's relevance is summed over its own tokens, so the
+    scores are the batch-first twin's (as many examples as tokens: shapes cannot tell)."""
+    seq = EncoderClassifier(batch_first=False)
+    twin = EncoderClassifier(batch_first=True)
+    twin.load_state_dict(seq.state_dict())
+    x, y = _data((3, 32, 32), n=16)
+    layers = ["encoder.layers.0.self_attn", "encoder.layers.1.linear1"]
+    expected = LRPCriterion().score(twin, layers, (x, y))
+    scores = LRPCriterion().score(seq, layers, (x, y))
+    for layer, n_units in zip(layers, (4, 32), strict=True):  # heads, MLP neurons
+        assert expected[layer].shape == (n_units,)
+        np.testing.assert_allclose(scores[layer], expected[layer], rtol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -99,3 +99,17 @@ def test_removing_heads_equals_zeroing_them():
 def test_slim_attention_refuses_kdim():
     with pytest.raises(NotImplementedError, match="kdim"):
         SlimMultiheadAttention.from_torch(nn.MultiheadAttention(16, 4, kdim=8))
+
+
+def test_slim_attention_inside_a_torch_encoder_layer_computes_what_torch_s_attention_did():
+    """torch's encoder layer reads its attention's packed projection to choose its fused fast
+    path; with the slim attention in its place it takes the path that calls it."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True).eval()
+    x = torch.randn(2, 5, 16)
+    with torch.inference_mode():
+        expected = layer(x)  # the fast path
+        layer.self_attn = SlimMultiheadAttention.from_torch(layer.self_attn)
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+        layer.self_attn.remove_heads([1])
+        assert layer(x).shape == (2, 5, 16)

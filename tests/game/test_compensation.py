@@ -3,8 +3,9 @@ removed unit leaves its mean contribution behind."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
-from helpers import F32_ACROSS_SHAPES, randomise_norms
+from helpers import F32_ACROSS_SHAPES, TORCH_ATTENTION, randomise_norms
 from torch import nn
 
 from shapprune.game.compensation import compensation_matrix, consumer_means, fold_means
@@ -133,3 +134,54 @@ def test_a_grouped_consumer_cannot_be_compensated():
     point = MaskPoint("2", 1, torch.arange(4))
     with pytest.raises(ValueError, match="only plain convolutions and linear layers"):
         consumer_means(model, [point], x)
+
+
+class _Attending(nn.Module):
+    """x (batch, tokens, features) through one ``nn.MultiheadAttention``, either layout."""
+
+    def __init__(self, batch_first: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+        with torch.no_grad():
+            self.attn.in_proj_bias.normal_()  # torch initialises it to 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x if self.attn.batch_first else x.transpose(0, 1)
+        out = self.attn(x, x, x)[0]
+        return out if self.attn.batch_first else out.transpose(0, 1)
+
+
+@pytest.mark.parametrize("batch_first", [True, False], ids=["batch-first", "sequence-first"])
+def test_a_torch_attention_s_out_proj_means_are_its_heads_mean_outputs(batch_first):
+    """nn.MultiheadAttention never calls its out_proj; the means are measured all the same."""
+    model = _Attending(batch_first)
+    x = torch.randn(6, 5, 16)
+    point = find_units(model, "attn", x[:2]).mask_points[0]
+    assert point.module == "attn.out_proj"
+    means = consumer_means(model, [point], x)["attn.out_proj"]
+    w, b = model.attn.in_proj_weight.detach(), model.attn.in_proj_bias.detach()
+    q, k, v = (
+        F.linear(x, w[16 * i : 16 * (i + 1)], b[16 * i : 16 * (i + 1)])
+        .reshape(6, 5, 4, 4)
+        .transpose(1, 2)
+        for i in range(3)
+    )  # (examples, heads, tokens, head width)
+    heads = ((q @ k.transpose(-2, -1)) / 2.0).softmax(-1) @ v
+    expected = heads.transpose(1, 2).reshape(-1, 16).mean(0)  # head h: features 4h .. 4h + 3
+    torch.testing.assert_close(means, expected, atol=1e-5, rtol=1e-5)
+    assert not any(m._forward_pre_hooks or m._forward_pre_hooks_with_kwargs
+                   for m in model.modules())  # fmt: skip
+
+
+@pytest.mark.parametrize("build", TORCH_ATTENTION.values(), ids=TORCH_ATTENTION.keys())
+def test_torch_attention_models_game_with_compensation_equals_compensated_removal(build):
+    """Heads and MLP neurons of every block: removed heads leave their mean behind in
+    out_proj's bias, as the game adds it."""
+    model = build()
+    x, y = _data((3, 32, 32))
+    reference, _ = _data((3, 32, 32), n=9, seed=5)
+    game = NetworkGame(model, (x, y), metric="margin", compensate=reference)
+    assert game.cached and game.compensated
+    assert sum(u.kind == "heads" for u in game.layer_units) == 2
+    _assert_equals_compensated_removal(model, game, x, y, reference)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torchvision
+from helpers import EncoderClassifier
 from torch import nn
 
 from shapprune.game.tracing import explicit_mha, trace
@@ -63,3 +64,21 @@ def test_torch_attention_heads_enter_out_proj_as_a_module_call():
     for i in range(2):
         prefix = f"encoder.layers.encoder_layer_{i}.self_attention"
         assert prefix + ".out_proj" in calls and prefix not in calls
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["norm-after", "norm-first"])
+@pytest.mark.parametrize("batch_first", [True, False], ids=["batch-first", "sequence-first"])
+def test_torch_encoder_layers_are_written_out_with_their_heads_visible(batch_first, norm_first):
+    """torch.fx can trace neither into nn.TransformerEncoderLayer (its fast-path checks) nor
+    past it (a leaf hides the heads); written out, it computes what torch computes (its
+    fused fast path, for batch-first inputs in inference)."""
+    model = EncoderClassifier(batch_first=batch_first, norm_first=norm_first)
+    x = torch.randn(3, 3, 32, 32)
+    gm = trace(model)
+    calls = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    for i in range(2):
+        layer = f"encoder.layers.{i}"
+        assert {layer + ".self_attn.out_proj", layer + ".linear1", layer + ".norm2"} <= calls
+        assert layer not in calls and layer + ".self_attn" not in calls
+    with torch.inference_mode():
+        torch.testing.assert_close(gm(x), model(x), atol=1e-5, rtol=1e-5)

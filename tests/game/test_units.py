@@ -3,9 +3,16 @@
 import pytest
 import torch
 import torch_pruning as tp
+from helpers import EncoderClassifier
 from torch import nn
 
-from shapprune.game.units import UNOWNED, MaskPoint, find_units, out_channel_pruner
+from shapprune.game.units import (
+    UNOWNED,
+    MaskPoint,
+    find_units,
+    input_batch_dims,
+    out_channel_pruner,
+)
 from shapprune.zoo.models import build_model
 
 
@@ -135,3 +142,19 @@ def test_out_channel_pruner_by_layer_kind():
 def test_classifier_outputs_are_not_players():
     with pytest.raises(ValueError, match="classifier"):
         find_units(Branches(), "fc", torch.randn(2, 1, 5, 5))
+
+
+@pytest.mark.parametrize("batch_first", [True, False], ids=["batch-first", "sequence-first"])
+def test_the_examples_dimension_of_each_module_s_input(batch_first):
+    model = EncoderClassifier(batch_first=batch_first)
+    x = torch.randn(16, 3, 32, 32)  # as many examples as tokens: shapes alone cannot tell
+    inside = 0 if batch_first else 1  # (tokens, batch, features)
+    expected = {
+        "embed": 0,
+        "encoder.layers.0.linear2": inside,
+        "encoder.layers.1.norm1": inside,
+        "head": 0,
+        "encoder.layers.0.self_attn.out_proj": 0,  # never called (nn.MultiheadAttention)
+    }
+    assert input_batch_dims(model, expected, x) == expected
+    assert not any(m._forward_pre_hooks for m in model.modules())

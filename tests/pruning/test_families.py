@@ -3,7 +3,8 @@
 RegNet (torchvision and timm: grouped convolutions, whose units are their groups), ShuffleNet
 (channel split and shuffle: the units inside a branch are prunable, those that go through a
 shuffle are refused) and Swin (torchvision: MLP neurons; timm: heads too). Random weights,
-64 x 64 inputs, three examples, one or two layers each.
+64 x 64 inputs, three examples, one or two layers each. Models on nn.MultiheadAttention
+(torchvision's ViT, a user's nn.TransformerEncoder either way round) pruned end to end.
 """
 
 import time
@@ -12,14 +13,18 @@ import pytest
 import timm
 import torch
 import torchvision
-from helpers import randomise_norms
+from helpers import TORCH_ATTENTION, randomise_norms, toy_splits
+from torch import nn
 from torchvision.models.swin_transformer import SwinTransformer
 
+from shapprune.commands.prune import DEFAULT_PRUNE_CRITERION
+from shapprune.criteria.registry import get_criterion
 from shapprune.estimators.registry import estimate
 from shapprune.game.pruning_game import PruningGame
 from shapprune.game.units import find_units
 from shapprune.pruning.checkpoint import load_checkpoint, save_pruned
-from shapprune.pruning.plan import prunable_layers
+from shapprune.pruning.compress import prune_model
+from shapprune.pruning.plan import Target, prunable_layers
 from shapprune.pruning.removal import apply_removals
 from shapprune.zoo.models import build_model
 
@@ -170,3 +175,36 @@ def test_resnext_grouped_bottleneck():
     assert removed.layer1[0].conv2.groups == 29
     with torch.no_grad():
         torch.testing.assert_close(masked(x), removed(x), atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize(
+    ("name", "criterion", "options"),
+    [
+        ("torchvision-vit", DEFAULT_PRUNE_CRITERION, {}),
+        ("torchvision-vit", "shapley-permutation", {"budget": 260}),  # 64 MLP neurons: >= 254
+        ("torchvision-vit", "weight-l1", {}),
+        ("encoder-batch-first", DEFAULT_PRUNE_CRITERION, {}),
+        ("encoder-sequence-first", DEFAULT_PRUNE_CRITERION, {}),
+    ],
+    ids=["tv-vit-lrp", "tv-vit-shapley", "tv-vit-l1", "encoder-batch-first", "encoder-seq-first"],
+)
+def test_torch_attention_models_prune_with_the_command_s_defaults(name, criterion, options):
+    """Heads of nn.MultiheadAttention and MLP neurons, scored, planned on both scopes,
+    removed zeroed and compensated (compensation "auto" builds both), refined."""
+    model = TORCH_ATTENTION[name]()
+    data = toy_splits(n=20)
+    target = Target.parse("macs=0.5")
+    pruned, summary = prune_model(  # as `shapprune prune` calls it, with a short refinement
+        model, data, get_criterion(criterion, **options), target, global_="auto",
+        cost=target.kind, refine=3, per_class=2,
+    )  # fmt: skip
+    assert summary["compensate"] == "auto" and summary["plans"][0]["compensated"] in (True, False)
+    assert 0.5 <= 1 - summary["after"]["macs"] / summary["before"]["macs"] < 0.6
+    heads = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    assert len(heads) == 2 and set(heads) <= set(summary["layers"])
+    assert sum(summary["removed"].get(layer, 0) for layer in heads) > 0
+    for layer in heads:
+        assert pruned.get_submodule(layer).num_heads == 4 - summary["removed"].get(layer, 0)
+    with torch.no_grad():
+        out = pruned(data.test.x[:3])
+    assert out.shape == (3, 10) and bool(out.isfinite().all())

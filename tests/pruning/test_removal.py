@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import torchvision
-from helpers import randomise_norms
+from helpers import EncoderClassifier, randomise_norms
 
 from shapprune.pruning.checkpoint import load_checkpoint, save_pruned
 from shapprune.pruning.removal import apply_removals, history
@@ -42,14 +42,25 @@ CASES = [
         ["encoder.layers.encoder_layer_1.self_attention", "encoder.layers.encoder_layer_3.mlp.0"],
         (3, 32, 32),
     ),
+    (
+        lambda: EncoderClassifier(batch_first=True),
+        ["encoder.layers.0.self_attn", "encoder.layers.1.linear1", "encoder.layers.1.self_attn"],
+        (3, 32, 32),
+    ),
+    (
+        lambda: EncoderClassifier(batch_first=False),
+        ["encoder.layers.0.self_attn", "encoder.layers.0.linear1"],
+        (3, 32, 32),
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     "build,layers,shape",
     CASES,
-    ids=["lenet5", "vgg", "resnet20", "vit", "tv-resnet18", "tv-vgg11_bn", "tv-vit_b_16"],
-)
+    ids=["lenet5", "vgg", "resnet20", "vit", "tv-resnet18", "tv-vgg11_bn", "tv-vit_b_16",
+         "encoder-batch-first", "encoder-seq-first"],
+)  # fmt: skip
 def test_masked_equals_physically_pruned(build, layers, shape):
     torch.manual_seed(0)
     model = randomise_norms(build())

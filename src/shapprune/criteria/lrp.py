@@ -55,7 +55,7 @@ from shapprune.criteria.lrp_timm import timm_canonizers
 from shapprune.devices import device_of, to_device
 from shapprune.game.attention import in_projection, mha_call
 from shapprune.game.tracing import explicit_mha
-from shapprune.game.units import Units, layer_units
+from shapprune.game.units import Units, input_batch_dims, layer_units
 from shapprune.zoo import models
 
 __all__ = [
@@ -292,10 +292,15 @@ def relevance(
     to tensors). LRP starts from the true class's logit.
     """
     parts: dict[str, list[torch.Tensor]] = {layer: [] for layer in units}
+    points = [p.module for u in units.values() for p in u.mask_points]
+    # the examples' dimension where units enter: 1 inside a sequence-first transformer
+    batch_dims = input_batch_dims(model, points, x, lambda: composite().context(model))
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
         yb = y[start : start + batch_size].long()
-        found = _unit_relevance(model, list(units.values()), composite(), xb, yb, start == 0)
+        found = _unit_relevance(
+            model, list(units.values()), composite(), xb, yb, start == 0, batch_dims
+        )
         for layer, rel in zip(units, found, strict=True):
             parts[layer].append(rel.cpu())
     return {layer: torch.cat(rel) for layer, rel in parts.items()}
@@ -352,9 +357,10 @@ def _unit_relevance(
     x: torch.Tensor,
     y: torch.Tensor,
     check: bool,
+    batch_dims: Mapping[str, int],
 ) -> list[torch.Tensor]:
     """Signed relevance of each player of each ``units`` for each example (examples x
-    players, float64)."""
+    players, float64); ``batch_dims``: the examples' dimension of each mask point's input."""
     modules = dict(model.named_modules())
     probes: dict[str, list[torch.Tensor]] = {p.module: [] for u in units for p in u.mask_points}
 
@@ -408,7 +414,8 @@ def _unit_relevance(
         rel = torch.zeros(len(x), u.n_players, dtype=torch.float64, device=wide)
         for point in u.mask_points:
             for grad in by_module[point.module]:
-                if grad is not None:
+                if grad is not None:  # examples first (a linear input's channels are last)
+                    grad = grad.movedim(batch_dims.get(point.module, 0), 0)
                     point.per_player(grad, u.n_players, keep=1, out=rel)
         found.append(rel)
     return found

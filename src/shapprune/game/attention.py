@@ -131,6 +131,13 @@ def mha_call(
 class SlimMultiheadAttention(nn.Module):
     """Attention with ``num_heads`` heads of width ``head_dim`` over ``embed_dim`` features."""
 
+    # No packed input projection. torch's TransformerEncoderLayer reads these of its
+    # ``self_attn`` to choose its fused fast path, which needs nn.MultiheadAttention's packed
+    # weights; without them it takes the path that calls this module.
+    in_proj_weight = None
+    in_proj_bias = None
+    _qkv_same_embed_dim = False
+
     def __init__(
         self,
         embed_dim: int,

@@ -13,6 +13,11 @@ the pruned network computes. For a linear consumer this is the network with the 
 inputs replaced by their means; for a zero-padded convolution it differs from that at the
 borders (a constant input is not constant there after padding), and the bias is what
 removal can build, so the bias is what both compute.
+
+``nn.MultiheadAttention`` applies its ``out_proj`` weights inside one fused call and never
+calls the module, so the mean of the heads' outputs (what a removed head leaves) is
+measured on the same attention written out head by head (``explicit_mha``, which calls
+``out_proj`` as a module), run beside the module's own call on the reference data.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 
 from shapprune.devices import device_of
+from shapprune.game.tracing import explicit_mha
 from shapprune.game.units import MaskPoint
 
 _CONSUMERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -67,6 +73,10 @@ def consumer_means(
         return record
 
     handles = [modules[n].register_forward_pre_hook(hook(n, d)) for n, d in dims.items()]
+    handles += [
+        mha.register_forward_pre_hook(_heads_into_out_proj, with_kwargs=True)
+        for mha in _fused_owners(model, dims)
+    ]
     device = device_of(model)
     try:
         with torch.inference_mode():
@@ -79,6 +89,23 @@ def consumer_means(
     if missing:
         raise ValueError(f"the model never calls {', '.join(missing)} on the reference data")
     return {n: (sums[n] / counts[n]).float() for n in dims}
+
+
+def _fused_owners(model: nn.Module, consumers: Iterable[str]) -> list[nn.MultiheadAttention]:
+    """The ``nn.MultiheadAttention`` modules whose ``out_proj`` is one of ``consumers``: their
+    own call applies it without calling it."""
+    names = set(consumers)
+    return [
+        m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.MultiheadAttention) and (f"{n}.out_proj" if n else "out_proj") in names
+    ]
+
+
+def _heads_into_out_proj(mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> None:
+    """Before ``mha``'s own call: the same attention written out, whose call of ``out_proj``
+    (a module) its hooks see; the result is dropped, ``mha``'s call is left as it is."""
+    explicit_mha(mha, *args, **kwargs)
 
 
 def compensation_matrix(consumer: nn.Module, mean: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 import torch.fx as fx
 from torch.fx.interpreter import Interpreter
 
-from shapprune.game.units import UNOWNED, MaskPoint
+from shapprune.game.units import UNOWNED, MaskPoint, batch_dim
 
 
 @dataclass
@@ -62,13 +62,6 @@ def _probe(gm: fx.GraphModule, x: torch.Tensor) -> tuple[dict, dict]:
             rec.run(xb)
             out.append(rec.shapes)
     return out[0], out[1]
-
-
-def _batch_dim(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> int | None:
-    if a is None or b is None or len(a) != len(b):
-        return None
-    diff = [d for d, (p, q) in enumerate(zip(a, b, strict=True)) if p != q]
-    return diff[0] if diff else None
 
 
 class SplitModel:
@@ -116,7 +109,7 @@ class SplitModel:
             if node in consumers or any(a in dependent for a in _inputs(node)):
                 dependent.add(node)
         s2, s3 = _probe(gm, example)
-        self.out_batch_dim = _batch_dim(s2[_output(graph).name], s3[_output(graph).name])
+        self.out_batch_dim = batch_dim(s2[_output(graph).name], s3[_output(graph).name])
 
         # What the suffix needs from outside: tensors become inputs, the rest is recomputed.
         recompute: set[fx.Node] = set()
@@ -163,12 +156,12 @@ class SplitModel:
         self.plain = [n for n in self.frontier if n in plain_use]
         # (index among the prefix outputs, batch dim) of each plain suffix input
         self.plain_inputs = [
-            (self.frontier.index(n), _batch_dim(s2[n.name], s3[n.name])) for n in self.plain
+            (self.frontier.index(n), batch_dim(s2[n.name], s3[n.name])) for n in self.plain
         ]
         for e in edges:
             src = e.consumer.args[0]
             shape = s2[src.name]
-            bd = _batch_dim(shape, s3[src.name])
+            bd = batch_dim(shape, s3[src.name])
             if bd is None:
                 raise ValueError(f"the input of {e.consumer.target!r} has no batch dimension")
             e.batch_dim, e.channel_dim, e.ndim = (
@@ -181,7 +174,7 @@ class SplitModel:
             if compensation is not None:
                 e.compensation = compensation[e.consumer.target]
                 out = s2[e.consumer.name]
-                obd = _batch_dim(out, s3[e.consumer.name])
+                obd = batch_dim(out, s3[e.consumer.name])
                 if out is None or obd is None:
                     raise ValueError(f"the output of {e.consumer.target!r} has no batch dimension")
                 ocd = 1 if not isinstance(e.module, torch.nn.Linear) else len(out) - 1
@@ -318,7 +311,7 @@ def _decomposable(module, node: fx.Node, s2: dict, s3: dict, n: int, table_bytes
         return False
     if module.weight[0].numel() < DECOMPOSE_GAIN * (n + 1):  # the table would not pay
         return False
-    if _batch_dim(s2[node.name], s3[node.name]) != 0:
+    if batch_dim(s2[node.name], s3[node.name]) != 0:
         return False
     per_example = _numel(s3[node.name]) - _numel(s2[node.name])
     return 4 * (n + 1) * per_example <= table_bytes
@@ -330,7 +323,7 @@ def _weight_maskable(module, node: fx.Node, s2: dict, s3: dict) -> bool:
     if not isinstance(module, torch.nn.Linear) or len(node.args) != 1 or node.kwargs:
         return False
     src = node.args[0].name
-    return _batch_dim(s2[src], s3[src]) == 0
+    return batch_dim(s2[src], s3[src]) == 0
 
 
 def _masked_consumer(e: _Edge, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,10 @@
 cannot be masked from outside. The tracer here replaces each call with the same
 computation written out (input projection, scaled dot-product attention per head, the
 heads' concatenation, then ``out_proj`` called as a module), so that the heads' outputs
-are a tensor in the graph, right before the output projection.
+are a tensor in the graph, right before the output projection. torch's transformer
+encoder layers and stacks, which torch.fx can trace neither into (their fast-path checks
+branch on the input) nor past (a leaf would hide the attention inside), are written out as
+what they compute in eval mode without the fast path: their own blocks, called in order.
 """
 
 from __future__ import annotations
@@ -39,12 +42,49 @@ def explicit_mha(
     return mha_call(mha, projections, query, key, value, *args, **kwargs)
 
 
+def explicit_encoder_layer(
+    layer: nn.TransformerEncoderLayer,
+    src: torch.Tensor,
+    src_mask: torch.Tensor | None = None,
+    src_key_padding_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """What ``layer(src, ...)`` computes in eval mode: its attention and feed-forward blocks
+    with their norms, before (``norm_first``) or after the residual additions."""
+    x = src
+    if layer.norm_first:
+        x = x + layer._sa_block(layer.norm1(x), src_mask, src_key_padding_mask, is_causal)
+        return x + layer._ff_block(layer.norm2(x))
+    x = layer.norm1(x + layer._sa_block(x, src_mask, src_key_padding_mask, is_causal))
+    return layer.norm2(x + layer._ff_block(x))
+
+
+def explicit_encoder(
+    encoder: nn.TransformerEncoder,
+    src: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    src_key_padding_mask: torch.Tensor | None = None,
+    is_causal: bool | None = None,
+) -> torch.Tensor:
+    """What ``encoder(src, ...)`` computes in eval mode: its layers in turn (as module calls),
+    then its final norm, if any."""
+    out = src
+    for layer in encoder.layers:
+        out = layer(out, mask, src_key_padding_mask, bool(is_causal))
+    return out if encoder.norm is None else encoder.norm(out)
+
+
 class HeadTracer(fx.Tracer):
-    """An fx tracer that writes ``nn.MultiheadAttention`` out as explicit operations."""
+    """An fx tracer that writes ``nn.MultiheadAttention`` out as explicit operations (and
+    torch's transformer encoders, around it)."""
 
     def call_module(self, m, forward, args, kwargs):
         if isinstance(m, nn.MultiheadAttention):
             return explicit_mha(m, *args, **kwargs)
+        if isinstance(m, nn.TransformerEncoderLayer):
+            return explicit_encoder_layer(m, *args, **kwargs)
+        if isinstance(m, nn.TransformerEncoder):
+            return explicit_encoder(m, *args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
 
 

@@ -11,9 +11,10 @@ the index mapping through flattening and concatenation.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -285,3 +286,48 @@ def _channel_units(
 
 def _is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, _CONV) and module.groups > 1 and module.groups == module.in_channels
+
+
+def batch_dim(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> int | None:
+    """The examples' dimension of a tensor whose shapes at two numbers of examples are ``a``
+    and ``b``: the first dimension in which they differ (None if there is none, or if the
+    tensor is not one, None, at either)."""
+    if a is None or b is None or len(a) != len(b):
+        return None
+    diff = [d for d, (p, q) in enumerate(zip(a, b, strict=True)) if p != q]
+    return diff[0] if diff else None
+
+
+def input_batch_dims(
+    model: nn.Module,
+    modules: Iterable[str],
+    x: torch.Tensor,
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> dict[str, int]:
+    """The examples' dimension in the first input of each of ``modules`` when ``model`` runs
+    on inputs like ``x``: 0, or 1 inside a sequence-first transformer (sequence, batch,
+    features). Found by ``batch_dim`` from runs on 2 and 3 copies of ``x[0]`` (each inside
+    a fresh ``context()``); 0 for a module that is not called."""
+    names = list(dict.fromkeys(modules))
+    found = dict(model.named_modules())
+    shapes: dict[int, dict[str, tuple[int, ...]]] = {2: {}, 3: {}}  # copies -> first input's
+    run = [2]
+
+    def record(name: str):
+        def hook(_module, args) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                shapes[run[0]].setdefault(name, tuple(args[0].shape))
+
+        return hook
+
+    handles = [found[n].register_forward_pre_hook(record(n)) for n in names]
+    try:
+        for copies in shapes:
+            run[0] = copies
+            with context(), torch.no_grad():
+                model(x[:1].repeat(copies, *[1] * (x.dim() - 1)))
+    finally:
+        for h in handles:
+            h.remove()
+    dims = {n: batch_dim(shapes[2].get(n), shapes[3].get(n)) for n in names}
+    return {n: 0 if d is None else d for n, d in dims.items()}
