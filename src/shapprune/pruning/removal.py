@@ -96,8 +96,10 @@ def apply_removals(
         if mode == "mask":
             _zero_inputs(model, spec.mask_points, idxs)
         else:
-            _remove(model, layer, spec.kind, idxs, example_inputs, graph)
-            graph = None  # the shape has changed
+            # torch-pruning's graph follows the widths it pruned (its index mappings are
+            # updated per group), so it serves the next removals; after an attention swap or
+            # grouped convolutions cut by hand it is built anew
+            graph = _remove(model, layer, spec.kind, idxs, example_inputs, graph)
             changed.update((layer, *spec.coupled))
             done.append({"layer": layer, "units": idxs})
     if mode == "remove":
@@ -107,9 +109,10 @@ def apply_removals(
 
 def replay(model: nn.Module, steps: Sequence[Mapping], example_inputs: torch.Tensor) -> nn.Module:
     """Apply a recorded pruning history to ``model`` (in place), rebuilding its shape."""
+    graph = None
     for step in steps:
-        spec, graph = _find(model, step["layer"], example_inputs, None)
-        _remove(model, step["layer"], spec.kind, list(step["units"]), example_inputs, graph)
+        spec, graph = _find(model, step["layer"], example_inputs, graph)
+        graph = _remove(model, step["layer"], spec.kind, list(step["units"]), example_inputs, graph)
     setattr(model, HISTORY_ATTR, [dict(s) for s in steps])
     return model
 
@@ -144,9 +147,10 @@ def _remove(
     idxs: list[int],
     example,
     graph: tp.DependencyGraph | None = None,
-) -> None:
+) -> tp.DependencyGraph | None:
     """Remove units ``idxs`` of ``layer`` (``graph``: the model's dependency graph, if
-    already built on its current shape)."""
+    already built on its current shape); return the graph where it still describes the
+    model (pruned through it alone), else None."""
     module = dict(model.named_modules())[layer]
     if isinstance(module, nn.MultiheadAttention):  # heads tied to the width: swap it first
         module = SlimMultiheadAttention.from_torch(module)
@@ -154,15 +158,29 @@ def _remove(
         setattr(model.get_submodule(parent) if parent else model, child, module)
     if isinstance(module, SlimMultiheadAttention):
         module.remove_heads(idxs)
-        return
+        return None
     dg = graph or build_graph(model, example)
     if kind == "heads":
         _remove_heads(dg, module, idxs)
-    else:
-        is_conv = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
-        n = module.out_channels if is_conv else module.out_features
-        if not prune_players(dg, module, n, layer, idxs):  # groups of a grouped conv, if any
-            dg.get_pruning_group(module, out_channel_pruner(module), idxs=idxs).prune()
+        return None
+    is_conv = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+    n = module.out_channels if is_conv else module.out_features
+    if prune_players(dg, module, n, layer, idxs):  # groups of a grouped conv, if any
+        return None
+    dg.get_pruning_group(module, out_channel_pruner(module), idxs=idxs).prune()
+    return dg if _follows_widths(dg) else None
+
+
+# torch-pruning's operations whose channel offsets are read from the shapes at tracing: a
+# graph holding one no longer describes the model once a width before it has changed
+_OFFSET_OPS = ("CONCAT", "SPLIT", "UNBIND", "SLICE", "EXPAND")
+
+
+def _follows_widths(dg: tp.DependencyGraph) -> bool:
+    """Whether ``dg`` still describes its model after one of its groups was pruned: yes
+    unless it holds a concatenation, split or slice (their offsets are from tracing)."""
+    kinds = {getattr(tp.ops.OPTYPE, name, None) for name in _OFFSET_OPS} - {None}
+    return all(node.type not in kinds for node in dg.module2node.values())
 
 
 def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> None:
