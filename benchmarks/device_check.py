@@ -122,6 +122,8 @@ def check_commands(device: str, quick: bool, result: dict, path: Path) -> None:
                 continue
             layer, family = FAMILIES[name]
             for command, args in _commands(name, ckpt, layer, device, out, quick).items():
+                if quick and command not in ("rank", "prune"):
+                    continue
                 dev = ["--device", device]
                 start = time.perf_counter()
                 done = subprocess.run(
@@ -162,6 +164,7 @@ def check_real_scale(device: torch.device, quick: bool, result: dict, path: Path
 
     import torchvision
 
+    from shapprune.criteria.registry import get_criterion
     from shapprune.evaluation.measure import count_macs
     from shapprune.pruning.compress import prune_model
     from shapprune.zoo.data import DatasetSplits, Split
@@ -196,7 +199,7 @@ def check_real_scale(device: torch.device, quick: bool, result: dict, path: Path
         start = time.perf_counter()
         try:
             pruned, summary = prune_model(
-                model, data, "lrp", "macs=0.5", global_="auto", compensate="auto",
+                model, data, get_criterion("lrp"), "macs=0.5", global_="auto", compensate="auto",
                 cost="macs", refine=2 if quick else 20, per_class=n_ref // 10,
             )  # fmt: skip
             row["prune_s"] = time.perf_counter() - start
@@ -225,7 +228,6 @@ def _rate(game, n: int) -> float:
 def check_game_rates(device: torch.device, quick: bool, result: dict, path: Path) -> None:
     from shapprune.game.network_game import NetworkGame
     from shapprune.game.pruning_game import PruningGame
-    from shapprune.pruning.plan import prunable_layers
     from shapprune.zoo.models import build_model
 
     rows = result.setdefault("game_rates", [])
@@ -236,10 +238,9 @@ def check_game_rates(device: torch.device, quick: bool, result: dict, path: Path
     for where in devices:
         vgg = build_model("vgg", seed=0).eval().to(where)
         resnet = build_model("resnet20", seed=0).eval().to(where)
-        layers = list(prunable_layers(resnet, x[:2].to(where)))
         games = {
             "vgg features.11 (one layer)": PruningGame(vgg, "features.11", (x, y)),
-            "resnet20, every layer (network-wide)": NetworkGame(resnet, layers, (x, y)),
+            "resnet20, every layer (network-wide)": NetworkGame(resnet, (x, y)),
         }
         for label, game in games.items():
             rows.append(

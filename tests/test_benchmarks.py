@@ -21,6 +21,7 @@ SCRIPTS = [
     "lrp_tuning",
     "bandit",
     "prune_tradeoffs",
+    "device_check",
 ]
 
 
@@ -238,6 +239,20 @@ def _check_prune_tradeoffs(r: dict) -> None:
         assert c["reference_examples"] == 10 * c["per_class"] and c["seconds"] > 0
         assert 0 <= c["accuracy"] <= 1 and c["scope"] in ("global", "per-layer")
         assert 0.45 <= c["macs_ratio"] <= 0.5  # the target met: at least half the MACs gone
+
+
+def _check_device_check(r: dict) -> None:
+    assert r["device"] == "cpu" and r["quick"]
+    assert {(c["model"], c["command"]) for c in r["commands"]} == {
+        ("vgg", "rank"),
+        ("vgg", "prune"),
+    }
+    assert all(c["exit"] == 0 and c["seconds"] > 0 for c in r["commands"]), r["commands"]
+    for row in r["real_scale"]:  # the pruning ran to its target on a torchvision model
+        assert row["error"] == "" and row["forward_s"] > 0 and row["tp_magnitude_s"] > 0
+        assert row["macs_ratio"] <= 0.5 * 1.05 and row["prune_x_forward"] > 0
+    games = {(g["game"], g["device"]) for g in r["game_rates"]}
+    assert len(games) == 2 and all(g["evals_per_s"] > 0 for g in r["game_rates"])
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}

@@ -59,9 +59,10 @@ def test_rank_with_permutation_writes_and_resumes(
     # the resume file's fingerprint reads the whole state, BatchNorm's buffers included
     checkpoint = out.with_name(out.name + ".checkpoint.json")
     assert not checkpoint.exists()  # removed once the result is written
-    code, _, err = run_cli(monkeypatch, capsys, *args, "--force")
-    _ok(code, err)
-    assert json.loads(out.read_text())["values"] == record["values"]
+    if family == "batchnorm":  # the same command again gives the same values
+        code, _, err = run_cli(monkeypatch, capsys, *args, "--force")
+        _ok(code, err)
+        assert json.loads(out.read_text())["values"] == record["values"]
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -134,12 +135,12 @@ def test_oracle_on_each_family(family, checkpoints, tmp_path, monkeypatch, capsy
     assert record["layer"] == layer
 
 
-@pytest.mark.parametrize("family", ["batchnorm", "residual"])
-def test_tune_lrp_on_batchnorm_families(family, checkpoints, tmp_path, monkeypatch, capsys):
-    """LRP canonizes BatchNorm (merged into the convolution before it): tuning runs on it."""
+def test_tune_lrp_on_a_batchnorm_model(checkpoints, tmp_path, monkeypatch, capsys):
+    """LRP canonizes BatchNorm (merged into the convolution before it): tuning runs on it
+    (the residual network's canonization runs in prune's defaults above)."""
     out = tmp_path / "composite.json"
     code, _, err = run_cli(
-        monkeypatch, capsys, "tune-lrp", "--model", checkpoints[family], "--trials", "2",
+        monkeypatch, capsys, "tune-lrp", "--model", checkpoints["batchnorm"], "--trials", "2",
         "--per-class", "2", "--out", out,
     )  # fmt: skip
     _ok(code, err)
