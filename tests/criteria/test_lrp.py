@@ -7,9 +7,10 @@ import pytest
 import torch
 from helpers import EncoderClassifier, randomise_norms
 from torch import nn
+from torchvision.models import DenseNet
 from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
 
-from shapprune.criteria.lrp import COMPOSITES, LRPCriterion, canonized
+from shapprune.criteria.lrp import COMPOSITES, LRPCriterion, batch_norm_merges, canonized
 from shapprune.evaluation.measure import evaluate
 from shapprune.game.units import find_units
 from shapprune.zoo.data import load_dataset, reference_set
@@ -29,18 +30,36 @@ def _tv_vit() -> nn.Module:
     return model.eval()
 
 
+def _small_densenet() -> nn.Module:
+    """torchvision's DenseNet, small: a BatchNorm over a concatenation follows, in child order,
+    a convolution of fewer channels."""
+    torch.manual_seed(0)
+    model = DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, num_classes=10)
+    return randomise_norms(model)
+
+
 def _snapshot(model: nn.Module) -> dict:
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    """Parameters and buffers (values and objects) and the BatchNorms' eps."""
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "objects": dict(model.named_parameters()) | dict(model.named_buffers()),
+        "eps": {n: m.eps for n, m in model.named_modules() if hasattr(m, "eps")},
+    }
 
 
 def _assert_untouched(model: nn.Module, before: dict, training: bool) -> None:
     after = model.state_dict()
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert before["state"].keys() == after.keys()
+    assert all(torch.equal(before["state"][k], after[k]) for k in after)
+    objects = dict(model.named_parameters()) | dict(model.named_buffers())
+    assert objects.keys() == before["objects"].keys()
+    assert all(objects[k] is before["objects"][k] for k in objects)
+    assert before["eps"] == {n: m.eps for n, m in model.named_modules() if hasattr(m, "eps")}
     for m in model.modules():
         assert m.training == training
         assert not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
-        assert "forward" not in vars(m)
+        # nothing shadows a parameter, buffer or method (zennit 1.0 restores with setattr)
+        assert not set(vars(m)) & {"forward", *m._parameters, *m._buffers}
         assert not any(n.startswith("canonizer") for n in m._modules)
 
 
@@ -175,28 +194,79 @@ def test_a_sequence_first_transformer_scores_as_its_batch_first_twin():
 
 
 @pytest.mark.parametrize(
-    ("build", "shape"),
+    ("build", "shape", "n_merged"),
     [
-        (lambda: randomise_norms(build_model("vgg", image_size=16)), (1, 16, 16)),
-        (lambda: randomise_norms(build_model("resnet20", image_size=16)), (1, 16, 16)),
-        (lambda: build_model("vit", image_size=16), (1, 16, 16)),
-        (_tv_vit, (3, 16, 16)),
+        (lambda: randomise_norms(build_model("vgg", image_size=16)), (1, 16, 16), 4),
+        (lambda: randomise_norms(build_model("resnet20", image_size=16)), (1, 16, 16), 21),
+        (_small_densenet, (3, 32, 32), 5),  # the 6 BatchNorms over concatenations are not
+        (lambda: build_model("vit", image_size=16), (1, 16, 16), 0),
+        (_tv_vit, (3, 16, 16), 0),
     ],
-    ids=["vgg", "resnet20", "vit", "torchvision-vit"],
+    ids=["vgg", "resnet20", "densenet", "vit", "torchvision-vit"],
 )
-def test_canonized_model_computes_the_same_and_is_restored(build, shape):
+def test_canonized_model_computes_the_same_and_is_restored(build, shape, n_merged):
     model = build()
     x, _ = _data(shape, n=4)
     before = _snapshot(model)
     with torch.no_grad():
         expected = model(x)
-        with canonized(model) as canon:
+        with canonized(model, x[:2]) as canon:
             added = any(n.startswith("canonizer") for m in canon.modules() for n in m._modules)
-            state = canon.state_dict()
-            merged = any(not torch.equal(before[k], state[k]) for k in before)
-            assert added or merged
+            norms = [m for m in canon.modules() if isinstance(m, nn.BatchNorm2d)]
+            merged = [m for m in norms if "forward" in vars(m)]  # the identity while merged
+            assert len(merged) == n_merged and (added or merged)
+            assert all(m.eps > 0 for m in norms)  # torch >= 2.11 refuses eps = 0
+            own = [(n, p) for n, p in canon.named_parameters() if "canonizer" not in n]
+            changed = [n for n, p in own if p is not before["objects"].get(n)]
+            assert len(changed) == 2 * n_merged  # the merged layers' weights and biases
             out = canon(x)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    _assert_untouched(model, before, training=False)
+
+
+class _ChildOrderMisleads(nn.Module):
+    """``bn`` follows ``a`` in child order but reads ``b``; ``c``'s output is read by its
+    BatchNorm and by the addition; ``d`` has no bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn, self.b = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(3, 4, 3)
+        self.c, self.bn_c = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+        self.d, self.bn_d = nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x).relu() + self.bn(self.b(x))
+        h = self.c(h)
+        h = self.bn_c(h) + h
+        return self.head(self.bn_d(self.d(h)).mean((2, 3)))
+
+
+def test_batch_norms_merge_by_the_data_flow_not_child_order():
+    model = randomise_norms(_ChildOrderMisleads())
+    x, y = _data((3, 8, 8), n=4, classes=3)
+    assert batch_norm_merges(model, x[:2]) == [("b", "bn"), ("d", "bn_d")]
+    before = _snapshot(model)
+    with torch.no_grad():
+        expected = model(x)
+        with canonized(model, x[:2]) as canon:
+            assert canon.d.bias is not None and "forward" in vars(canon.bn_d)
+            assert "forward" not in vars(canon.bn_c)
+            torch.testing.assert_close(canon(x), expected, rtol=1e-4, atol=1e-5)
+    _assert_untouched(model, before, training=False)
+    assert model.d.bias is None
+    scores = LRPCriterion().score(model, ["a", "b", "c"], (x, y))
+    assert all(np.isfinite(v).all() and v.sum() > 0 for v in scores.values())
+
+
+def test_densenet_scores_with_batch_norms_over_concatenations():
+    model = _small_densenet()
+    x, y = _data((3, 32, 32), n=3)
+    layers = ["features.conv0", "features.denseblock1.denselayer2.conv2"]
+    before = _snapshot(model)
+    scores = LRPCriterion().score(model, layers, (x, y))
+    assert [len(scores[n]) for n in layers] == [16, 8]
+    assert all(np.isfinite(v).all() and (v >= 0).all() and v.sum() > 0 for v in scores.values())
     _assert_untouched(model, before, training=False)
 
 

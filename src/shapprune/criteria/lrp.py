@@ -9,19 +9,19 @@ output = that logit), so that relevance is conserved down to the layer, up to bi
 Rules come from a zennit composite (:data:`COMPOSITES`), or one rule per depth group from a
 :class:`~shapprune.criteria.lrp_spec.CompositeSpec` (what ``tune-lrp`` optimises). Canonizers
 make the network fit for LRP without changing its outputs: BatchNorm merged into the
-preceding convolution, residual additions made explicit modules (relevance split in
-proportion to the summands), and attention computed by
+convolution whose output it reads (:mod:`~shapprune.criteria.lrp_batchnorm`; a BatchNorm
+that reads anything else passes relevance unchanged), residual additions made explicit
+modules (relevance split in proportion to the summands), and attention computed by
 :func:`~shapprune.criteria.lrp_rules.attention_lrp`, whose rule the spec chooses (by
 default the softmax weights are held constant and relevance reaches the values along them).
-LayerNorm passes relevance through unchanged, activations
-(ReLU, GELU) too; other operations without a rule (max-pooling, reshapes, matmuls) pass it
-by their plain gradient.
+LayerNorm passes relevance through unchanged, activations (ReLU, GELU) too; other
+operations without a rule (max-pooling, reshapes, matmuls) pass it by their plain gradient.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock as TorchvisionBasicBlock
 from torchvision.models.vision_transformer import EncoderBlock
-from zennit.canonizers import AttributeCanonizer, Canonizer, SequentialMergeBatchNorm
+from zennit.canonizers import AttributeCanonizer, Canonizer
 from zennit.composites import (
     EpsilonAlpha2Beta1,
     EpsilonAlpha2Beta1Flat,
@@ -47,6 +47,7 @@ from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanoni
 from zennit.types import Linear as LinearType
 
 from shapprune.criteria.base import Criterion
+from shapprune.criteria.lrp_batchnorm import Merge, MergeBatchNorms, batch_norm_merges
 from shapprune.criteria.lrp_options import COMPOSITES, LRPOptions, is_spec_file
 from shapprune.criteria.lrp_options import check_composite as _check_composite
 from shapprune.criteria.lrp_rules import attention_lrp, spec_composite
@@ -55,12 +56,13 @@ from shapprune.criteria.lrp_timm import timm_canonizers
 from shapprune.devices import device_of, to_device
 from shapprune.game.attention import in_projection, mha_call
 from shapprune.game.tracing import explicit_mha
-from shapprune.game.units import Units, input_batch_dims, layer_units
+from shapprune.game.units import Units, build_graph, find_units, input_batch_dims
 from shapprune.zoo import models
 
 __all__ = [
     "COMPOSITES",
     "LRPCriterion",
+    "batch_norm_merges",
     "build_composite",
     "canonized",
     "lrp_canonizers",
@@ -217,10 +219,13 @@ def _mha_plain(name: str, module: nn.Module) -> dict[str, Any] | None:
     return None
 
 
-def lrp_canonizers(canonize: bool = True, attention: str = "weights") -> list[Canonizer]:
+def lrp_canonizers(
+    canonize: bool = True, attention: str = "weights", merges: Sequence[Merge] = ()
+) -> list[Canonizer]:
     """Zennit canonizers that fit a model for LRP without changing its outputs.
 
-    With ``canonize``: BatchNorm merged into the preceding linear layer, residual additions
+    With ``canonize``: the BatchNorms of ``merges`` merged into the layers whose outputs
+    they read (:func:`batch_norm_merges`; the others pass relevance), residual additions
     of ResNet blocks (zoo and torchvision) and transformer blocks (zoo, torchvision and timm
     ViT) as ``Sum`` modules, attention computed by :func:`attention_lrp` with the ``attention``
     rule (default: relevance split by the attention weights, softmax constant). Always:
@@ -229,7 +234,7 @@ def lrp_canonizers(canonize: bool = True, attention: str = "weights") -> list[Ca
     if not canonize:
         return [AttributeCanonizer(_mha_plain)]
     return [
-        SequentialMergeBatchNorm(),
+        MergeBatchNorms(merges),
         AttributeCanonizer(_basic_block),
         ResNetBottleneckCanonizer(),
         AttributeCanonizer(_residual_block),
@@ -240,11 +245,15 @@ def lrp_canonizers(canonize: bool = True, attention: str = "weights") -> list[Ca
 
 
 @contextmanager
-def canonized(model: nn.Module, canonize: bool = True) -> Iterator[nn.Module]:
-    """Apply :func:`lrp_canonizers` to ``model`` in place, and revert them on exit."""
+def canonized(
+    model: nn.Module, example_inputs: torch.Tensor, canonize: bool = True
+) -> Iterator[nn.Module]:
+    """Apply :func:`lrp_canonizers` to ``model`` (in eval mode) in place, and revert them on
+    exit; its BatchNorms merged as its data flow on ``example_inputs`` allows."""
+    merges = batch_norm_merges(model, example_inputs) if canonize else []
     applied: list[Canonizer] = []
     try:
-        for canonizer in lrp_canonizers(canonize):
+        for canonizer in lrp_canonizers(canonize, merges=merges):
             applied += canonizer.apply(model)
         yield model
     finally:
@@ -260,20 +269,24 @@ def make_composite(
     model: nn.Module,
     *,
     canonize: bool = True,
+    merges: Sequence[Merge] = (),
     epsilon: float = 1e-6,
     gamma: float = 0.25,
     low: float = -3.0,
     high: float = 3.0,
 ) -> Composite:
     """A fresh zennit composite (with its canonizers) for ``model``: by name
-    (:data:`COMPOSITES`), from a :class:`CompositeSpec`, or from a spec's JSON file."""
+    (:data:`COMPOSITES`), from a :class:`CompositeSpec`, or from a spec's JSON file.
+
+    ``merges``: the BatchNorms to merge into their layers (:func:`batch_norm_merges`, found
+    once per model); the others pass relevance."""
     if isinstance(composite, str) and is_spec_file(composite):
         composite = load_spec(composite)
     if isinstance(composite, CompositeSpec):
-        canonizers = lrp_canonizers(canonize, composite.attention)
+        canonizers = lrp_canonizers(canonize, composite.attention, merges)
         return spec_composite(composite, model, canonizers)
     rules = {"epsilon": epsilon, "gamma": gamma, "low": low, "high": high}
-    return build_composite(composite, canonizers=lrp_canonizers(canonize), **rules)
+    return build_composite(composite, canonizers=lrp_canonizers(canonize, merges=merges), **rules)
 
 
 def relevance(
@@ -337,10 +350,12 @@ class LRPCriterion(Criterion):
         work = copy.deepcopy(model).float().eval().requires_grad_(True)
         # moved to the model's device once; clones are not inference tensors
         x, y = to_device(x, work).clone(), y.to(device_of(work)).clone()
-        units = layer_units(work, layers, x[:2])  # needs trainable parameters
+        graph = build_graph(work, x[:2])  # needs trainable parameters; built once
+        units = {layer: find_units(work, layer, x[:2], graph) for layer in layers}
+        merges = batch_norm_merges(work, graph=graph) if self.canonize else []
         work.requires_grad_(False)
         spec = load_spec(self.composite) if is_spec_file(self.composite) else self.composite
-        options = {"epsilon": self.epsilon, "gamma": self.gamma}
+        options = {"epsilon": self.epsilon, "gamma": self.gamma, "merges": merges}
         bounds = {"low": float(x.min()), "high": float(x.max())}
 
         def composite() -> Composite:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from shapprune.criteria.lrp import make_composite, relevance
+from shapprune.criteria.lrp_batchnorm import Merge, batch_norm_merges
 from shapprune.criteria.lrp_rules import depth_groups
 from shapprune.criteria.lrp_spec import (
     ATTENTION_RULES,
@@ -115,10 +116,18 @@ def lrp_scores(
     y: torch.Tensor,
     spec: CompositeSpec | str,
     batch_size: int = 64,
+    merges: Sequence[Merge] | None = None,
 ) -> dict[str, np.ndarray]:
     """|R| of every unit, summed over the examples; ``model`` prepared as
-    :func:`relevance` wants it (eval mode, no gradients), ``units`` found on it."""
-    found = relevance(model, units, x, y, lambda: make_composite(spec, model), batch_size)
+    :func:`relevance` wants it (eval mode, no gradients), ``units`` found on it;
+    ``merges``: its BatchNorm merges (:func:`batch_norm_merges`), found here if not given."""
+    if merges is None:
+        merges = batch_norm_merges(model, x[:2])
+
+    def composite():
+        return make_composite(spec, model, merges=merges)
+
+    found = relevance(model, units, x, y, composite, batch_size)
     return {layer: r.abs().sum(0).numpy() for layer, r in found.items()}
 
 
@@ -185,6 +194,7 @@ class _Objective:
         self.work = copy.deepcopy(model).float().eval().requires_grad_(True)
         self.x, self.y = to_device(x, self.work).clone(), y.to(device_of(self.work)).clone()
         self.units = unit_layers(self.work, self.x[:2], units)
+        self.merges = batch_norm_merges(self.work, self.x[:2])
         self.layers = list(self.units)
         self.work.requires_grad_(False)
         self.objective, self.normalisation, self.batch_size = objective, normalisation, batch_size
@@ -193,7 +203,7 @@ class _Objective:
         self.shapley: np.ndarray | None = None
 
     def scores(self, spec: CompositeSpec | str) -> dict[str, np.ndarray]:
-        return lrp_scores(self.work, self.units, self.x, self.y, spec, self.batch_size)
+        return lrp_scores(self.work, self.units, self.x, self.y, spec, self.batch_size, self.merges)
 
     def flat(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         return np.concatenate([normalise(scores[n], self.normalisation) for n in self.layers])
