@@ -39,6 +39,7 @@ BENCHMARKS = {  # name -> title, in the order of the document
     "decision_estimators": "9. Estimation aimed at the decision",
     "lrp_tuning": "10. LRP tuned for pruning",
     "prune_tradeoffs": "11. What prune's speed costs",
+    "device_check": "12. The device check",
     "demo": "The demo's wall time",
 }
 
