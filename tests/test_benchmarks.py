@@ -21,6 +21,7 @@ SCRIPTS = [
     "lrp_tuning",
     "bandit",
     "prune_tradeoffs",
+    "torchvision_families",
 ]
 
 
@@ -238,6 +239,14 @@ def _check_prune_tradeoffs(r: dict) -> None:
         assert c["reference_examples"] == 10 * c["per_class"] and c["seconds"] > 0
         assert 0 <= c["accuracy"] <= 1 and c["scope"] in ("global", "per-layer")
         assert 0.45 <= c["macs_ratio"] <= 0.5  # the target met: at least half the MACs gone
+
+
+def _check_torchvision_families(r: dict) -> None:
+    rows = r["rows"]
+    assert [row["family"].split()[0] for row in rows] == ["DenseNet", "ConvNeXt"]
+    for row in rows:
+        assert row["status"] == "ok" and row["seconds"] > 0 and row["params"] > 0
+        assert row["macs_ratio"] <= 0.5 and row["scope"] in ("global", "per-layer")
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}
