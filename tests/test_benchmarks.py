@@ -22,6 +22,7 @@ SCRIPTS = [
     "bandit",
     "prune_tradeoffs",
     "device_check",
+    "torchvision_families",
 ]
 
 
@@ -253,6 +254,14 @@ def _check_device_check(r: dict) -> None:
         assert row["macs_ratio"] <= 0.5 * 1.05 and row["prune_x_forward"] > 0
     games = {(g["game"], g["device"]) for g in r["game_rates"]}
     assert len(games) == 2 and all(g["evals_per_s"] > 0 for g in r["game_rates"])
+
+
+def _check_torchvision_families(r: dict) -> None:
+    rows = r["rows"]
+    assert [row["family"].split()[0] for row in rows] == ["DenseNet", "ConvNeXt"]
+    for row in rows:
+        assert row["status"] == "ok" and row["seconds"] > 0 and row["params"] > 0
+        assert row["macs_ratio"] <= 0.5 and row["scope"] in ("global", "per-layer")
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}

@@ -10,7 +10,13 @@ from torch import nn
 from torchvision.models import DenseNet
 from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
 
-from shapprune.criteria.lrp import COMPOSITES, LRPCriterion, batch_norm_merges, canonized
+from shapprune.criteria.lrp import (
+    COMPOSITES,
+    LRPCriterion,
+    batch_norm_merges,
+    canonized,
+    make_composite,
+)
 from shapprune.evaluation.measure import evaluate
 from shapprune.game.units import find_units
 from shapprune.zoo.data import load_dataset, reference_set
@@ -301,3 +307,38 @@ def test_least_relevant_filters_matter_least():
         return evaluate(pruned, data.test)["accuracy"]
 
     assert accuracy_without(order[:4]) > accuracy_without(order[-4:])
+
+
+class _Residual(nn.Module):
+    def __init__(self, width: int, in_place: bool) -> None:
+        super().__init__()
+        self.f, self.in_place = nn.Linear(width, width, bias=False), in_place
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_place:  # as ConvNeXt and EfficientNet write it
+            out = self.f(x)
+            out += x
+            return out
+        return x + self.f(x)
+
+
+def _residual_stack(depth: int) -> nn.Module:
+    torch.manual_seed(0)
+    blocks = [_Residual(6, in_place=i % 2 == 1) for i in range(depth)]
+    return nn.Sequential(nn.Linear(4, 6, bias=False), *blocks, nn.Linear(6, 3, bias=False))
+
+
+def test_residual_additions_split_relevance_in_proportion():
+    model = _residual_stack(40).eval().requires_grad_(False)
+    x, _ = _data((4,), n=5)
+    expected = model(x)
+    composite = make_composite("epsilon", model, epsilon=1e-9)
+    with composite.context(model):
+        x = x.clone().requires_grad_(True)
+        out = model(x)
+        (relevance,) = torch.autograd.grad(out, x, grad_outputs=out)
+    torch.testing.assert_close(out, expected)
+    # conserved from the logits to the input (no biases): the gradient would double it
+    # at each of the 40 additions
+    torch.testing.assert_close(relevance.sum(1), out.sum(1), rtol=1e-3, atol=1e-4)
+    _assert_untouched(model, _snapshot(model), training=False)

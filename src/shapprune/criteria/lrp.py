@@ -11,7 +11,8 @@ Rules come from a zennit composite (:data:`COMPOSITES`), or one rule per depth g
 make the network fit for LRP without changing its outputs: BatchNorm merged into the
 convolution whose output it reads (:mod:`~shapprune.criteria.lrp_batchnorm`; a BatchNorm
 that reads anything else passes relevance unchanged), residual additions made explicit
-modules (relevance split in proportion to the summands), and attention computed by
+modules (relevance split in proportion to the summands; in other blocks the additions
+themselves, :mod:`~shapprune.criteria.lrp_sums`), and attention computed by
 :func:`~shapprune.criteria.lrp_rules.attention_lrp`, whose rule the spec chooses (by
 default the softmax weights are held constant and relevance reaches the values along them).
 LayerNorm passes relevance through unchanged, activations (ReLU, GELU) too; other
@@ -52,6 +53,7 @@ from shapprune.criteria.lrp_options import COMPOSITES, LRPOptions, is_spec_file
 from shapprune.criteria.lrp_options import check_composite as _check_composite
 from shapprune.criteria.lrp_rules import attention_lrp, spec_composite
 from shapprune.criteria.lrp_spec import CompositeSpec, load_spec
+from shapprune.criteria.lrp_sums import ResidualSums
 from shapprune.criteria.lrp_timm import timm_canonizers
 from shapprune.devices import device_of, to_device
 from shapprune.game.attention import in_projection, mha_call
@@ -226,15 +228,17 @@ def lrp_canonizers(
 
     With ``canonize``: the BatchNorms of ``merges`` merged into the layers whose outputs
     they read (:func:`batch_norm_merges`; the others pass relevance), residual additions
-    of ResNet blocks (zoo and torchvision) and transformer blocks (zoo, torchvision and timm
-    ViT) as ``Sum`` modules, attention computed by :func:`attention_lrp` with the ``attention``
-    rule (default: relevance split by the attention weights, softmax constant). Always:
+    split in proportion to their summands (:class:`ResidualSums`; those of ResNet blocks (zoo
+    and torchvision) and transformer blocks (zoo, torchvision and timm ViT) as ``Sum``
+    modules), attention computed by :func:`attention_lrp` with the ``attention`` rule
+    (default: relevance split by the attention weights, softmax constant). Always:
     ``nn.MultiheadAttention`` written out so that its heads enter ``out_proj`` as a module.
     """
     if not canonize:
         return [AttributeCanonizer(_mha_plain)]
     return [
         MergeBatchNorms(merges),
+        ResidualSums(),
         AttributeCanonizer(_basic_block),
         ResNetBottleneckCanonizer(),
         AttributeCanonizer(_residual_block),
