@@ -1,0 +1,387 @@
+"""The registry of model sources: every way to name a model, in one open table.
+
+A source turns text into an ``nn.Module``: ``torchvision:NAME``, ``timm:NAME``, ``hf:DIR``,
+``path/to/file.py:NAME`` and ``package.module:NAME`` (a class or factory in the user's code),
+a zoo name (trained by its recipe on the data, cached), a shapprune checkpoint (or the folder
+``prune`` wrote), and a whole pickled module (only with ``trust_pickle``). Keyword model
+arguments go to the builder; ``weights`` (see ``sources.weights``) are loaded after.
+
+``register_model_source("mine", build)`` adds ``mine:NAME``, built by ``build(NAME,
+**model_args)``. Every model loaded here carries its source in its metadata, so that a
+pruned copy is rebuilt through the same source (``rebuild``) before its history is replayed.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from shapprune.sources.weights import PICKLE_SUFFIXES, TRUST_HINT, load_weights, torch_file
+
+__all__ = [
+    "MODEL_SOURCES",
+    "ModelSource",
+    "load_model",
+    "parse_model_args",
+    "rebuild",
+    "register_model_source",
+]
+
+Builder = Callable[..., nn.Module]
+
+
+@dataclass
+class ModelSource:
+    """``prefix:NAME`` built by ``build(NAME, **model_args)``; ``help`` says what NAME is."""
+
+    prefix: str
+    build: Builder
+    help: str = ""
+    arg: str = "NAME"
+
+
+MODEL_SOURCES: dict[str, ModelSource] = {}
+
+
+def register_model_source(
+    prefix: str, build: Builder, *, help: str = "", arg: str = "NAME", replace: bool = False
+) -> ModelSource:
+    """Make ``prefix:NAME`` a model source built by ``build(NAME, **model_args)`` (``arg``:
+    what NAME is called in messages)."""
+    if not prefix.isidentifier():
+        raise ValueError(f"a model source prefix must be an identifier, got {prefix!r}")
+    if prefix in MODEL_SOURCES and not replace:
+        raise ValueError(f"a model source {prefix!r} is already registered; pass replace=True")
+    MODEL_SOURCES[prefix] = ModelSource(prefix, build, help, arg)
+    return MODEL_SOURCES[prefix]
+
+
+# --- the registered prefixes ----------------------------------------------------------------
+
+
+def _torchvision(name: str, **model_args: Any) -> nn.Module:
+    import torchvision
+
+    if name not in torchvision.models.list_models():
+        raise ValueError(f"torchvision has no model {name!r}; see torchvision.models.list_models()")
+    return torchvision.models.get_model(name, weights=None, **model_args)
+
+
+def _timm(name: str, **model_args: Any) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ValueError("timm: models need timm; pip install timm") from None
+    if not timm.is_model(name):
+        raise ValueError(f"timm has no model {name!r}; see timm.list_models()")
+    return timm.create_model(name, pretrained=False, **model_args)
+
+
+class LogitsOf(nn.Module):
+    """A Hugging Face model whose output is its logits (or its first output), as the
+    pipeline expects of a classifier."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out = self.model(x)
+        if hasattr(out, "logits"):
+            return out.logits
+        return out[0] if isinstance(out, tuple | list) else out
+
+
+def _hf(folder: str, **model_args: Any) -> nn.Module:
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"hf:{folder} is not a Hugging Face model folder: {path / 'config.json'} not found "
+            "(save one with model.save_pretrained(DIR))"
+        )
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError("hf: models need transformers; pip install transformers") from None
+    config = transformers.AutoConfig.from_pretrained(
+        str(path), local_files_only=True, trust_remote_code=False
+    )
+    names = list(getattr(config, "architectures", None) or [])
+    cls = getattr(transformers, names[0], None) if names else None
+    if cls is None:
+        raise ValueError(
+            f"hf:{folder}: config.json names no architecture transformers knows "
+            f"({names or 'none'}); remote code is never run"
+        )
+    model = cls.from_pretrained(
+        str(path), local_files_only=True, trust_remote_code=False, **model_args
+    )
+    return LogitsOf(model.eval())
+
+
+register_model_source("torchvision", _torchvision, help="any torchvision.models builder")
+register_model_source("timm", _timm, help="timm.create_model(NAME, pretrained=False)")
+register_model_source(
+    "hf", _hf, help="a local Hugging Face folder (config.json + weights)", arg="DIR"
+)
+
+
+# --- the user's code ------------------------------------------------------------------------
+
+
+def _call(what: str, builder: Any, model_args: dict) -> nn.Module:
+    if not callable(builder):
+        raise ValueError(f"{what} is not a class or a function that builds a model")
+    try:
+        model = builder(**model_args)
+    except Exception as err:
+        msg = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"{what}({_show_args(model_args)}) failed: {msg}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{what} returned {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def _show_args(model_args: Mapping) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in model_args.items())
+
+
+def _from_file(text: str, model_args: dict) -> nn.Module:
+    file, _, name = text.rpartition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} not found (--model FILE.py:NAME)")
+    if not name.isidentifier():
+        raise ValueError(f"--model {text}: after FILE.py: give the name of a class or function")
+    module_name = f"shapprune_user_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look the module up
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        sys.modules.pop(module_name, None)
+        msg = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"importing {path} failed: {type(err).__name__}: {msg}") from None
+    if not hasattr(module, name):
+        found = [n for n, v in vars(module).items() if inspect.isclass(v) or inspect.isfunction(v)]
+        raise ValueError(
+            f"{path} has no {name!r}; it defines: {', '.join(n for n in found if not n.startswith('_')) or 'nothing callable'}"  # noqa: E501
+        )
+    return _call(f"{path}:{name}", getattr(module, name), model_args)
+
+
+def _from_module(text: str, model_args: dict) -> nn.Module:
+    module_name, _, name = text.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        if "." not in module_name:  # most likely a mistyped prefix
+            raise ValueError(f"{_unknown(text)} (no module {module_name!r} either)") from None
+        raise ValueError(f"cannot import {module_name!r} for --model {text}: {err}") from None
+    if not hasattr(module, name):
+        raise ValueError(f"module {module_name!r} has no {name!r} (--model {text})")
+    return _call(text, getattr(module, name), model_args)
+
+
+def _pickled(path: Path, trust_pickle: bool) -> nn.Module:
+    obj = torch_file(path, trust_pickle) if trust_pickle else _refuse_pickle(path)
+    if not isinstance(obj, nn.Module):
+        raise ValueError(
+            f"{path} holds a {type(obj).__name__}, not a whole module: give the "
+            "architecture as --model and this file as --weights"
+        )
+    return obj
+
+
+def _refuse_pickle(path: Path):
+    obj = torch_file(path)  # weights_only: a whole module is refused here, naming the flag
+    raise ValueError(
+        f"{path} holds weights ({type(obj).__name__}), not a model: name the architecture "
+        "with --model and pass this file as --weights"
+    )
+
+
+# --- telling the kinds apart ----------------------------------------------------------------
+
+
+def _kind(text: str) -> str:
+    """Which kind of source ``text`` names (without building it)."""
+    from shapprune.zoo.models import MODELS
+
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix in MODEL_SOURCES and len(prefix) > 1:
+        return "prefix"
+    if sep and rest:
+        file = text.rpartition(":")[0]
+        if file.endswith(".py"):
+            return "file"
+        if all(part.isidentifier() for part in prefix.split(".")) and rest.isidentifier():
+            return "module"
+    if text in MODELS:
+        return "zoo"
+    path = Path(text)
+    if path.suffix in (".json", ".safetensors") or (path / "model.json").is_file():
+        return "checkpoint"
+    if path.suffix in PICKLE_SUFFIXES:
+        return "pickle"
+    if path.exists() or "/" in text:
+        return "checkpoint"
+    return "unknown"
+
+
+def _unknown(text: str) -> ValueError:
+    from shapprune.zoo.models import MODELS
+
+    prefix, sep, _ = text.partition(":")
+    what = f"unknown model source {prefix + ':'!r}" if sep else f"unknown model {text!r}"
+    known = ", ".join(f"{p}:{s.arg}" for p, s in MODEL_SOURCES.items())
+    return ValueError(
+        f"{what}; give {known}, FILE.py:NAME, package.module:NAME, a checkpoint path, "
+        f"or a zoo name ({', '.join(sorted(MODELS))})"
+    )
+
+
+def describe_sources() -> str:
+    """One line of help: the kinds of --model."""
+    return (
+        "a zoo name, a checkpoint (or a folder prune wrote), "
+        + ", ".join(f"{p}:{s.arg}" for p, s in MODEL_SOURCES.items())
+        + ", FILE.py:NAME or package.module:NAME"
+    )
+
+
+def parse_model_args(items: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` items (``--model-arg``) as keyword arguments: each value a Python
+    literal if it reads as one (``10``, ``(3, 3)``, ``True``), else the string."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--model-arg takes KEY=VALUE (e.g. num_classes=10), got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            out[key] = value.strip()
+    return out
+
+
+def _canonical(text: str, kind: str) -> str:
+    """The source text as it will still read from another folder (files made absolute)."""
+    if kind == "file":
+        file, _, name = text.rpartition(":")
+        return f"{Path(file).resolve()}:{name}"
+    if kind == "prefix" and text.startswith("hf:"):
+        return f"hf:{Path(text[3:]).resolve()}"
+    if kind == "pickle":
+        return str(Path(text).resolve())
+    return text
+
+
+def build_source(
+    text: str, model_args: Mapping[str, Any] | None = None, trust_pickle: bool = False
+) -> nn.Module:
+    """The module ``text`` names, built with ``model_args`` (random weights where the
+    source has no weights of its own); zoo names are built untrained here."""
+    model_args = dict(model_args or {})
+    kind = _kind(text)
+    if kind == "prefix":
+        prefix, _, rest = text.partition(":")
+        if not rest:
+            raise ValueError(f"--model {text}: give a name after {prefix}:")
+        model = MODEL_SOURCES[prefix].build(rest, **model_args)
+    elif kind == "file":
+        model = _from_file(text, model_args)
+    elif kind == "module":
+        model = _from_module(text, model_args)
+    elif kind == "pickle":
+        if model_args:
+            raise ValueError(f"--model-arg does not apply to a pickled module ({text})")
+        model = _pickled(Path(text), trust_pickle)
+    elif kind == "zoo":
+        from shapprune.zoo.models import build_model
+
+        model = build_model(text, **model_args)
+    else:
+        raise _unknown(text)
+    return model.eval()
+
+
+def rebuild(meta: Mapping[str, Any], trust_pickle: bool = False) -> nn.Module:
+    """The unpruned model a checkpoint's metadata describes: through its source when it
+    records one, else the zoo (or ``torchvision:``) name and config."""
+    from shapprune.zoo.models import build_model
+
+    source = meta.get("source")
+    if not source:
+        return build_model(meta["model"], **meta["config"])
+    if source.get("trust_pickle") and not trust_pickle:
+        raise ValueError(
+            f"this checkpoint is rebuilt from the pickled module {source['source']}; {TRUST_HINT}"
+        )
+    return build_source(source["source"], source.get("model_args"), trust_pickle)
+
+
+def load_model(
+    source: str,
+    data: str | None = None,
+    seed: int = 0,
+    root: str | None = None,
+    *,
+    weights: str | Path | None = None,
+    trust_pickle: bool = False,
+    **model_args: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model ``source`` names and its metadata: ``(module in eval mode, meta)``.
+
+    ``source``: see the module's doc. A zoo name without ``weights`` is the zoo model
+    trained on ``data`` (default mnist5k) by its recipe with ``seed``, cached; ``root``: the
+    folder of local datasets. ``weights``: a weights file loaded after building (also
+    accepted as the second positional argument when it names a weights file).
+    ``model_args``: keyword arguments of the builder.
+    """
+    from shapprune.pruning.checkpoint import load_checkpoint
+    from shapprune.zoo.cache import pretrained
+
+    if weights is None and data is not None and _is_weights_file(data):
+        data, weights = None, data
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"weights file {weights} not found")
+    text = str(source)
+    kind = _kind(text)
+    if kind == "checkpoint":
+        if model_args:
+            raise ValueError("--model-arg does not apply to a checkpoint: it records its own")
+        path = Path(text)
+        if (path / "model.json").is_file():
+            path = path / "model"
+        model, meta = load_checkpoint(path, build=lambda m: rebuild(m, trust_pickle))
+    elif kind == "zoo" and weights is None and not model_args:
+        model, meta = pretrained(text, data or "mnist5k", seed=seed, root=root)
+    elif kind == "zoo":
+        model = build_source(text, model_args)
+        meta = {"model": text, "config": dict(model_args), "metrics": {}}
+    else:
+        model = build_source(text, model_args, trust_pickle)
+        record = {"source": _canonical(text, kind), "model_args": dict(model_args)}
+        if kind == "pickle":
+            record["trust_pickle"] = True
+        meta = {"model": text, "config": {}, "metrics": {}, "source": record}
+    if weights is not None:
+        load_weights(model, weights, trust_pickle)
+        meta["weights"] = str(weights)
+    return model.eval(), meta
+
+
+def _is_weights_file(text: Any) -> bool:
+    return isinstance(text, Path) or Path(str(text)).suffix in (".safetensors", *PICKLE_SUFFIXES)
