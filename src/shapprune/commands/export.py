@@ -40,6 +40,8 @@ def export(
     if not (folder / "model.json").is_file():
         raise FileNotFoundError(f"{folder / 'model.json'} not found: give the folder prune wrote")
     target = out if out is not None else folder / f"model{SUFFIXES[fmt]}"
+    if fmt == "exported-program" and target.suffix != ".pt2":
+        raise ValueError(f"an exported program's file ends in .pt2 (torch.export.load): {target}")
     check_output(target, force=force)
     model, meta = load_model(str(folder), trust_pickle=trust_pickle)
     name = data or meta.get("dataset")

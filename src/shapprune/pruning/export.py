@@ -111,7 +111,10 @@ def export_model(
     """Write ``model`` (on the CPU, in eval mode) as ``fmt`` to ``path`` and check it: the
     file is read back and run on ``examples`` beside the module (see the module's doc)."""
     _check_format(fmt)
-    path = check_output(Path(path), force=force)
+    path = Path(path)
+    if fmt == "exported-program" and path.suffix != ".pt2":
+        raise ValueError(f"an exported program's file ends in .pt2 (torch.export.load): {path}")
+    path = check_output(path, force=force)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     x = examples.detach().cpu().float()
