@@ -132,6 +132,13 @@ def test_hugging_face_folder(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(x), original(x).logits, rtol=0, atol=0)
     assert meta["source"]["source"] == f"hf:{(tmp_path / 'vit').resolve()}"
+    layer = "model.vit.layers.0.mlp.fc1"  # torch-pruning cuts its MLPs (not its heads)
+    pruned = apply_removals(model, {layer: [1, 5, 9]}, x, mode="remove")
+    save_pruned(tmp_path / "out" / "model", pruned, base=meta, input_shape=(1, 28, 28))
+    again, _ = load_model(str(tmp_path / "out"))
+    assert again.get_submodule(layer).out_features == 29
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), pruned(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

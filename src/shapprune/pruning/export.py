@@ -55,9 +55,11 @@ def _check_format(fmt: str) -> None:
         try:
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
         except ImportError:
             raise ValueError(
-                "ONNX export needs onnx and onnxruntime: pip install 'shapprune[export]'"
+                "ONNX export needs onnx, onnxscript and onnxruntime: "
+                "pip install 'shapprune[export]'"
             ) from None
 
 

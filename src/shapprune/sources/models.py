@@ -122,9 +122,16 @@ def _hf(folder: str, **model_args: Any) -> nn.Module:
             f"hf:{folder}: config.json names no architecture transformers knows "
             f"({names or 'none'}); remote code is never run"
         )
-    model = cls.from_pretrained(
-        str(path), local_files_only=True, trust_remote_code=False, **model_args
-    )
+    bars = transformers.utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()  # one bar per load, on every reload of a pruned copy
+    try:
+        model = cls.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=False, **model_args
+        )
+    finally:
+        if shown:
+            bars.enable_progress_bar()
     return LogitsOf(model.eval())
 
 
