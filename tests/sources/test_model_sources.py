@@ -37,7 +37,7 @@ NOT_A_MODEL = 3
 
 @pytest.fixture
 def user_file(tmp_path):
-    path = tmp_path / "user_net.py"
+    path = tmp_path / "api_net.py"
     path.write_text(USER_CODE)
     return path
 
@@ -54,8 +54,8 @@ def test_file_and_module_sources_take_model_args(user_file, monkeypatch):
     assert model.conv1.out_channels == 5 and not model.training
     assert meta["source"] == {"source": f"{user_file.resolve()}:Net", "model_args": {"width": 5}}
     monkeypatch.syspath_prepend(str(user_file.parent))
-    model, meta = load_model("user_net:make", width=3)
-    assert model.conv1.out_channels == 3 and meta["source"]["source"] == "user_net:make"
+    model, meta = load_model("api_net:make", width=3)
+    assert model.conv1.out_channels == 3 and meta["source"]["source"] == "api_net:make"
 
 
 def test_prefixed_sources():
