@@ -35,6 +35,16 @@ TINY = ["--criterion", "weight-l1", "--refine", "0", "--per-class", "2", "--targ
         "--device", "cpu", "--compensate", "no", "--per-layer"]  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on cores shared with other jobs, spinning threads wait on each
+    other (timm's convolutions ran 10x slower under load with two)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def user_dir(tmp_path, monkeypatch):
     (tmp_path / "user_net.py").write_text(USER_CODE)
