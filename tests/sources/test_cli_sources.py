@@ -143,9 +143,12 @@ def test_bad_sources_exit_2_with_one_line(user_dir, monkeypatch, capsys, case):
     torch.save(Net(), user_dir / "whole.pt")
     args, message = BAD[case]
     args = [a.format(d=user_dir) for a in args]
-    for command in (["prune", *TINY, "--out", user_dir / "out"], ["rank", "--layer", "conv1"]):
-        if case == "export" and command[0] == "rank":
-            continue
+    commands = (
+        ["prune", *TINY, "--out", user_dir / "out"],
+        ["rank", "--layer", "conv1"],
+        ["oracle", "--layer", "conv1", "--out", user_dir / "oracle.json"],
+    )
+    for command in commands if case != "export" else commands[:1]:
         code, _, err = run_cli(monkeypatch, capsys, *command, *args)
         assert code == 2 and message in err and err.count("\n") == 1, err
-    assert not (user_dir / "out").exists()
+    assert not (user_dir / "out").exists() and not (user_dir / "oracle.json").exists()

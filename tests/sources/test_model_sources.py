@@ -3,12 +3,14 @@ the model it names; each mistake is a one-line error naming the fix."""
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 import shapprune
 from shapprune.pruning.checkpoint import save_pruned
 from shapprune.pruning.removal import apply_removals
 from shapprune.sources.models import MODEL_SOURCES, load_model, parse_model_args
+from shapprune.zoo.models import build_model
 
 USER_CODE = """
 import torch
@@ -82,8 +84,12 @@ def test_the_old_call_and_weights_as_second_argument(user_file, tmp_path):
     model, meta = shapprune.load_model(f"{user_file}:Net", str(tmp_path / "w.pth"))
     assert torch.equal(model.conv1.weight, source.conv1.weight)
     assert meta["weights"].endswith("w.pth")
-    zoo, meta = shapprune.load_model("lenet5", weights=None, num_classes=10, in_channels=1)
-    assert meta["model"] == "lenet5" and meta["config"] == {"num_classes": 10, "in_channels": 1}
+    with pytest.raises(ValueError, match="builds zoo model 'tinycnn' untrained"):
+        shapprune.load_model("tinycnn", num_classes=4)
+    trained = build_model("tinycnn", num_classes=4, seed=5)
+    save_file(trained.state_dict(), tmp_path / "tiny.safetensors")
+    zoo, meta = load_model("tinycnn", weights=tmp_path / "tiny.safetensors", num_classes=4)
+    assert torch.equal(zoo.fc.weight, trained.fc.weight) and meta["config"] == {"num_classes": 4}
 
 
 def test_a_pruned_model_is_rebuilt_through_its_source(user_file, tmp_path):

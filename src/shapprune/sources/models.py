@@ -352,7 +352,8 @@ def load_model(
     """The model ``source`` names and its metadata: ``(module in eval mode, meta)``.
 
     ``source``: see the module's doc. A zoo name without ``weights`` is the zoo model
-    trained on ``data`` (default mnist5k) by its recipe with ``seed``, cached; ``root``: the
+    trained on ``data`` (default mnist5k) by its recipe with ``seed``, cached (with
+    ``weights``, built from ``model_args`` and given those weights); ``root``: the
     folder of local datasets. ``weights``: a weights file loaded after building (also
     accepted as the second positional argument when it names a weights file).
     ``model_args``: keyword arguments of the builder.
@@ -376,6 +377,11 @@ def load_model(
     elif kind == "zoo" and weights is None and not model_args:
         model, meta = pretrained(text, data or "mnist5k", seed=seed, root=root)
     elif kind == "zoo":
+        if weights is None:  # an untrained model where the zoo's trained one was meant
+            raise ValueError(
+                f"--model-arg builds zoo model {text!r} untrained: give its --weights too, or "
+                "drop --model-arg for the zoo's model trained on --data"
+            )
         model = build_source(text, model_args)
         meta = {"model": text, "config": dict(model_args), "metrics": {}}
     else:
