@@ -12,7 +12,7 @@ from helpers import run_cli
 
 from shapprune.pruning.checkpoint import save_pruned
 from shapprune.pruning.removal import apply_removals
-from shapprune.sources.models import load_model
+from shapprune.zoo.models import build_model
 
 pytest.importorskip("onnxruntime")
 
@@ -51,7 +51,7 @@ WITHOUT_SHAPPRUNE = textwrap.dedent(
 @pytest.fixture
 def pruned_dir(tmp_path):
     """What prune writes, for the zoo's tinycnn (random weights) with units of both convs cut."""
-    model, meta = load_model("tinycnn", num_classes=10)
+    model, meta = build_model("tinycnn"), {"model": "tinycnn", "config": {}}
     x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     pruned = apply_removals(model, {"conv1": [1, 4], "conv2": [0, 3, 7]}, x, mode="remove")
     save_pruned(tmp_path / "pruned" / "model", pruned, base=meta, input_shape=(1, 28, 28),

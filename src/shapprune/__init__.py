@@ -45,11 +45,16 @@ from shapprune.game.pruning_game import METRICS, PruningGame
 from shapprune.game.spec import GameSpec
 from shapprune.game.units import find_units
 from shapprune.options import option
-from shapprune.pruning.checkpoint import load_checkpoint, save_pruned
+from shapprune.pruning.checkpoint import save_pruned
 from shapprune.pruning.compress import prune_model
 from shapprune.pruning.plan import Target, make_plan, prunable_layers
 from shapprune.pruning.removal import apply_removals
-from shapprune.sources.models import MODEL_SOURCES, load_model, register_model_source
+from shapprune.sources.models import (
+    MODEL_SOURCES,
+    load_checkpoint,
+    load_model,
+    register_model_source,
+)
 from shapprune.sources.weights import load_weights
 from shapprune.version import __version__
 from shapprune.zoo.cache import pretrained

@@ -103,6 +103,10 @@ def test_a_pruned_model_is_rebuilt_through_its_source(user_file, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(x), pruned(x), rtol=0, atol=0)
     assert shapprune.load_checkpoint(tmp_path / "out" / "model")[0].conv1.out_channels == 4
+    from shapprune.pruning import checkpoint  # below the sources: it names who rebuilds them
+
+    with pytest.raises(ValueError, match="records the model source .*shapprune.load_checkpoint"):
+        checkpoint.load_checkpoint(tmp_path / "out" / "model")
 
 
 def test_a_pickled_module_is_refused_without_trust(user_file, tmp_path):

@@ -93,7 +93,8 @@ def load_checkpoint(
 
     ``build(meta)`` makes the unpruned model; by default the zoo's ``build_model`` from the
     recorded name and config. A checkpoint that records another source (``meta["source"]``)
-    needs the sources' builder: ``shapprune.load_model`` passes it.
+    needs the sources' builder (nothing here knows the sources): ``shapprune.load_checkpoint``
+    (``sources.models.load_checkpoint``) and ``shapprune.load_model`` pass it.
     """
     from safetensors.torch import load_file
 
@@ -113,7 +114,10 @@ def load_checkpoint(
     except Exception as err:  # safetensors raises its own error type for malformed files
         raise ValueError(f"{st_path} is not a valid safetensors file: {err}") from None
     if build is None and meta.get("source"):
-        from shapprune.sources.models import rebuild as build  # the source it records
+        raise ValueError(
+            f"{json_path} records the model source {meta['source'].get('source')!r}: load it "
+            "with shapprune.load_checkpoint or shapprune.load_model, which rebuild sources"
+        )
     model = build(meta) if build is not None else build_model(meta["model"], **meta["config"])
     pruning = meta.get("pruning")
     if pruning:  # rebuild the pruned architecture by replaying its history

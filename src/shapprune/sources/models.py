@@ -30,6 +30,7 @@ from shapprune.sources.weights import PICKLE_SUFFIXES, TRUST_HINT, load_weights,
 __all__ = [
     "MODEL_SOURCES",
     "ModelSource",
+    "load_checkpoint",
     "load_model",
     "parse_model_args",
     "rebuild",
@@ -339,6 +340,16 @@ def rebuild(meta: Mapping[str, Any], trust_pickle: bool = False) -> nn.Module:
     return build_source(source["source"], source.get("model_args"), trust_pickle)
 
 
+def load_checkpoint(
+    path: str | Path, trust_pickle: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A shapprune checkpoint (prefix, .json or .safetensors), rebuilt through the source it
+    records (or the zoo) before its pruning history is replayed."""
+    from shapprune.pruning import checkpoint
+
+    return checkpoint.load_checkpoint(path, build=lambda meta: rebuild(meta, trust_pickle))
+
+
 def load_model(
     source: str,
     data: str | None = None,
@@ -358,7 +369,6 @@ def load_model(
     accepted as the second positional argument when it names a weights file).
     ``model_args``: keyword arguments of the builder.
     """
-    from shapprune.pruning.checkpoint import load_checkpoint
     from shapprune.zoo.cache import pretrained
 
     if weights is None and data is not None and _is_weights_file(data):
@@ -373,7 +383,7 @@ def load_model(
         path = Path(text)
         if (path / "model.json").is_file():
             path = path / "model"
-        model, meta = load_checkpoint(path, build=lambda m: rebuild(m, trust_pickle))
+        model, meta = load_checkpoint(path, trust_pickle)
     elif kind == "zoo" and weights is None and not model_args:
         model, meta = pretrained(text, data or "mnist5k", seed=seed, root=root)
     elif kind == "zoo":
