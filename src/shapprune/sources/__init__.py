@@ -1,2 +1,3 @@
-"""Where models come from: one open registry of model sources (``sources.models``) and the
-weights files they may be given (``sources.weights``)."""
+"""Where models come from: the open registry of model sources (``sources.models``), the
+user's own code (``sources.user_code``) and the weights files a model may be given
+(``sources.weights``)."""
