@@ -93,3 +93,22 @@ def test_export_paths_and_formats_are_checked_first(pruned_dir, tmp_path, monkey
         assert code == 2 and message in err and err.count("\n") == 1, err
     code, _, err = run_cli(monkeypatch, capsys, "export", tmp_path, "--format", "onnx")
     assert code == 2 and "model.json not found" in err and err.count("\n") == 1
+
+
+def test_an_export_that_differs_is_an_error(tmp_path, monkeypatch):
+    from shapprune.pruning import export
+
+    model = build_model("tinycnn")
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    saver = export._SAVERS["torchscript"]
+
+    def off(model, x, path):  # an export whose outputs drift beyond float32
+        run = saver(model, x, path)
+        return lambda inputs: run(inputs) + 1e-2
+
+    monkeypatch.setitem(export._SAVERS, "torchscript", off)
+    with pytest.raises(ValueError, match=r"differs from the pruned module by 0\.01 on 4"):
+        export.export_model(model, x, "torchscript", tmp_path / "m.ts")
+    assert not (tmp_path / "m.ts").exists()
+    monkeypatch.setitem(export._SAVERS, "torchscript", saver)  # the real one agrees
+    assert export.export_model(model, x, "torchscript", tmp_path / "m.ts").max_abs_diff == 0

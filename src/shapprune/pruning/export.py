@@ -136,6 +136,7 @@ def export_model(
     diff = float((got.float() - expected.float()).abs().max())
     scale = max(float(expected.abs().max()), 1.0)
     if not diff <= rtol * scale:
+        path.unlink(missing_ok=True)  # a file that does not compute the pruned model is no result
         raise ValueError(
             f"the {fmt} export {path} differs from the pruned module by {diff:.3g} on "
             f"{len(x)} reference examples (outputs up to {scale:.3g}; allowed {rtol * scale:.3g})"
