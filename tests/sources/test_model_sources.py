@@ -163,6 +163,7 @@ def test_hugging_face_folder(tmp_path):
         ("hf:{d}", {}, FileNotFoundError, "config.json not found"),
         ("torchvision:nonet", {}, ValueError, "torchvision has no model 'nonet'"),
         ("timm:nonet", {}, ValueError, "timm has no model 'nonet'"),
+        ("timm:test_resnet", {"pretrained": True}, ValueError, "never downloaded"),
         ("lenet5", {"weights": "{d}/gone.st"}, FileNotFoundError, "gone.st not found"),
     ],
 )

@@ -68,11 +68,21 @@ def register_model_source(
 # --- the registered prefixes ----------------------------------------------------------------
 
 
+def _no_downloads(prefix: str, model_args: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    given = [k for k in keys if k in model_args]
+    if given:
+        raise ValueError(
+            f"{prefix}: models are built with random weights, never downloaded ({given[0]} is "
+            "not taken); pass the weights as a file with --weights"
+        )
+
+
 def _torchvision(name: str, **model_args: Any) -> nn.Module:
     import torchvision
 
     if name not in torchvision.models.list_models():
         raise ValueError(f"torchvision has no model {name!r}; see torchvision.models.list_models()")
+    _no_downloads("torchvision", model_args, ("weights", "pretrained"))
     return torchvision.models.get_model(name, weights=None, **model_args)
 
 
@@ -83,6 +93,7 @@ def _timm(name: str, **model_args: Any) -> nn.Module:
         raise ValueError("timm: models need timm; pip install timm") from None
     if not timm.is_model(name):
         raise ValueError(f"timm has no model {name!r}; see timm.list_models()")
+    _no_downloads("timm", model_args, ("pretrained", "pretrained_cfg_overlay"))
     return timm.create_model(name, pretrained=False, **model_args)
 
 
