@@ -76,6 +76,10 @@ def test_an_open_registry(monkeypatch):
     assert model.in_features == 5 and meta["source"]["source"] == "mine:5"
     with pytest.raises(ValueError, match="already registered"):
         shapprune.register_model_source("mine", nn.Linear)
+    monkeypatch.setitem(MODEL_SOURCES, "boom", MODEL_SOURCES["torchvision"])
+    shapprune.register_model_source("boom", lambda name, **kw: {}[name], replace=True)
+    with pytest.raises(ValueError, match=r"building boom:x\(depth=2\) failed: 'x'"):
+        shapprune.load_model("boom:x", depth=2)  # the builder's own error, in one line
 
 
 def test_the_old_call_and_weights_as_second_argument(user_file, tmp_path):

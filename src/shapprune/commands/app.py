@@ -26,13 +26,9 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotImplementedErr
 
 
 # Options shared by several commands
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        help="a zoo name, a checkpoint (or a folder prune wrote), torchvision:NAME, timm:NAME, "
-        "hf:DIR, FILE.py:NAME or package.module:NAME"
-    ),
-]
+# --model's help lists the registered sources: written by _refresh_help() too
+MODEL_HELP = typer.Option(help="a model source")
+ModelOpt = Annotated[str, MODEL_HELP]
 ModelArgOpt = Annotated[
     list[str] | None,
     typer.Option(help="KEY=VALUE, repeatable: an argument of the model's builder (num_classes=10)"),
@@ -64,6 +60,9 @@ def _options_of(decl: type, fixed: tuple = ()) -> str:
 
 def _refresh_help() -> None:
     """Help texts from the registries and the declarations, as they are now."""
+    from shapprune.sources.models import describe_sources
+
+    MODEL_HELP.help = describe_sources()
     METHOD_HELP.help = f"one of: {', '.join(ESTIMATORS)}"
     CRITERION_HELP.help = f"one of: {', '.join(CRITERIA)}"
     RANK_OPTION_HELP.help = (

@@ -30,6 +30,7 @@ __all__ = [
     "MODEL_SOURCES",
     "ModelSource",
     "load_checkpoint",
+    "describe_sources",
     "load_model",
     "parse_model_args",
     "rebuild",
@@ -194,7 +195,7 @@ def _unknown(text: str) -> ValueError:
 
 
 def describe_sources() -> str:
-    """One line of help: the kinds of --model."""
+    """One line of help: the kinds of --model, the registered prefixes included."""
     return (
         "a zoo name, a checkpoint (or a folder prune wrote), "
         + ", ".join(f"{p}:{s.arg}" for p, s in MODEL_SOURCES.items())
@@ -223,8 +224,9 @@ def _canonical(text: str, kind: str) -> str:
     if kind == "file":
         file, _, name = text.rpartition(":")
         return f"{Path(file).resolve()}:{name}"
-    if kind == "prefix" and text.startswith("hf:"):
-        return f"hf:{Path(text[3:]).resolve()}"
+    prefix, _, rest = text.partition(":")
+    if kind == "prefix" and MODEL_SOURCES[prefix].arg in ("DIR", "FILE"):  # a local path
+        return f"{prefix}:{Path(rest).resolve()}"
     if kind == "pickle":
         return str(Path(text).resolve())
     return text
@@ -241,7 +243,14 @@ def build_source(
         prefix, _, rest = text.partition(":")
         if not rest:
             raise ValueError(f"--model {text}: give a name after {prefix}:")
-        model = MODEL_SOURCES[prefix].build(rest, **model_args)
+        try:
+            model = MODEL_SOURCES[prefix].build(rest, **model_args)
+        except (ValueError, FileNotFoundError):
+            raise
+        except Exception as err:  # the builder's own error, as one line
+            msg = " ".join(str(err).split()) or type(err).__name__
+            args = ", ".join(f"{k}={v!r}" for k, v in model_args.items())
+            raise ValueError(f"building {text}({args}) failed: {msg}") from None
     elif kind == "file":
         model = from_file(text, model_args)
     elif kind == "module":
