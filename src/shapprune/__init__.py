@@ -3,7 +3,7 @@
 Everything a user's script needs is re-exported here (the subpackages' ``__init__`` files
 stay empty, so no import runs in circles); the subpackages follow the flow
 ``game`` -> ``estimators`` -> ``criteria`` -> ``pruning`` -> ``evaluation`` (``zoo``: models,
-data, training).
+data, training; ``sources``: where models come from).
 """
 
 from shapprune.compat import refuse_unsupported
@@ -45,12 +45,19 @@ from shapprune.game.pruning_game import METRICS, PruningGame
 from shapprune.game.spec import GameSpec
 from shapprune.game.units import find_units
 from shapprune.options import option
-from shapprune.pruning.checkpoint import load_checkpoint, save_pruned
+from shapprune.pruning.checkpoint import save_pruned
 from shapprune.pruning.compress import prune_model
 from shapprune.pruning.plan import Target, make_plan, prunable_layers
 from shapprune.pruning.removal import apply_removals
+from shapprune.sources.models import (
+    MODEL_SOURCES,
+    load_checkpoint,
+    load_model,
+    register_model_source,
+)
+from shapprune.sources.weights import load_weights
 from shapprune.version import __version__
-from shapprune.zoo.cache import load_model, pretrained
+from shapprune.zoo.cache import pretrained
 from shapprune.zoo.data import load_dataset, reference_set
 from shapprune.zoo.models import build_model
 
@@ -60,6 +67,7 @@ __all__ = [
     "EXECUTORS",
     "METHODS",
     "METRICS",
+    "MODEL_SOURCES",
     "Answer",
     "Checkpoint",
     "CompositeSpec",
@@ -88,6 +96,7 @@ __all__ = [
     "load_dataset",
     "load_model",
     "load_spec",
+    "load_weights",
     "make_executor",
     "make_plan",
     "measure",
@@ -101,6 +110,7 @@ __all__ = [
     "register_criterion",
     "register_estimator",
     "register_executor",
+    "register_model_source",
     "resolve_device",
     "save_pruned",
     "score_layers",

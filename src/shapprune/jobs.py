@@ -57,6 +57,9 @@ def rank_layer(
     progress: Callable[[str, int], object] | None = None,
     options: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
+    model_args: dict[str, Any] | None = None,
+    weights: str | None = None,
+    trust_pickle: bool = False,
 ) -> dict:
     """Shapley values of ``layer``'s units on a reference set from the validation split;
     ``options`` are the method's declared options. The game is built from a ``GameSpec`` (in
@@ -71,6 +74,9 @@ def rank_layer(
         per_class=per_class,
         seed=seed,
         metric=metric,
+        model_args=dict(model_args or {}),
+        weights=weights,
+        trust_pickle=trust_pickle,
     )
     model, meta, ref = spec.load(device)
     game = spec.game(model, ref)

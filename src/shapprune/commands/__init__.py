@@ -9,7 +9,7 @@ from importlib import import_module
 from shapprune.commands.app import app, main
 from shapprune.commands.progress import progress_fields, status_progress
 
-COMMAND_MODULES = ("rank", "prune", "tune", "compare")
+COMMAND_MODULES = ("rank", "prune", "tune", "compare", "export")
 for _name in COMMAND_MODULES:
     import_module(f"shapprune.commands.{_name}")
 

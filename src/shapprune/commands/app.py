@@ -26,7 +26,21 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotImplementedErr
 
 
 # Options shared by several commands
-ModelOpt = Annotated[str, typer.Option(help="zoo model name or checkpoint path")]
+# --model's help lists the registered sources: written by _refresh_help() too
+MODEL_HELP = typer.Option(help="a model source")
+ModelOpt = Annotated[str, MODEL_HELP]
+ModelArgOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="KEY=VALUE, repeatable: an argument of the model's builder (num_classes=10)"),
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(help="weights to load: .safetensors, or a state_dict in .pt/.pth/.bin"),
+]
+TrustPickleOpt = Annotated[
+    bool,
+    typer.Option(help="allow unpickling a whole module (torch.save(model)): only files you trust"),
+]
 DataOpt = Annotated[str, typer.Option(help="dataset name (mnist5k is embedded)")]
 SeedOpt = Annotated[int, typer.Option(help="random seed")]
 RootOpt = Annotated[str | None, typer.Option(help="folder holding local datasets")]
@@ -46,6 +60,9 @@ def _options_of(decl: type, fixed: tuple = ()) -> str:
 
 def _refresh_help() -> None:
     """Help texts from the registries and the declarations, as they are now."""
+    from shapprune.sources.models import describe_sources
+
+    MODEL_HELP.help = describe_sources()
     METHOD_HELP.help = f"one of: {', '.join(ESTIMATORS)}"
     CRITERION_HELP.help = f"one of: {', '.join(CRITERIA)}"
     RANK_OPTION_HELP.help = (
@@ -74,6 +91,17 @@ CheckpointEveryOpt = Annotated[
     int, typer.Option(help="write the resume checkpoint every N evaluations (and each minute)")
 ]
 CHECKPOINT = "checkpoint.json"  # suffix of the resume file next to the output
+
+
+def model_source(model_arg, weights, trust_pickle: bool) -> dict:
+    """The keywords of ``load_model`` that the source options give."""
+    from shapprune.sources.models import parse_model_args
+
+    return {
+        **parse_model_args(model_arg),
+        "weights": None if weights is None else str(weights),
+        "trust_pickle": trust_pickle,
+    }
 
 
 def say_resuming(found) -> None:

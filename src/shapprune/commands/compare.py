@@ -16,15 +16,19 @@ from shapprune.commands.app import (
     DataOpt,
     DeviceOpt,
     ExecutorOpt,
+    ModelArgOpt,
     ModelOpt,
     PerClassOpt,
     RayAddressOpt,
     RootOpt,
     SeedOpt,
     ThreadsOpt,
+    TrustPickleOpt,
+    WeightsOpt,
     WorkersOpt,
     app,
     console,
+    model_source,
     write_json,
 )
 from shapprune.commands.progress import cell_progress, evaluation_progress
@@ -76,6 +80,9 @@ def compare(
 @app.command()
 def oracle(
     model: ModelOpt = "tinycnn",
+    model_arg: ModelArgOpt = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
     data: DataOpt = "mnist5k",
     layer: Annotated[str, typer.Option(help="module name")] = "conv1",
     ks: Annotated[str, typer.Option(help="set sizes, comma-separated")] = "1,2,3,4,5",
@@ -100,7 +107,7 @@ def oracle(
     if not sizes or min(sizes) < 1:
         raise ValueError(f"--ks takes set sizes >= 1, got {ks!r}")
     check_output(out, force=force)
-    net, _ = load_model(model, data, root=root)
+    net, _ = load_model(model, data, root=root, **model_source(model_arg, weights, trust_pickle))
     net = net.to(where)
     ref = reference_set(load_dataset(data, root=root).val, per_class=per_class, seed=0)
     game = PruningGame(net, layer, (ref.x, ref.y))

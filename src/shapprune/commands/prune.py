@@ -17,15 +17,19 @@ from shapprune.commands.app import (
     DataOpt,
     DeviceOpt,
     ExecutorOpt,
+    ModelArgOpt,
     ModelOpt,
     PerClassOpt,
     RayAddressOpt,
     RootOpt,
     SeedOpt,
     ThreadsOpt,
+    TrustPickleOpt,
+    WeightsOpt,
     WorkersOpt,
     app,
     console,
+    model_source,
     say_resuming,
     write_json,
 )
@@ -36,6 +40,7 @@ from shapprune.estimators.registry import using_progress
 from shapprune.jobs import evaluating, executor_options
 from shapprune.options import parse_options
 from shapprune.outputs import check_output
+from shapprune.pruning.export import SUFFIXES, export_line, export_model, parse_formats
 from shapprune.zoo.cache import load_model
 
 
@@ -95,6 +100,9 @@ def _metrics_table(summary: dict) -> Table:
 @app.command()
 def prune(
     model: ModelOpt = "lenet5",
+    model_arg: ModelArgOpt = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
     data: DataOpt = "mnist5k",
     criterion: Annotated[str, CRITERION_HELP] = DEFAULT_PRUNE_CRITERION,
     option: Annotated[list[str] | None, PRUNE_OPTION_HELP] = None,
@@ -151,6 +159,13 @@ def prune(
     ray_address: RayAddressOpt = None,
     threads: ThreadsOpt = None,
     checkpoint_every: CheckpointEveryOpt = 10_000,
+    export: Annotated[
+        str | None,
+        typer.Option(
+            help="also export the pruned model: exported-program, onnx and/or torchscript, "
+            "comma-separated (into --out, each checked against the pruned module)"
+        ),
+    ] = None,
 ) -> None:
     """Prune a model: score units, remove them, measure before and after.
 
@@ -159,9 +174,11 @@ def prune(
     from shapprune.pruning.checkpoint import save_pruned
     from shapprune.pruning.compress import prune_model
     from shapprune.pruning.plan import Target
-    from shapprune.zoo.data import load_dataset
+    from shapprune.zoo.data import load_dataset, reference_set
 
     parsed = Target.parse(target)
+    formats = parse_formats(export)
+    source = model_source(model_arg, weights, trust_pickle)
     where = resolve_device(device)
     check_output(out, folder=True)
     resume = out / f"scores.{CHECKPOINT}"
@@ -178,8 +195,9 @@ def prune(
                 "options": chosen_options, "target": target, "layers": layers,
                 "global": global_, "normalisation": normalisation, "steps": steps,
                 "mode": mode, "per_class": per_class, "seed": seed, "root": root,
-                "cost": cost, "compensate": compensate, "refine": refine}  # fmt: skip
-    net, meta = load_model(model, data, root=root)
+                "cost": cost, "compensate": compensate, "refine": refine,
+                "source": source}  # fmt: skip
+    net, meta = load_model(model, data, root=root, **source)
     net = net.to(where)
     splits = load_dataset(data, root=root, seed=0)
     chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
@@ -209,7 +227,7 @@ def prune(
             report=status.update,
         )
     out.mkdir(parents=True, exist_ok=True)
-    base = {"model": meta["model"], "config": meta["config"]}
+    base = {k: meta[k] for k in ("model", "config", "source") if k in meta}
     save_pruned(
         out / "model",
         pruned,
@@ -228,3 +246,8 @@ def prune(
     console.print(
         f"removed units: {removed}\nwrote {out}/model.safetensors, model.json, summary.json"
     )
+    if formats:
+        ref = reference_set(splits.val, per_class=1, seed=seed)
+        for fmt in formats:
+            done = export_model(pruned.cpu().eval(), ref.x, fmt, out / f"model{SUFFIXES[fmt]}")
+            console.print(export_line(done))

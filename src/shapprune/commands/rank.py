@@ -16,15 +16,19 @@ from shapprune.commands.app import (
     DataOpt,
     DeviceOpt,
     ExecutorOpt,
+    ModelArgOpt,
     ModelOpt,
     PerClassOpt,
     RayAddressOpt,
     RootOpt,
     SeedOpt,
     ThreadsOpt,
+    TrustPickleOpt,
+    WeightsOpt,
     WorkersOpt,
     app,
     console,
+    model_source,
     say_resuming,
     write_json,
 )
@@ -61,6 +65,9 @@ def ranking_table(record: dict, show: int | None = None) -> Table:
 @app.command()
 def rank(
     model: ModelOpt = "lenet5",
+    model_arg: ModelArgOpt = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
     data: DataOpt = "mnist5k",
     layer: Annotated[str, typer.Option(help="module name, as in model.named_modules()")] = "conv2",
     method: Annotated[str, METHOD_HELP] = "permutation",
@@ -85,18 +92,20 @@ def rank(
     """
     if out is not None:
         check_output(out, force=force)
+    source = model_source(model_arg, weights, trust_pickle)
     decl = get_estimator(method).Options
     options = parse_options(decl, option or [], f"method {method!r}")
     runner = executor_options(executor, workers, ray_address, threads)
     resume = out.with_name(f"{out.name}.{CHECKPOINT}") if out is not None else None
     identity = {"command": "rank", "model": model, "data": data, "layer": layer,
                 "method": method, "options": options, "budget": budget, "seed": seed,
-                "metric": metric, "per_class": per_class, "root": root}  # fmt: skip
+                "metric": metric, "per_class": per_class, "root": root,
+                "source": source}  # fmt: skip
     with evaluating(runner, resume, identity, checkpoint_every) as found:
         say_resuming(found)
         record = rank_layer(
             model, data, layer, method, budget, seed, metric, per_class, root,
-            evaluation_progress, options=options, device=resolve_device(device),
+            evaluation_progress, options=options, device=resolve_device(device), **source,
         )  # fmt: skip
         if out is not None:
             write_json(out, record, force)

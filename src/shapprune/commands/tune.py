@@ -7,7 +7,19 @@ from typing import Annotated
 
 import typer
 
-from shapprune.commands.app import DataOpt, DeviceOpt, ModelOpt, RootOpt, SeedOpt, app, console
+from shapprune.commands.app import (
+    DataOpt,
+    DeviceOpt,
+    ModelArgOpt,
+    ModelOpt,
+    RootOpt,
+    SeedOpt,
+    TrustPickleOpt,
+    WeightsOpt,
+    app,
+    console,
+    model_source,
+)
 from shapprune.commands.progress import trial_progress
 from shapprune.devices import resolve_device
 from shapprune.outputs import check_output
@@ -17,6 +29,9 @@ from shapprune.zoo.cache import load_model
 @app.command("tune-lrp")
 def tune_lrp_command(
     model: ModelOpt = "vgg",
+    model_arg: ModelArgOpt = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
     data: DataOpt = "mnist5k",
     units: Annotated[str, typer.Option(help="filters, neurons or heads")] = "filters",
     objective: Annotated[
@@ -51,7 +66,7 @@ def tune_lrp_command(
     where = resolve_device(device)
     check_output(out, force=force)
     storage = out.with_name(out.name + ".db")
-    net, _ = load_model(model, data, root=root)
+    net, _ = load_model(model, data, root=root, **model_source(model_arg, weights, trust_pickle))
     net = net.to(where)
     splits = load_dataset(data, root=root, seed=0)
     with trial_progress("tune-lrp", trials) as update:

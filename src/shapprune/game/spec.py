@@ -46,6 +46,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "metric": (str,),
     "options": (dict,),
+    "model_args": (dict,),
+    "weights": (str, type(None)),
+    "trust_pickle": (bool,),
 }
 
 
@@ -67,7 +70,8 @@ class GameSpec:
     """What a pruning game is made of, in plain values (JSON-ready).
 
     Args:
-        model: a zoo name (trained by its recipe on ``data``, cached) or a checkpoint path.
+        model: a model source: a zoo name (trained by its recipe on ``data``, cached), a
+            checkpoint path, ``timm:NAME``, ``FILE.py:NAME``, ... (``shapprune.sources``).
         layer: the layer whose units are the players (a ``PruningGame``); or ``layers`` for
             a game over the units of several layers at once (a ``NetworkGame``).
         data: ``mnist5k``, a dataset name read from ``root``, or an image folder.
@@ -77,6 +81,9 @@ class GameSpec:
         seed: the seed of the reference draw (the dataset's own split uses seed 0).
         metric: the game's payoff: loss, accuracy or margin.
         options: ``PruningGame`` keyword options (see ``GAME_OPTIONS``).
+        model_args: keyword arguments of the model's builder (``--model-arg``).
+        weights: a weights file loaded into the model (``--weights``).
+        trust_pickle: whether a pickled module may be unpickled (``--trust-pickle``).
     """
 
     model: str
@@ -89,6 +96,9 @@ class GameSpec:
     seed: int = 0
     metric: str = "loss"
     options: dict[str, Any] = field(default_factory=dict)
+    model_args: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    trust_pickle: bool = False
 
     def __post_init__(self) -> None:
         for name, types in _TYPES.items():
@@ -160,7 +170,10 @@ class GameSpec:
     def load(self, device: str | torch.device | None = None) -> tuple[nn.Module, dict, Split]:
         """The model on ``device`` (None / "auto": the first available accelerator, else the
         CPU), its metadata, and the reference examples."""
-        model, meta = load_model(self.model, self.data, root=self.root)
+        model, meta = load_model(
+            self.model, self.data, root=self.root, weights=self.weights,
+            trust_pickle=self.trust_pickle, **self.model_args,
+        )  # fmt: skip
         model = model.to(resolve_device(device))
         splits = load_dataset(self.data, root=self.root, seed=0)
         ref = reference_set(getattr(splits, self.split), per_class=self.per_class, seed=self.seed)

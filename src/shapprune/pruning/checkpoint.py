@@ -8,7 +8,7 @@ recover the pruned architecture before the weights are loaded. Nothing is unpick
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +86,16 @@ def _add_folded_biases(model: nn.Module, state: dict[str, torch.Tensor]) -> None
             module.bias = nn.Parameter(torch.zeros_like(value))
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model saved by :func:`save_checkpoint` from its prefix, .json or .safetensors."""
+def load_checkpoint(
+    path: str | Path, build: Callable[[dict], nn.Module] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model saved by :func:`save_checkpoint` from its prefix, .json or .safetensors.
+
+    ``build(meta)`` makes the unpruned model; by default the zoo's ``build_model`` from the
+    recorded name and config. A checkpoint that records another source (``meta["source"]``)
+    needs the sources' builder (nothing here knows the sources): ``shapprune.load_checkpoint``
+    (``sources.models.load_checkpoint``) and ``shapprune.load_model`` pass it.
+    """
     from safetensors.torch import load_file
 
     st_path, json_path = checkpoint_paths(path)
@@ -105,7 +113,12 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         state = load_file(str(st_path), device="cpu")
     except Exception as err:  # safetensors raises its own error type for malformed files
         raise ValueError(f"{st_path} is not a valid safetensors file: {err}") from None
-    model = build_model(meta["model"], **meta["config"])
+    if build is None and meta.get("source"):
+        raise ValueError(
+            f"{json_path} records the model source {meta['source'].get('source')!r}: load it "
+            "with shapprune.load_checkpoint or shapprune.load_model, which rebuild sources"
+        )
+    model = build(meta) if build is not None else build_model(meta["model"], **meta["config"])
     pruning = meta.get("pruning")
     if pruning:  # rebuild the pruned architecture by replaying its history
         example = torch.zeros(2, *pruning["input_shape"], device="cpu")
@@ -131,15 +144,34 @@ def save_pruned(
     overwrite: bool = False,
 ):
     """Save a pruned model: safetensors weights plus JSON with the base model's name and
-    config and the pruning history that rebuilds its architecture (no pickle)."""
+    config (or the source it came from: ``base["source"]``, as ``shapprune.load_model``'s
+    metadata records it) and the pruning history that rebuilds its architecture (no pickle).
+
+    A base that names neither a zoo model nor a source could not be rebuilt: ValueError.
+    """
+    extra: dict[str, Any] = {}
+    if base.get("source"):
+        extra["source"] = dict(base["source"])
+    elif not _zoo_buildable(str(base.get("model", ""))):
+        raise ValueError(
+            f"cannot save a pruned model that could not be reloaded: base {dict(base)!r} names "
+            "no zoo model and no source; load the model with shapprune.load_model(SOURCE) and "
+            "pass its metadata as base"
+        )
     pruning = {"history": history(model), "input_shape": list(input_shape)}
     return save_checkpoint(
         path_prefix,
         model,
-        name=base["model"],
-        config=base["config"],
+        name=str(base.get("model")),
+        config=base.get("config", {}),
         metrics=dict(metrics or {}),
         dataset=dataset,
-        extra={"pruning": pruning},
+        extra={"pruning": pruning, **extra},
         overwrite=overwrite,
     )
+
+
+def _zoo_buildable(name: str) -> bool:
+    from shapprune.zoo.models import MODELS
+
+    return name in MODELS or name.startswith("torchvision:")

@@ -16,7 +16,6 @@ from typing import Any
 from torch import nn
 
 from shapprune.pruning.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
-from shapprune.zoo.models import MODELS
 from shapprune.zoo.training import DATA_SEED, recipe_for, train_by_recipe
 
 __all__ = ["cache_dir", "load_model", "pretrained"]
@@ -85,14 +84,9 @@ def pretrained(
     return model, json.loads(json_final.read_text(encoding="utf-8"))
 
 
-def load_model(model: str, data: str, seed: int = 0, root: str | None = None):
-    """A zoo model trained on ``data`` (cached), or a checkpoint file given by path."""
-    path = Path(model)
-    if path.suffix in (".json", ".safetensors") or path.exists() or "/" in model:
-        return load_checkpoint(path)
-    if model not in MODELS:
-        raise ValueError(
-            f"unknown model {model!r}: give a zoo name ({', '.join(sorted(MODELS))}) "
-            "or the path of a checkpoint (.json / .safetensors)"
-        )
-    return pretrained(model, data, seed=seed, root=root)
+def load_model(model: str, data: str, seed: int = 0, root: str | None = None, **kwargs):
+    """The model a source names (``shapprune.sources.models.load_model``): a zoo model
+    trained on ``data`` (cached), a checkpoint path, ``timm:NAME``, ``FILE.py:NAME``, ..."""
+    from shapprune.sources.models import load_model as from_source
+
+    return from_source(model, data, seed, root, **kwargs)

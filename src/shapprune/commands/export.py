@@ -1,0 +1,57 @@
+"""``shapprune export``: a pruned model as a file that runs without shapprune."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from shapprune.commands.app import RootOpt, TrustPickleOpt, app, console
+from shapprune.outputs import check_output
+from shapprune.pruning.export import FORMATS, SUFFIXES, export_line, export_model, parse_formats
+
+
+@app.command()
+def export(
+    folder: Annotated[Path, typer.Argument(help="what prune wrote (its --out folder)")],
+    format: Annotated[
+        str, typer.Option("--format", help=f"one of: {', '.join(FORMATS)}")
+    ] = "exported-program",
+    out: Annotated[Path | None, typer.Option(help="the file to write")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="reference examples from this dataset; default: the one prune used"),
+    ] = None,
+    examples: Annotated[int, typer.Option(min=1, help="reference examples to check on")] = 8,
+    root: RootOpt = None,
+    force: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+    trust_pickle: TrustPickleOpt = False,
+) -> None:
+    """Export a pruned model (exported program, ONNX or TorchScript), checked against the
+    pruned module on reference examples."""
+    from shapprune.sources.models import load_model
+    from shapprune.zoo.data import load_dataset
+
+    (fmt,) = parse_formats(format) or [None]
+    if fmt is None or "," in format:
+        raise ValueError(f"--format takes one of: {', '.join(FORMATS)}; got {format!r}")
+    if not (folder / "model.json").is_file():
+        raise FileNotFoundError(f"{folder / 'model.json'} not found: give the folder prune wrote")
+    target = out if out is not None else folder / f"model{SUFFIXES[fmt]}"
+    if fmt == "exported-program" and target.suffix != ".pt2":
+        raise ValueError(f"an exported program's file ends in .pt2 (torch.export.load): {target}")
+    check_output(target, force=force)
+    model, meta = load_model(str(folder), trust_pickle=trust_pickle)
+    name = data or meta.get("dataset")
+    if name:
+        x = load_dataset(name, root=root, seed=0).val.x[:examples]
+    else:
+        shape = meta.get("pruning", {}).get("input_shape")
+        if not shape:
+            raise ValueError(f"{folder} records no dataset and no input shape; pass --data")
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(examples, *shape, generator=g)
+        console.print("note: no dataset recorded: checked on random inputs of the model's shape")
+    console.print(export_line(export_model(model, x, fmt, target, force=True)))
