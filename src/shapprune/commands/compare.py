@@ -36,7 +36,7 @@ from shapprune.commands.rank import ranking_table
 from shapprune.devices import resolve_device
 from shapprune.jobs import DEMO_EXPERIMENT, evaluating, executor_options, rank_layer
 from shapprune.outputs import check_output
-from shapprune.zoo.cache import load_model
+from shapprune.sources.models import load_model
 
 
 @app.command()

@@ -41,7 +41,7 @@ from shapprune.jobs import evaluating, executor_options
 from shapprune.options import parse_options
 from shapprune.outputs import check_output
 from shapprune.pruning.export import SUFFIXES, export_line, export_model, parse_formats
-from shapprune.zoo.cache import load_model
+from shapprune.sources.models import load_model
 
 
 def _criterion_options(name: str, explicit: dict, items: list[str]) -> dict:

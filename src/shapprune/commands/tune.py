@@ -23,7 +23,7 @@ from shapprune.commands.app import (
 from shapprune.commands.progress import trial_progress
 from shapprune.devices import resolve_device
 from shapprune.outputs import check_output
-from shapprune.zoo.cache import load_model
+from shapprune.sources.models import load_model
 
 
 @app.command("tune-lrp")

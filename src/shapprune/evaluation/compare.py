@@ -85,7 +85,7 @@ def run_compare(
     with the model on ``device`` (None / "auto": the first available accelerator, else CPU)."""
     from shapprune.criteria.registry import get_criterion
     from shapprune.pruning.compress import select_layers
-    from shapprune.zoo.cache import load_model
+    from shapprune.sources.models import load_model
     from shapprune.zoo.data import load_dataset
 
     model, _ = load_model(config.model, config.data, root=config.root)

@@ -19,7 +19,7 @@ from torch import nn
 from shapprune.devices import resolve_device
 from shapprune.game.network_game import NetworkGame
 from shapprune.game.pruning_game import METRICS, MaskedGame, PruningGame
-from shapprune.zoo.cache import load_model
+from shapprune.sources.models import load_model
 from shapprune.zoo.data import Split, load_dataset, reference_set
 
 __all__ = ["GAME_OPTIONS", "GameSpec"]

@@ -18,7 +18,7 @@ from torch import nn
 from shapprune.pruning.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from shapprune.zoo.training import DATA_SEED, recipe_for, train_by_recipe
 
-__all__ = ["cache_dir", "load_model", "pretrained"]
+__all__ = ["cache_dir", "pretrained"]
 
 
 def cache_dir() -> Path:
@@ -82,11 +82,3 @@ def pretrained(
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
     return model, json.loads(json_final.read_text(encoding="utf-8"))
-
-
-def load_model(model: str, data: str, seed: int = 0, root: str | None = None, **kwargs):
-    """The model a source names (``shapprune.sources.models.load_model``): a zoo model
-    trained on ``data`` (cached), a checkpoint path, ``timm:NAME``, ``FILE.py:NAME``, ..."""
-    from shapprune.sources.models import load_model as from_source
-
-    return from_source(model, data, seed, root, **kwargs)
