@@ -103,3 +103,24 @@ def toy_splits(n: int = 20, shape=(3, 32, 32), classes: int = 10, seed: int = 0)
         split, split, split, name="toy", num_classes=classes, in_channels=shape[0],
         image_size=shape[1],
     )  # fmt: skip
+
+
+# A user's own model file, as the model-source tests write it (FILE.py:Net)
+USER_MODEL_CODE = """
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, num_classes=10, width=8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, width, 3)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(width * 13 * 13, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.relu(self.conv1(x))), 1))
+
+def broken(**kwargs):
+    raise RuntimeError("no GPU named bob")
+"""

@@ -7,30 +7,13 @@ import warnings
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import USER_MODEL_CODE, run_cli
 from safetensors.torch import save_file
 
 from shapprune.pruning.removal import history
 from shapprune.sources.models import load_model
 
-USER_CODE = """
-import torch
-from torch import nn
-
-class Net(nn.Module):
-    def __init__(self, num_classes=10, width=8):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, width, 3)
-        self.relu = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.fc = nn.Linear(width * 13 * 13, num_classes)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(self.relu(self.conv1(x))), 1))
-
-def broken(**kwargs):
-    raise RuntimeError("no GPU named bob")
-"""
+USER_CODE = USER_MODEL_CODE
 TINY = ["--criterion", "weight-l1", "--refine", "0", "--per-class", "2", "--target", "macs=0.3",
         "--device", "cpu", "--compensate", "no", "--per-layer"]  # fmt: skip
 

@@ -3,6 +3,7 @@ the model it names; each mistake is a one-line error naming the fix."""
 
 import pytest
 import torch
+from helpers import USER_MODEL_CODE
 from safetensors.torch import save_file
 from torch import nn
 
@@ -12,29 +13,15 @@ from shapprune.pruning.removal import apply_removals
 from shapprune.sources.models import MODEL_SOURCES, load_model, parse_model_args
 from shapprune.zoo.models import build_model
 
-USER_CODE = """
-import torch
-from torch import nn
-
-class Net(nn.Module):
-    def __init__(self, num_classes=10, width=8):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, width, 3)
-        self.relu = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.fc = nn.Linear(width * 13 * 13, num_classes)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(self.relu(self.conv1(x))), 1))
-
+USER_CODE = (
+    USER_MODEL_CODE
+    + """
 def make(width=4):
     return Net(width=width)
 
-def broken(**kwargs):
-    raise RuntimeError("no GPU named bob")
-
 NOT_A_MODEL = 3
 """
+)
 
 
 @pytest.fixture
@@ -160,7 +147,7 @@ def test_hugging_face_folder(tmp_path):
     [
         ("foo:Net", {}, ValueError, r"unknown model source 'foo:'.*timm:NAME, hf:DIR, FILE\.py"),
         ("{d}/gone.py:Net", {}, FileNotFoundError, "model file .*gone.py not found"),
-        ("{f}:Missing", {}, ValueError, "has no 'Missing'; it defines: Net, make, broken"),
+        ("{f}:Missing", {}, ValueError, "has no 'Missing'; it defines: Net, broken, make"),
         ("{f}:broken", {}, ValueError, r"broken\(\) failed: no GPU named bob"),
         ("{f}:NOT_A_MODEL", {}, ValueError, "is not a class or a function"),
         ("{f}:Net", {"depth": 3}, ValueError, r"Net\(depth=3\) failed: .*depth"),
