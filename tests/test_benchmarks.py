@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -267,10 +268,25 @@ def _check_torchvision_families(r: dict) -> None:
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}
 
 
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    """Every script's quick run, two at a time (each runs on one thread: the suite's two
+    cores both work), each in its own folder; name -> (future of its run, its JSON)."""
+    pool = ThreadPoolExecutor(max_workers=2)
+    runs = {}
+    for script in SCRIPTS:
+        folder = tmp_path_factory.mktemp(script)
+        out = folder / "result.json"
+        args = (str(BENCHMARKS / f"{script}.py"), "--quick", "--out", str(out))
+        runs[script] = (pool.submit(_run, folder, *args), out)
+    yield runs
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_benchmark_runs_quick(tmp_path, script):
-    out = tmp_path / "result.json"
-    done = _run(tmp_path, str(BENCHMARKS / f"{script}.py"), "--quick", "--out", str(out))
+def test_benchmark_runs_quick(quick_runs, script):
+    future, out = quick_runs[script]
+    done = future.result()
     assert done.returncode == 0, done.stderr[-2000:]
     assert "|---|" in done.stdout  # printed a Markdown table
     CHECKS[script](json.loads(out.read_text()))
