@@ -40,6 +40,7 @@ BENCHMARKS = {  # name -> title, in the order of the document
     "lrp_tuning": "10. LRP tuned for pruning",
     "prune_tradeoffs": "11. What prune's speed costs",
     "device_check": "12. The device check",
+    "torchvision_families": "13. Every torchvision family through prune's defaults",
     "demo": "The demo's wall time",
 }
 
