@@ -208,3 +208,41 @@ def test_torch_attention_models_prune_with_the_command_s_defaults(name, criterio
     with torch.no_grad():
         out = pruned(data.test.x[:3])
     assert out.shape == (3, 10) and bool(out.isfinite().all())
+
+
+def test_hugging_face_vit_heads_and_neurons_through_the_defaults(tmp_path):
+    """A Hugging Face ViT from its folder: heads (separate q/k/v projections) and MLP neurons
+    are players, masking computes what removal computes, prune's defaults meet the target,
+    and the pruned model saves and reloads (its head counts follow the removal)."""
+    transformers = pytest.importorskip("transformers")
+    from shapprune.pruning.checkpoint import save_pruned
+    from shapprune.sources.models import load_model
+
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, num_channels=3, hidden_size=16, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=32, num_labels=10,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    model, meta = load_model(f"hf:{tmp_path / 'vit'}")
+    data = toy_splits(n=20)
+    x, y = data.val.x[:6], data.val.y[:6]
+    layers = prunable_layers(model, x[:2])
+    attn = [n for n, u in layers.items() if u.kind == "heads"]
+    assert len(attn) == 2 and all(layers[n].n_players == 4 for n in attn)
+    assert not [n for n in layers if n.endswith(("q_proj", "k_proj", "v_proj", "query"))]
+    _, removed, drop = _rank_prune_compare(model, attn[0], x, y)
+    assert removed.get_submodule(attn[0]).num_attention_heads == 4 - len(drop)
+    pruned, summary = prune_model(model, data, target="macs=0.3", refine=3, per_class=2)
+    assert 0.3 <= 1 - summary["after"]["macs"] / summary["before"]["macs"] < 0.4
+    for layer in attn:
+        cut = summary["removed"].get(layer, 0)
+        assert pruned.get_submodule(layer).num_attention_heads == 4 - cut
+    save_pruned(tmp_path / "out" / "model", pruned, base=meta, input_shape=(3, 32, 32))
+    again, _ = load_model(str(tmp_path / "out"))
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), pruned(x), atol=TOL, rtol=TOL)
+    from shapprune.pruning.export import export_model
+
+    done = export_model(pruned, x, "exported-program", tmp_path / "vit.pt2")  # checked inside
+    assert done.max_abs_diff <= TOL and torch.export.load(done.path).module()(x).shape == (6, 10)

@@ -21,7 +21,7 @@ from torch import nn
 from shapprune.criteria.activations import ActivationSums, activation_sums
 from shapprune.criteria.base import Criterion
 from shapprune.devices import as_float64
-from shapprune.game.attention import in_projection
+from shapprune.game.attention import in_projection, separate_projections
 from shapprune.game.units import Units
 from shapprune.options import option
 
@@ -92,10 +92,12 @@ def _head_rows(attn: nn.Module, n_heads: int) -> torch.Tensor:
         parts = qkv.chunk(3, dim=0)
     elif isinstance(attn, nn.MultiheadAttention):
         parts = [as_float64(w.detach()) for w in in_projection(attn)[0]]
+    elif separate_projections(attn) is not None:  # Hugging Face's q/k/v
+        parts = [as_float64(p.weight.detach()) for p in separate_projections(attn)]
     else:
         raise ValueError(
             f"cannot find the q/k/v weights of {type(attn).__name__}: weight norms of heads "
-            "need a fused 'qkv' Linear or an nn.MultiheadAttention"
+            "need a fused 'qkv' Linear, separate q/k/v ones or an nn.MultiheadAttention"
         )
     per_head = [p.reshape(n_heads, -1) for p in parts]
     return torch.cat(per_head, dim=1)

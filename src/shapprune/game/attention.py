@@ -37,6 +37,37 @@ def in_projection(
     return weights, biases
 
 
+HEAD_COUNT_NAMES = ("num_heads", "num_attention_heads")  # timm and torch; Hugging Face
+SEPARATE_PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
+
+
+def head_count(attn: nn.Module) -> int | None:
+    """The number of heads an attention module declares (``num_heads``, or Hugging Face's
+    ``num_attention_heads``), else None."""
+    for name in HEAD_COUNT_NAMES:
+        value = getattr(attn, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def set_head_count(attn: nn.Module, n: int) -> None:
+    """Record ``n`` heads under every name the module declares its count by."""
+    for name in HEAD_COUNT_NAMES:
+        if isinstance(getattr(attn, name, None), int):
+            setattr(attn, name, n)
+
+
+def separate_projections(attn: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear] | None:
+    """The q, k and v ``nn.Linear`` of an attention module that has them apart (Hugging
+    Face's ``q_proj``/``k_proj``/``v_proj`` or ``query``/``key``/``value``), else None."""
+    for names in SEPARATE_PROJECTIONS:
+        mods = tuple(getattr(attn, n, None) for n in names)
+        if all(isinstance(m, nn.Linear) for m in mods):
+            return mods  # type: ignore[return-value]
+    return None
+
+
 def head_rows(heads: Iterable[int], head_dim: int, parts: int = 1, width: int = 0) -> list[int]:
     """The rows of ``heads`` in a projection whose head h owns rows ``h * head_dim`` to
     ``(h + 1) * head_dim - 1``; with ``parts`` blocks stacked (a fused q/k/v projection:

@@ -22,6 +22,7 @@ import torch_pruning as tp
 from torch import nn
 
 from shapprune.devices import as_float64, to_device
+from shapprune.game.attention import head_count
 from shapprune.game.coupling import DependencyGraph, channel_parts, is_grouped
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -109,13 +110,14 @@ class Units:
 
 
 def is_attention(module: nn.Module) -> bool:
-    """Multi-head attention: torch's, or timm-style (``num_heads`` and an output projection)."""
+    """Multi-head attention: torch's, timm-style (``num_heads`` and an output projection) or
+    Hugging Face's (``num_attention_heads``, separate q/k/v projections and ``o_proj``)."""
     if isinstance(module, nn.MultiheadAttention):
         return True
-    return hasattr(module, "num_heads") and isinstance(_output_projection(module), nn.Linear)
+    return head_count(module) is not None and isinstance(output_projection(module), nn.Linear)
 
 
-def _output_projection(module: nn.Module) -> nn.Module | None:
+def output_projection(module: nn.Module) -> nn.Module | None:
     for name in ("proj", "out_proj", "o_proj"):
         sub = getattr(module, name, None)
         if isinstance(sub, nn.Linear):
@@ -228,8 +230,8 @@ def _head_units(layer: str, module: nn.Module) -> Units:
             "masked nor removed; choose its MLP neurons instead"
         )
     proj = module.out_proj if isinstance(module, nn.MultiheadAttention) else None
-    proj = proj or _output_projection(module)
-    n_heads = int(module.num_heads)
+    proj = proj or output_projection(module)
+    n_heads = int(head_count(module))
     width = proj.in_features
     if width % n_heads:
         raise ValueError(f"{layer}: projection width {width} is not a multiple of {n_heads} heads")

@@ -20,7 +20,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from shapprune.game.attention import SlimMultiheadAttention, head_rows
+from shapprune.game.attention import (
+    SlimMultiheadAttention,
+    head_count,
+    head_rows,
+    separate_projections,
+    set_head_count,
+)
 from shapprune.game.compensation import fold_means
 from shapprune.game.coupling import prune_players, release
 from shapprune.game.units import (
@@ -30,6 +36,7 @@ from shapprune.game.units import (
     find_units,
     is_attention,
     out_channel_pruner,
+    output_projection,
 )
 
 MODES = ("remove", "mask")
@@ -194,10 +201,14 @@ def _follows_widths(dg: tp.DependencyGraph) -> bool:
 
 def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> None:
     qkv = getattr(attn, "qkv", None)
+    apart = separate_projections(attn)
+    if apart is not None and not isinstance(qkv, nn.Linear):
+        _remove_separate_heads(attn, apart, heads)
+        return
     if not isinstance(qkv, nn.Linear):
         raise NotImplementedError(
-            f"physical head removal needs a fused 'qkv' projection; {type(attn).__name__} has "
-            "none: use mode='mask'"
+            f"physical head removal needs a fused 'qkv' projection or separate q/k/v ones; "
+            f"{type(attn).__name__} has neither: use mode='mask'"
         )
     n_heads = int(attn.num_heads)
     width = qkv.out_features // 3
@@ -211,3 +222,23 @@ def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> 
     attn.num_heads = n_heads - len(heads)
     if hasattr(attn, "attn_dim"):  # timm keeps the concatenated heads' width
         attn.attn_dim = attn.num_heads * head_dim
+
+
+def _remove_separate_heads(attn: nn.Module, qkv: tuple[nn.Linear, ...], heads: list[int]) -> None:
+    """Heads cut out of separate q/k/v projections (Hugging Face's attention): their rows
+    of each projection and their columns of the output projection. Layers of the same
+    module alone change (the residual width is kept), so no dependency graph is needed; the
+    module's head count follows (its forward infers the heads from the width, or reads it)."""
+    n_heads = int(head_count(attn))
+    out = output_projection(attn)
+    head_dim = out.in_features // n_heads
+    rows = head_rows(heads, head_dim)
+    for proj in qkv:
+        if proj.out_features != n_heads * head_dim:
+            raise NotImplementedError(
+                f"{type(attn).__name__}: a projection of width {proj.out_features} does not hold "
+                f"{n_heads} heads of {head_dim} (grouped keys/values): use mode='mask'"
+            )
+        tp.prune_linear_out_channels(proj, rows)
+    tp.prune_linear_in_channels(out, rows)
+    set_head_count(attn, n_heads - len(heads))
