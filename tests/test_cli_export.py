@@ -86,6 +86,7 @@ def test_export_paths_and_formats_are_checked_first(pruned_dir, tmp_path, monkey
     cases = {
         (str(tmp_path / "file" / "m.pt2"), "exported-program"): "is a file, not a folder",
         (str(tmp_path / "m.x"), "tflite"): "unknown export format 'tflite'",
+        (str(tmp_path / "hf"), "hf"): "a transformers config has one head count",
         (str(folder / "model.json"), "onnx"): "exists; choose another --out or pass --force",
     }
     for (out, fmt), message in cases.items():

@@ -48,7 +48,17 @@ def parse_formats(text: str | None) -> list[str]:
     return out
 
 
+NOT_HF = (
+    "a Hugging Face directory (save_pretrained) cannot hold a pruned model: a transformers "
+    "config has one head count and one MLP width for every layer, which pruning makes differ, "
+    "so from_pretrained would refuse the weights; export exported-program, onnx or "
+    "torchscript, or reload what prune wrote with shapprune.load_model(DIR)"
+)
+
+
 def _check_format(fmt: str) -> None:
+    if fmt in ("hf", "huggingface", "save_pretrained"):
+        raise ValueError(NOT_HF)
     if fmt not in SUFFIXES:
         raise ValueError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")
     if fmt == "onnx":
