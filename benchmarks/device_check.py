@@ -63,7 +63,7 @@ def _checkpoints(folder: Path) -> dict[str, Path]:
     """A random-weight checkpoint of each zoo family, BatchNorm statistics randomised."""
     from torch import nn
 
-    from shapprune.pruning.checkpoint import save_checkpoint
+    from shapprune.sources.checkpoint import save_checkpoint
     from shapprune.zoo.models import build_model
 
     paths = {}

@@ -33,7 +33,7 @@ from common import arguments, fmt_spread, spread, write_json
 from shapprune.estimators.executors import ExecutedGame, Executor, make_executor
 from shapprune.estimators.registry import estimate
 from shapprune.game.spec import GameSpec
-from shapprune.pruning.checkpoint import save_checkpoint
+from shapprune.sources.checkpoint import save_checkpoint
 from shapprune.zoo.models import build_model
 
 BUDGET = 20_000

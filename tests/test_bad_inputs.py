@@ -16,7 +16,7 @@ from helpers import run_cli
 from PIL import Image
 
 from shapprune import cli, commands
-from shapprune.pruning.checkpoint import save_checkpoint
+from shapprune.sources.checkpoint import save_checkpoint
 from shapprune.zoo.models import build_model
 
 UNWRITABLE = "/sys/shapprune-test"  # refused even to root: sysfs takes no new files

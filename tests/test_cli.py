@@ -89,7 +89,7 @@ def test_oracle_writes_sets_that_are_the_best(tmp_path, monkeypatch, capsys):
     from helpers import F32_ACROSS_SHAPES
 
     from shapprune.game.pruning_game import PruningGame
-    from shapprune.pruning.checkpoint import save_checkpoint
+    from shapprune.sources.checkpoint import save_checkpoint
     from shapprune.zoo.data import load_dataset, reference_set
     from shapprune.zoo.models import build_model
 

@@ -9,7 +9,7 @@ from helpers import run_cli
 from shapprune.devices import available_devices
 from shapprune.game.pruning_game import PruningGame
 from shapprune.game.spec import GameSpec
-from shapprune.pruning.checkpoint import save_checkpoint
+from shapprune.sources.checkpoint import save_checkpoint
 from shapprune.zoo.models import build_model
 
 

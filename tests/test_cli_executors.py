@@ -9,7 +9,7 @@ from helpers import run_cli
 
 from shapprune import commands
 from shapprune.estimators import resume
-from shapprune.pruning.checkpoint import save_checkpoint
+from shapprune.sources.checkpoint import save_checkpoint
 from shapprune.zoo.models import build_model
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from helpers import run_cli
 
-from shapprune.pruning.checkpoint import save_pruned
 from shapprune.pruning.removal import apply_removals
+from shapprune.sources.checkpoint import save_pruned
 from shapprune.zoo.models import build_model
 
 pytest.importorskip("onnxruntime")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from helpers import randomise_norms, run_cli
 
-from shapprune.pruning.checkpoint import load_checkpoint, save_checkpoint
+from shapprune.sources.checkpoint import load_checkpoint, save_checkpoint
 from shapprune.zoo.models import build_model
 
 # family -> (zoo model, a small layer, two layers to prune with a Shapley criterion)

@@ -7,7 +7,7 @@ import pytest
 from helpers import run_cli
 from toys import register_toys
 
-from shapprune.pruning.checkpoint import load_checkpoint, save_checkpoint
+from shapprune.sources.checkpoint import load_checkpoint, save_checkpoint
 from shapprune.zoo.models import build_model
 
 

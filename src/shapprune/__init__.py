@@ -45,11 +45,11 @@ from shapprune.game.pruning_game import METRICS, PruningGame
 from shapprune.game.spec import GameSpec
 from shapprune.game.units import find_units
 from shapprune.options import option
-from shapprune.pruning.checkpoint import save_pruned
 from shapprune.pruning.compress import prune_model
 from shapprune.pruning.defaults import PRUNE_DEFAULTS, PruneDefaults
 from shapprune.pruning.plan import Target, make_plan, prunable_layers
 from shapprune.pruning.removal import apply_removals
+from shapprune.sources.checkpoint import save_pruned
 from shapprune.sources.models import (
     MODEL_SOURCES,
     load_checkpoint,

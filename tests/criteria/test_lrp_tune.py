@@ -16,7 +16,7 @@ from shapprune.criteria.lrp_tune import (
     tune_lrp,
     unit_scores,
 )
-from shapprune.pruning.checkpoint import save_checkpoint
+from shapprune.sources.checkpoint import save_checkpoint
 from shapprune.zoo.models import build_model
 
 

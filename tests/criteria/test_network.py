@@ -11,7 +11,7 @@ from shapprune.criteria.registry import CRITERIA, get_criterion
 from shapprune.estimators.partial import partial_cost
 from shapprune.estimators.registry import estimate
 from shapprune.game.network_game import NetworkGame
-from shapprune.pruning.checkpoint import load_checkpoint, save_checkpoint
+from shapprune.sources.checkpoint import load_checkpoint, save_checkpoint
 from shapprune.zoo.models import build_model
 
 LAYERS = ["conv1", "conv2", "fc1"]

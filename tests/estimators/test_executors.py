@@ -19,7 +19,7 @@ from shapprune.estimators.registry import estimate
 from shapprune.game.pruning_game import PruningGame
 from shapprune.game.spec import GameSpec
 from shapprune.game.synthetic import AdditiveGame
-from shapprune.pruning.checkpoint import save_checkpoint
+from shapprune.sources.checkpoint import save_checkpoint
 from shapprune.zoo.models import build_model
 
 # bit-identity holds at equal threads per evaluation: the workers get this process's

@@ -12,8 +12,8 @@ from shapprune.game.compensation import compensation_matrix, consumer_means, fol
 from shapprune.game.network_game import NetworkGame
 from shapprune.game.pruning_game import PruningGame, metric_sums
 from shapprune.game.units import find_units
-from shapprune.pruning.checkpoint import load_checkpoint, save_pruned
 from shapprune.pruning.removal import apply_removals
+from shapprune.sources.checkpoint import load_checkpoint, save_pruned
 from shapprune.zoo.models import build_model
 
 

@@ -14,7 +14,7 @@ import shapprune
 from shapprune.game.network_game import NetworkGame
 from shapprune.game.pruning_game import PruningGame
 from shapprune.game.spec import GameSpec
-from shapprune.pruning.checkpoint import save_checkpoint
+from shapprune.sources.checkpoint import save_checkpoint
 from shapprune.zoo.data import load_dataset, reference_set
 from shapprune.zoo.models import build_model
 

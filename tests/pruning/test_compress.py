@@ -100,7 +100,7 @@ def _cli(monkeypatch, capsys, *args):
 
 
 def test_cli_prune_writes_model_and_summary(tmp_path, monkeypatch, capsys, lenet):
-    from shapprune.pruning.checkpoint import load_checkpoint, save_checkpoint
+    from shapprune.sources.checkpoint import load_checkpoint, save_checkpoint
 
     save_checkpoint(tmp_path / "base", lenet, name="lenet5", config={"seed": 0}, metrics={})
     out = tmp_path / "pruned"
@@ -127,7 +127,7 @@ def test_cli_prune_writes_model_and_summary(tmp_path, monkeypatch, capsys, lenet
 
 
 def test_cli_prune_global_cost_aware_and_compensated(tmp_path, monkeypatch, capsys, lenet):
-    from shapprune.pruning.checkpoint import load_checkpoint, save_checkpoint
+    from shapprune.sources.checkpoint import load_checkpoint, save_checkpoint
 
     save_checkpoint(tmp_path / "base", lenet, name="lenet5", config={"seed": 0}, metrics={})
     out = tmp_path / "pruned"

@@ -21,11 +21,11 @@ from shapprune.criteria.registry import get_criterion
 from shapprune.estimators.registry import estimate
 from shapprune.game.pruning_game import PruningGame
 from shapprune.game.units import find_units
-from shapprune.pruning.checkpoint import load_checkpoint, save_pruned
 from shapprune.pruning.compress import prune_model
 from shapprune.pruning.defaults import PRUNE_DEFAULTS
 from shapprune.pruning.plan import Target, prunable_layers
 from shapprune.pruning.removal import apply_removals
+from shapprune.sources.checkpoint import load_checkpoint, save_pruned
 from shapprune.zoo.models import build_model
 
 TOL = 1e-5  # float32 across batch shapes and CPUs
@@ -215,7 +215,7 @@ def test_hugging_face_vit_heads_and_neurons_through_the_defaults(tmp_path):
     are players, masking computes what removal computes, prune's defaults meet the target,
     and the pruned model saves and reloads (its head counts follow the removal)."""
     transformers = pytest.importorskip("transformers")
-    from shapprune.pruning.checkpoint import save_pruned
+    from shapprune.sources.checkpoint import save_pruned
     from shapprune.sources.models import load_model
 
     config = transformers.ViTConfig(

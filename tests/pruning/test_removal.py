@@ -7,8 +7,8 @@ import torch
 import torchvision
 from helpers import EncoderClassifier, randomise_norms
 
-from shapprune.pruning.checkpoint import load_checkpoint, save_pruned
 from shapprune.pruning.removal import apply_removals, history
+from shapprune.sources.checkpoint import load_checkpoint, save_pruned
 from shapprune.zoo.models import build_model
 
 

@@ -8,8 +8,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import shapprune
-from shapprune.pruning.checkpoint import save_pruned
 from shapprune.pruning.removal import apply_removals
+from shapprune.sources.checkpoint import save_pruned
 from shapprune.sources.models import MODEL_SOURCES, load_model, parse_model_args
 from shapprune.zoo.models import build_model
 
@@ -94,7 +94,7 @@ def test_a_pruned_model_is_rebuilt_through_its_source(user_file, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(x), pruned(x), rtol=0, atol=0)
     assert shapprune.load_checkpoint(tmp_path / "out" / "model")[0].conv1.out_channels == 4
-    from shapprune.pruning import checkpoint  # below the sources: it names who rebuilds them
+    from shapprune.sources import checkpoint  # the file format alone: it names who rebuilds
 
     with pytest.raises(ValueError, match="records the model source .*shapprune.load_checkpoint"):
         checkpoint.load_checkpoint(tmp_path / "out" / "model")

@@ -191,9 +191,9 @@ def prune(
 
     An interrupted run leaves OUT/scores.checkpoint.json; the same command resumes it.
     """
-    from shapprune.pruning.checkpoint import save_pruned
     from shapprune.pruning.compress import prune_model
     from shapprune.pruning.plan import Target
+    from shapprune.sources.checkpoint import save_pruned
     from shapprune.zoo.data import load_dataset, reference_set
 
     parsed = Target.parse(target)

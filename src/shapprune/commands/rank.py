@@ -159,7 +159,7 @@ def train(
     device: DeviceOpt = "auto",
 ) -> None:
     """Train a zoo model and save it as safetensors weights plus a JSON description."""
-    from shapprune.pruning.checkpoint import save_checkpoint
+    from shapprune.sources.checkpoint import save_checkpoint
     from shapprune.zoo.models import MODELS
     from shapprune.zoo.training import recipe_for, train_by_recipe
 

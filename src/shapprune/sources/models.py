@@ -291,7 +291,7 @@ def load_checkpoint(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A shapprune checkpoint (prefix, .json or .safetensors), rebuilt through the source it
     records (or the zoo) before its pruning history is replayed."""
-    from shapprune.pruning import checkpoint
+    from shapprune.sources import checkpoint
 
     return checkpoint.load_checkpoint(path, build=lambda meta: rebuild(meta, trust_pickle))
 

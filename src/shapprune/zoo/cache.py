@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from shapprune.pruning.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+from shapprune.sources.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from shapprune.zoo.training import DATA_SEED, recipe_for, train_by_recipe
 
 __all__ = ["cache_dir", "pretrained"]

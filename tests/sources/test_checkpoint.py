@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shapprune.pruning.checkpoint import load_checkpoint, save_checkpoint
+from shapprune.sources.checkpoint import load_checkpoint, save_checkpoint
 from shapprune.zoo.models import build_model
 
 CONFIG = {"in_channels": 1, "image_size": 28, "num_classes": 10, "seed": 3}
