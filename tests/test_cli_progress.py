@@ -75,3 +75,21 @@ def test_a_plans_refinement_reports_its_count_and_time_left():
         refine_plan(model, {"conv1": [0, 1, 2, 3, 4]}, scores, (x, y), 24)
     assert said and all(s.startswith("refining: ") for s in said)
     assert said[-1].split(" evaluations")[0].endswith("/24") and "left" in said[0]
+
+
+def test_a_plans_bisection_reports_the_candidate_removals_it_measures():
+    import numpy as np
+    import torch
+
+    from shapprune.estimators.registry import using_progress
+    from shapprune.pruning.plan import BISECTION_STEPS, make_plan
+    from shapprune.zoo.models import build_model
+
+    model = build_model("lenet5", seed=0).eval()
+    scores = {"conv1": np.arange(20.0), "conv2": np.arange(50.0)}
+    said = []
+    with using_progress(cli.status_progress(said.append, "scoring")):
+        make_plan(model, scores, "macs=0.4", torch.randn(2, 1, 28, 28))
+    assert said and all(s.startswith("planning to macs=0.4: ") for s in said)
+    assert f"/{BISECTION_STEPS + 2} candidate removals" in said[-1]
+    assert int(said[-1].split(": ")[1].split("/")[0]) == len(said) <= BISECTION_STEPS + 2

@@ -73,7 +73,8 @@ def status_progress(say: Callable[[str], object], label: str) -> Callable[..., N
         rate = f" {f['rate']}" if f["rate"] else ""
         left = f", {f['left']}" if f["left"] else ""
         stage = (status or {}).get("stage", label)  # refinement says so; estimates do not
-        say(f"{stage}: {done:,}/{budget:,} evaluations{rate}{left}{f['doubt']}")
+        unit = (status or {}).get("unit", "evaluations")
+        say(f"{stage}: {done:,}/{budget:,} {unit}{rate}{left}{f['doubt']}")
 
     return update
 

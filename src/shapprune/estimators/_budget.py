@@ -47,7 +47,7 @@ class BudgetedGame:
         self.n_evals = 0
         self.progress = progress
         self.status: dict[str, Any] = {}
-        self._with_status = progress is not None and _takes_status(progress)
+        self._with_status = progress is not None and takes_status(progress)
         self._memo: dict[bytes, float] | None = {} if memo else None
         self._memo_limit = memo_limit
 
@@ -101,7 +101,7 @@ class BudgetedGame:
         return float(v[0]), float(v[1])
 
 
-def _takes_status(fn: Callable[..., None]) -> bool:
+def takes_status(fn: Callable[..., None]) -> bool:
     """Whether a progress callback accepts a third positional argument (the status)."""
     try:
         params = inspect.signature(fn).parameters.values()

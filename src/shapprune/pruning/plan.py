@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from shapprune.estimators._budget import takes_status
+from shapprune.estimators.registry import current_progress
 from shapprune.evaluation.measure import count_macs, count_params
 from shapprune.evaluation.ranking import positions, ranking_from_scores
 from shapprune.game.units import Units, prunable_units
@@ -25,6 +27,7 @@ from shapprune.pruning.removal import apply_removals
 TARGET_KINDS = ("channels", "params", "macs")
 NORMALISATIONS = ("l1", "l2", "max", "rank", "none")
 COSTS = ("macs", "params")
+BISECTION_STEPS = 14  # amounts tried between the two ends: 1e-4 of the units at most
 
 
 @dataclass(frozen=True)
@@ -216,9 +219,16 @@ def make_plan(
     measure = count_params if target.kind == "params" else lambda m: count_macs(m, example)
     original = measure(base)
 
+    progress = current_progress()  # a command's display: each candidate removal counted
+    status = {"stage": f"planning to {target}", "unit": "candidate removals"}
+    tried = [0]
+
     @functools.cache  # the bisection revisits its end points: measure each amount once
     def reduction(amount: float) -> float:
         pruned = apply(model, removals_for(amount))
+        tried[0] += 1
+        if progress is not None and takes_status(progress):
+            progress(tried[0], BISECTION_STEPS + 2, status)
         return 1 - measure(pruned) / original
 
     most = reduction(1.0)
@@ -231,7 +241,7 @@ def make_plan(
     lo, hi = 0.0, 1.0  # reduction(lo) < fraction <= reduction(hi)
     if reduction(0.0) >= target.fraction:
         hi = 0.0
-    for _ in range(14):
+    for _ in range(BISECTION_STEPS):
         if hi - lo < 1e-4:
             break
         mid = (lo + hi) / 2

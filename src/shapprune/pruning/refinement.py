@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shapprune.estimators._budget import BudgetedGame, _takes_status
+from shapprune.estimators._budget import BudgetedGame, takes_status
 from shapprune.estimators.refine import refine_search
 from shapprune.estimators.registry import current_progress
 from shapprune.game.network_game import NetworkGame
@@ -86,7 +86,7 @@ def _staged(progress: Callable[..., None] | None, stage: str) -> Callable[..., N
     so that a display says "refining", not the scoring's label, with its count and time left."""
     if progress is None:
         return None
-    if not _takes_status(progress):
+    if not takes_status(progress):
         return progress
 
     def update(done: int, budget: int, status: dict | None = None) -> None:
