@@ -148,3 +148,58 @@ def test_a_cost_aware_global_plan_meets_the_target_and_spares_cheap_units():
     assert plan.removals["conv1"] and not plan.removals["fc1"]
     with pytest.raises(ValueError, match="needs global_=True"):
         make_plan(model, alike, "macs=0.5", x, cost="macs")
+
+
+def test_the_search_finds_the_first_amount_meeting_the_target_within_its_bound():
+    """Regula falsi with bisection steps, against a linear scan, on monotone step functions
+    (flat stretches, jumps, curvature): the same answer, within ``probe_bound`` probes."""
+    import numpy as np
+
+    from shapprune.pruning.plan import _smallest_meeting, probe_bound
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        n = int(rng.integers(2, 400))
+        steps = rng.random(n) ** (1 + 3 * rng.random()) * (rng.random(n) < 0.7)
+        values = np.cumsum(steps) / max(steps.sum(), 1e-9)  # 0 ... 1, monotone
+        amounts = list(np.linspace(0, 1, n))
+        table = dict(zip(amounts, values, strict=True))
+        fraction = float(rng.uniform(0.01, 1.0)) if trial % 7 else float(values[0])
+        probes = []
+
+        def reduction(a, table=table, probes=probes):
+            probes.append(a)
+            return table[a]
+
+        first = next(a for a, v in zip(amounts, values, strict=True) if v >= fraction)
+        assert _smallest_meeting(reduction, fraction, amounts) == first
+        assert len(set(probes)) <= probe_bound(n)
+
+
+def test_a_macs_plan_measures_fewer_candidates_than_bisection_and_the_same_set():
+    from shapprune.pruning.plan import _amounts, probe_bound
+
+    model = build_model("vgg", seed=0)
+    x = torch.randn(2, 1, 28, 28)
+    layers = prunable_layers(model, x)
+    scores = _scores(layers)
+    calls = []
+
+    def apply(m, removals):
+        calls.append(sum(len(v) for v in removals.values()))
+        return apply_removals(m, removals, x, units=layers)
+
+    plan = make_plan(model, scores, "macs=0.5", x, global_=True, apply=apply, units=layers)
+    sizes = {k: len(v) for k, v in scores.items()}
+    assert (
+        len(calls) <= probe_bound(len(_amounts(sizes, True))) and len(calls) < 16
+    )  # bisection: 16
+    one_fewer = {k: list(v) for k, v in plan.removals.items()}  # the plan less its last unit
+    flat = sorted(
+        (s / np.abs(scores[k]).sum(), k, i) for k, v in plan.removals.items() for i in v
+        for s in [scores[k][i]]
+    )  # fmt: skip
+    _, layer, unit = flat[-1]
+    one_fewer[layer].remove(unit)
+    smaller = apply_removals(model, one_fewer, x)
+    assert 1 - count_macs(smaller, x) / count_macs(model, x) < 0.5 <= plan.achieved
