@@ -41,7 +41,52 @@ TrustPickleOpt = Annotated[
     bool,
     typer.Option(help="allow unpickling a whole module (torch.save(model)): only files you trust"),
 ]
-DataOpt = Annotated[str, typer.Option(help="dataset name (mnist5k is embedded)")]
+# --data's help lists the registered data sources: written by _refresh_help() too
+DATA_HELP = typer.Option(help="a data source", rich_help_panel="Data")
+DataOpt = Annotated[str, DATA_HELP]
+# How an image folder becomes the model's inputs, and how data is streamed: the options of
+# every command that reads data (load_data's keywords, gathered by data_options)
+ImageSizeOpt = Annotated[
+    int | None,
+    typer.Option(min=1, rich_help_panel="Data",
+                 help="image folders: the input size (square) the model takes; default the "
+                      "model's own (timm, hf:, a pruned checkpoint)"),
+]  # fmt: skip
+ResizeOpt = Annotated[
+    int | None,
+    typer.Option(min=1, rich_help_panel="Data",
+                 help="image folders: resize the shorter side to this, then centre-crop "
+                      "--image-size (default: resize straight to --image-size)"),
+]  # fmt: skip
+MeanOpt = Annotated[
+    str | None,
+    typer.Option(rich_help_panel="Data",
+                 help="image folders: per-channel mean of the model's normalisation, "
+                      "comma-separated (0.485,0.456,0.406)"),
+]  # fmt: skip
+StdOpt = Annotated[
+    str | None,
+    typer.Option(rich_help_panel="Data",
+                 help="image folders: per-channel std of the model's normalisation, "
+                      "comma-separated (0.229,0.224,0.225)"),
+]  # fmt: skip
+ClassesOpt = Annotated[
+    Path | None,
+    typer.Option(rich_help_panel="Data",
+                 help="image folders: a file of class names, one a line, in the model's output "
+                      "order (default: the model's labels, else the folder names sorted)"),
+]  # fmt: skip
+BatchSizeOpt = Annotated[
+    int | None,
+    typer.Option(min=1, rich_help_panel="Data",
+                 help="examples per batch when measuring streamed data (default 64)"),
+]  # fmt: skip
+LoaderWorkersOpt = Annotated[
+    int,
+    typer.Option(min=0, rich_help_panel="Data",
+                 help="DataLoader processes decoding images (0: in this process); not "
+                      "--workers, which runs coalitions"),
+]  # fmt: skip
 SeedOpt = Annotated[int, typer.Option(help="random seed")]
 RootOpt = Annotated[str | None, typer.Option(help="folder holding local datasets")]
 PerClassOpt = Annotated[int, typer.Option(min=1, help="reference examples per class")]
@@ -60,9 +105,11 @@ def _options_of(decl: type, fixed: tuple = ()) -> str:
 
 def _refresh_help() -> None:
     """Help texts from the registries and the declarations, as they are now."""
+    from shapprune.sources.data import describe_data_sources
     from shapprune.sources.models import describe_sources
 
     MODEL_HELP.help = describe_sources()
+    DATA_HELP.help = describe_data_sources()
     METHOD_HELP.help = f"one of: {', '.join(ESTIMATORS)}"
     CRITERION_HELP.help = f"one of: {', '.join(CRITERIA)}"
     RANK_OPTION_HELP.help = (
@@ -101,6 +148,32 @@ def model_source(model_arg, weights, trust_pickle: bool) -> dict:
         **parse_model_args(model_arg),
         "weights": None if weights is None else str(weights),
         "trust_pickle": trust_pickle,
+    }
+
+
+def data_options(
+    image_size: int | None = None,
+    resize: int | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    classes: Path | None = None,
+    batch_size: int | None = None,
+    loader_workers: int = 0,
+) -> dict:
+    """The keywords of ``load_data`` that the data options give."""
+    from shapprune.sources.preprocessing import parse_floats
+
+    explicit = {
+        "image_size": image_size,
+        "resize": resize,
+        "mean": parse_floats(mean, "--mean"),
+        "std": parse_floats(std, "--std"),
+    }
+    return {
+        "preprocessing": {k: v for k, v in explicit.items() if v is not None},
+        "classes": None if classes is None else str(classes),
+        "batch_size": batch_size,
+        "workers": loader_workers,
     }
 
 

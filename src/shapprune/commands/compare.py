@@ -13,21 +13,27 @@ from rich.table import Table
 from shapprune.commands.app import (
     CHECKPOINT,
     CheckpointEveryOpt,
+    ClassesOpt,
     DataOpt,
     DeviceOpt,
     ExecutorOpt,
+    ImageSizeOpt,
+    MeanOpt,
     ModelArgOpt,
     ModelOpt,
     PerClassOpt,
     RayAddressOpt,
+    ResizeOpt,
     RootOpt,
     SeedOpt,
+    StdOpt,
     ThreadsOpt,
     TrustPickleOpt,
     WeightsOpt,
     WorkersOpt,
     app,
     console,
+    data_options,
     model_source,
     write_json,
 )
@@ -84,6 +90,11 @@ def oracle(
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
     data: DataOpt = "mnist5k",
+    image_size: ImageSizeOpt = None,
+    resize: ResizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    classes: ClassesOpt = None,
     layer: Annotated[str, typer.Option(help="module name")] = "conv1",
     ks: Annotated[str, typer.Option(help="set sizes, comma-separated")] = "1,2,3,4,5",
     per_class: PerClassOpt = 25,
@@ -95,11 +106,13 @@ def oracle(
     device: DeviceOpt = "auto",
 ) -> None:
     """Oracle sets of a layer: for each k, the k units whose joint removal hurts least."""
+    from shapprune.data import reference_set
     from shapprune.evaluation.oracle import oracle_rank, oracle_sets
     from shapprune.game.pruning_game import PruningGame
-    from shapprune.zoo.data import load_dataset, reference_set
+    from shapprune.sources.data import check_data_source, load_data
 
     where = resolve_device(device)
+    loading = data_options(image_size, resize, mean, std, classes)
     try:
         sizes = [int(k) for k in ks.split(",") if k.strip()]
     except ValueError:
@@ -107,9 +120,11 @@ def oracle(
     if not sizes or min(sizes) < 1:
         raise ValueError(f"--ks takes set sizes >= 1, got {ks!r}")
     check_output(out, force=force)
-    net, _ = load_model(model, data, root=root, **model_source(model_arg, weights, trust_pickle))
+    check_data_source(data)  # before the model: a zoo model would train on it
+    net, meta = load_model(model, data, root=root, **model_source(model_arg, weights, trust_pickle))
     net = net.to(where)
-    ref = reference_set(load_dataset(data, root=root).val, per_class=per_class, seed=0)
+    splits = load_data(data, model=net, meta=meta, root=root, seed=0, **loading)
+    ref = reference_set(splits.val, per_class=per_class, seed=0, classes=splits.classes)
     game = PruningGame(net, layer, (ref.x, ref.y))
     found = oracle_sets(game, sizes, max_subsets=max_subsets, beam_width=beam_width)
     record = {"model": model, "data": data, "layer": layer, **found.to_dict()}
