@@ -211,6 +211,21 @@ def test_streamed_measure_equals_in_memory(tmp_path):
     assert evaluate(model, loader)["loss"] == pytest.approx(memory["loss"], rel=1e-5)
 
 
+def test_loader_workers_decode_the_same_examples(tmp_path):
+    folder = write_images(tmp_path / "pets", per_class=8)
+    splits = load_data(str(folder), model=tiny_rgb(), preprocessing=PRE)
+    model = tiny_rgb()
+    alone = evaluate(model, splits.train, batch_size=5)
+    assert evaluate(model, splits.train, batch_size=5, workers=2) == alone
+
+
+def test_a_torchvision_model_without_preprocessing_is_told_its_flags(tmp_path):
+    folder = write_images(tmp_path / "pets", per_class=4)
+    meta = {"model": "torchvision:resnet18"}
+    with pytest.raises(ValueError, match="--image-size 224 --resize 256 --mean 0.485,0.456"):
+        load_data(str(folder), meta=meta)
+
+
 def test_the_api_takes_a_dataloader_a_dataset_and_a_dict(tmp_path):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(60, 3, 8, 8, generator=g), torch.arange(60) % 3
