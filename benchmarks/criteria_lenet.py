@@ -1,4 +1,5 @@
-"""LeNet-5 on MNIST 5k, half of the conv filters removed, no fine-tuning: every criterion.
+"""LeNet-5 on MNIST 5k, half of each conv layer's filters removed, no fine-tuning: every
+criterion.
 
 Run: ``python benchmarks/criteria_lenet.py [--quick] [--out FILE.json]``.
 Scores come from 25 validation images per class; accuracy is on the 1,000 test images.
@@ -53,7 +54,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/criteria_lenet.json"))
-    parser.add_argument("--readme", type=Path, help="replace the results block of this README")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        help="replace the results block of this Markdown file (docs/results.md)",
+    )
     args = parser.parse_args()
     run_and_report("criteria_lenet", lambda: _run(args), args.readme)
 
@@ -78,6 +83,7 @@ def _run(args: argparse.Namespace) -> None:
                 get_criterion(name, **options),
                 "channels=0.5",
                 layers=["conv1", "conv2"],
+                global_=False,  # half of each layer: the criteria compared on one cut
                 seed=seed,
                 refine=refine,
             )

@@ -1,7 +1,7 @@
 """The demo's comparison (LeNet-5 on MNIST 5k), for the README: robustness, oracle overlap,
 accuracy vs pruning rate, with the accuracy plot copied to ``docs/``.
 
-Run: ``python benchmarks/demo_report.py [--readme README.md]`` (a few minutes on 2 cores;
+Run: ``python benchmarks/demo_report.py [--readme docs/results.md]`` (a few minutes on 2 cores;
 reruns resume from ``benchmarks/results/demo``).
 """
 
@@ -40,7 +40,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/demo"))
     parser.add_argument("--docs", type=Path, default=Path("docs"))
-    parser.add_argument("--readme", type=Path, help="replace the results block of this README")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        help="replace the results block of this Markdown file (docs/results.md)",
+    )
     args = parser.parse_args()
     run_and_report("demo", lambda: _run(args.out, args.docs), args.readme)
 

@@ -1,11 +1,12 @@
 """Shared by the benchmark scripts: print as usual, and optionally write what was printed
 into a marked block of a Markdown file (``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``),
-so that the numbers in the README come from a run."""
+so that the numbers in the README and docs/ come from a run."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -38,9 +39,29 @@ def run_and_report(
         replace_block(markdown, name, (pick or results_only)(buffer.getvalue()))
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rebase_links(content: str, markdown: Path) -> str:
+    """Links written relative to the project's root (``benchmarks/results/x.png``,
+    ``docs/y.png``, ``BENCHMARKS.md``) made relative to ``markdown``'s folder, so that a
+    block reads the same in the README and in ``docs/``."""
+    here = markdown.resolve().parent
+
+    def rebase(match: re.Match) -> str:
+        target = match.group(2)
+        if re.match(r"[a-z]+:|#|/|\.\.?/", target) or not (ROOT / target).exists():
+            return match.group(0)
+        return f"{match.group(1)}{Path(os.path.relpath(ROOT / target, here)).as_posix()})"
+
+    return re.sub(r"(\]\()([^)\s]+)\)", rebase, content)
+
+
 def replace_block(markdown: Path, name: str, content: str) -> None:
-    """Replace the ``name`` results block of the Markdown file with ``content``."""
+    """Replace the ``name`` results block of the Markdown file with ``content`` (its links,
+    written from the project's root, rebased to the file)."""
     text = markdown.read_text()
+    content = rebase_links(content, markdown)
     begin, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
     if begin not in text:
         raise SystemExit(f"{markdown} has no {begin} block")

@@ -1,4 +1,4 @@
-"""Run every benchmark and regenerate ``BENCHMARKS.md`` (and the README's summary block).
+"""Run every benchmark; regenerate ``BENCHMARKS.md`` and the blocks of ``docs/results.md``.
 
 Run: ``python benchmarks/run_all.py [--quick] [--only NAME ...]``. Each benchmark runs as
 its own process, one after the other (never two at once: they time things); its tables
@@ -40,7 +40,8 @@ BENCHMARKS = {  # name -> title, in the order of the document
     "lrp_tuning": "10. LRP tuned for pruning",
     "prune_tradeoffs": "11. What prune's speed costs",
     "device_check": "12. The device check",
-    "folder_memory": "13. Streaming an image folder",
+    "torchvision_families": "13. Every torchvision family through prune's defaults",
+    "folder_memory": "14. Streaming an image folder",
     "demo": "The demo's wall time",
 }
 
@@ -175,7 +176,7 @@ def targets(results: Path) -> list[tuple[str, str, str]]:
 
 
 def summary(results: Path) -> str:
-    """The README's performance block: the targets, and where the rest is."""
+    """The performance block of docs/results.md: the targets, and where the rest is."""
     lines = ["| target | measured | |", "|---|---|---|"]
     lines += [f"| {t} | {v} | {ok} |" for t, v, ok in targets(results)]
     demo = results / "demo.md"
@@ -238,10 +239,10 @@ def main() -> None:
         "--readme",
         type=Path,
         help="its performance block is rewritten "
-        "(default: the project's README.md, unless --quick)",
+        "(default: the project's docs/results.md, unless --quick)",
     )
     args = parser.parse_args()
-    readme = args.readme or (None if args.quick else ROOT / "README.md")
+    readme = args.readme or (None if args.quick else ROOT / "docs" / "results.md")
     args.results.mkdir(parents=True, exist_ok=True)
     total = sum(
         run_one(name, args.quick, args.results)

@@ -14,7 +14,9 @@ end to end (scoring, planning, removal, measuring before and after), one run, se
 What a failure says is printed as it is: a ``ValueError`` is a refusal with a reason (a
 limitation, named), anything else a bug.
 
-Run: ``python benchmarks/torchvision_families.py [--quick] [--only NAME,...] [--out FILE]``
+Run: ``python benchmarks/torchvision_families.py [--quick] [--only NAME,...] [--out FILE]``;
+the JSON is written after each family; with ``--only`` the other families' rows already in
+``--out`` are kept
 (an hour or more on 2 cores: the removal rebuilds torch-pruning's dependency graph after
 each layer it cuts, and the plan's bisection removes about 30 times, so time grows with the
 square of the depth: DenseNet-121 takes minutes; ``--quick``: small instances of two
@@ -24,6 +26,7 @@ families' classes, seconds).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
@@ -142,13 +145,17 @@ def main() -> None:
     unknown = [n for n in only if n not in families]
     if unknown:
         raise SystemExit(f"unknown families {unknown}; known: {', '.join(families)}")
-    rows = []
+    found = {}  # family -> row; with --only, the other families' rows of --out are kept
+    if only and args.out.exists():
+        found = {r["family"]: r for r in json.loads(args.out.read_text())["rows"]}
+    rows = [found[n] for n in families if n in found]
     for name, (build, size) in families.items():
         if only and name not in only:
             continue
-        rows.append(run(name, build, size))
-        r = rows[-1]
+        r = found[name] = run(name, build, size)
         print(f"  {name}: {r['status']} in {r['seconds']:.1f} s", file=sys.stderr, flush=True)
+        rows = [found[n] for n in families if n in found]
+        write_json(args.out, {"target": TARGET, "refine": REFINE, "rows": rows})  # as it goes
     print(f"#### torchvision's families through `shapprune prune`'s defaults, {TARGET}\n")
     print(
         f"Random weights, {CLASSES} classes, one reference example per class, refine {REFINE}; "
@@ -163,7 +170,6 @@ def main() -> None:
             f"| {r['family']} | {r['input']} | {r['params']:,} | {status} | {macs} | "
             f"{r.get('scope', '-')} | {r['seconds']:.1f} |"
         )
-    write_json(args.out, {"target": TARGET, "refine": REFINE, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ residual width is ignored, whole heads go (``num_heads``, ``prune_num_heads``, n
 at the same ratio as the MLP neurons (``head_pruning_ratio``), one ratio bisected.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/vs_torch_pruning.py [--quick] [--out FILE.json]
-[--readme README.md] [--models ...]``; ``--quick``: LeNet-5, 50% of the MACs, one seed, two
+[--readme docs/results.md] [--models ...]``; ``--quick``: LeNet-5, 50% of the MACs, one seed, two
 methods per side: TP magnitude-l1 and random, shapprune weight-l1 per layer and prune's
 defaults (with a short refinement); under a minute.
 """
@@ -684,7 +684,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS / "vs_torch_pruning.json")
     parser.add_argument(
-        "--readme", type=Path, help="write the summary into this README's results block"
+        "--readme",
+        type=Path,
+        help="the Markdown file whose block to replace (docs/results.md)",
     )
     parser.add_argument(
         "--models", nargs="+", choices=("lenet5", "vgg", "resnet20", "vit"),

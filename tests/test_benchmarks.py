@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end on tiny sizes, so that they cannot rot."""
 
 import json
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -313,3 +314,21 @@ def test_run_all_writes_the_document_and_the_readme_block(tmp_path):
     assert "_Not run yet._" in text  # the benchmarks not asked for
     block = readme.read_text()
     assert "old" not in block and ">= 0.8x the plain suffix forward" in block
+
+
+def test_result_blocks_link_from_the_file_they_are_written_into(tmp_path):
+    """Benchmarks write links from the project's root; a block in docs/ gets them rebased."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from report import replace_block
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    page = BENCHMARKS.parent / "docs" / "results.md"
+    content = "![plot](benchmarks/results/vs_torch_pruning.md) [web](https://a.b) [x](#y)"
+    copy = tmp_path / "results.md"
+    copy.write_text("<!-- results:x -->\nold\n<!-- /results:x -->\n")
+    replace_block(copy, "x", content)  # tmp_path: the links are rebased to it
+    assert "(https://a.b)" in copy.read_text() and "(#y)" in copy.read_text()
+    rebased = re.search(r"\(([^)]*vs_torch_pruning\.md)\)", copy.read_text()).group(1)
+    assert (tmp_path / rebased).resolve() == BENCHMARKS / "results" / "vs_torch_pruning.md"
+    assert "](../benchmarks/results/" in page.read_text()  # the page in docs/ reads from there

@@ -57,3 +57,21 @@ def test_criteria_deep_in_a_job_report_through_using_progress():
     said.clear()
     estimate(Linear(), "permutation", 1_000, seed=0)  # outside: nothing reported
     assert said == []
+
+
+def test_a_plans_refinement_reports_its_count_and_time_left():
+    """`prune`'s refinement stage: a count out of its budget, named as such (not "scoring")."""
+    import torch
+
+    from shapprune.estimators.registry import using_progress
+    from shapprune.pruning.refinement import refine_plan
+    from shapprune.zoo.models import build_model
+
+    model = build_model("lenet5", seed=0).eval()
+    x, y = torch.randn(20, 1, 28, 28), torch.arange(20) % 10
+    scores = {"conv1": torch.rand(20, generator=torch.Generator().manual_seed(0)).numpy()}
+    said = []
+    with using_progress(cli.status_progress(said.append, "scoring")):
+        refine_plan(model, {"conv1": [0, 1, 2, 3, 4]}, scores, (x, y), 24)
+    assert said and all(s.startswith("refining: ") for s in said)
+    assert said[-1].split(" evaluations")[0].endswith("/24") and "left" in said[0]

@@ -49,6 +49,7 @@ from shapprune.game.units import find_units
 from shapprune.options import option
 from shapprune.pruning.checkpoint import save_pruned
 from shapprune.pruning.compress import prune_model
+from shapprune.pruning.defaults import PRUNE_DEFAULTS, PruneDefaults
 from shapprune.pruning.plan import Target, make_plan, prunable_layers
 from shapprune.pruning.removal import apply_removals
 from shapprune.sources.data import DATA_SOURCES, load_data, register_data_source
@@ -115,6 +116,8 @@ __all__ = [
     "oracle_sets",
     "prunable_layers",
     "prune_model",
+    "PRUNE_DEFAULTS",
+    "PruneDefaults",
     "pretrained",
     "reference_set",
     "register_criterion",

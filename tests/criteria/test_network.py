@@ -111,7 +111,7 @@ def test_global_plans_normalise_as_the_criterion_says_unless_told(lenet, mnist5k
     from shapprune.pruning.compress import prune_model
 
     assert get_criterion("weight-l1").normalisation == "l1"
-    kw = {"layers": ["conv1", "conv2"], "global_": True, "per_class": 1}
+    kw = {"layers": ["conv1", "conv2"], "global_": True, "per_class": 1, "refine": 0}
     by = {
         (name, given): prune_model(lenet, mnist5k, get_criterion(name, **o), "channels=0.3",
                                    normalisation=given, **kw)[1]["plans"][0]["normalisation"]
@@ -127,8 +127,9 @@ def test_bandit_settles_the_units_a_channels_target_cuts(lenet, mnist5k):
 
     crit = get_criterion("network-shapley", method="bandit", budget=1_500)
     pruned, summary = prune_model(
-        lenet, mnist5k, crit, "channels=0.2", layers=["conv1", "conv2"], global_=True, per_class=2
-    )
+        lenet, mnist5k, crit, "channels=0.2", layers=["conv1", "conv2"], global_=True, per_class=2,
+        refine=0,
+    )  # fmt: skip
     est = crit.last_estimate
     assert est.info["k"] == round(0.2 * 70) and crit.cut_fraction is None  # restored
     assert est.n_evals <= 1_500 and sum(summary["removed"].values()) == 14

@@ -12,6 +12,8 @@ from shapprune.pruning.removal import apply_removals
 from shapprune.zoo.data import reference_set
 from shapprune.zoo.models import build_model
 
+PER_LAYER = {"global_": False, "refine": 0}  # the plain one-shot cut, no search
+
 
 @pytest.fixture(scope="module")
 def lenet(mnist5k):
@@ -30,6 +32,7 @@ def test_one_shot_half_the_conv_filters(lenet, mnist5k):
         "channels=0.5",
         layers=["conv1", "conv2"],
         compensate=False,
+        **PER_LAYER,
     )
     assert summary["removed"] == {"conv1": 10, "conv2": 25}
     assert pruned.conv1.out_channels == 10 and pruned.conv2.out_channels == 25
@@ -57,7 +60,7 @@ def test_iterative_macs_target_rescores_between_steps(lenet, mnist5k):
             return get_criterion("weight-l2").score(model, layers, data, seed=seed)
 
     pruned, summary = prune_model(
-        lenet, mnist5k, Spy(), "macs=0.5", layers=["conv1", "conv2"], steps=2
+        lenet, mnist5k, Spy(), "macs=0.5", layers=["conv1", "conv2"], steps=2, **PER_LAYER
     )
     assert len(calls) == 4 and calls[2][1] < calls[0][1]  # step 2 scored the pruned model
     assert 0.5 <= 1 - summary["after"]["macs"] / summary["before"]["macs"] < 0.56
@@ -66,7 +69,7 @@ def test_iterative_macs_target_rescores_between_steps(lenet, mnist5k):
 
 def test_mask_mode_matches_remove_mode(lenet, mnist5k):
     crit = get_criterion("random")
-    kwargs = dict(layers=["conv2", "fc1"], global_=True)
+    kwargs = dict(layers=["conv2", "fc1"], global_=True, refine=0)
     removed, a = prune_model(lenet, mnist5k, crit, "channels=0.4", **kwargs)
     masked, b = prune_model(lenet, mnist5k, crit, "channels=0.4", mode="mask", **kwargs)
     assert a["after"]["accuracy"] == pytest.approx(b["after"]["accuracy"])
@@ -78,8 +81,8 @@ def test_mask_mode_matches_remove_mode(lenet, mnist5k):
 def test_fine_tuning_recovers_accuracy(lenet, mnist5k):
     crit = get_criterion("random")
     args = (lenet, mnist5k, crit, "channels=0.8")
-    _, plain = prune_model(*args, layers=["conv2"])
-    _, tuned = prune_model(*args, layers=["conv2"], finetune_epochs=1)
+    _, plain = prune_model(*args, layers=["conv2"], **PER_LAYER)
+    _, tuned = prune_model(*args, layers=["conv2"], finetune_epochs=1, **PER_LAYER)
     assert tuned["after"]["accuracy"] > plain["after"]["accuracy"]
 
 
@@ -146,7 +149,9 @@ def test_auto_compensation_keeps_the_removal_better_on_the_reference_examples(
 ):
     layers = ["conv1", "conv2"]
     crit = get_criterion("weight-l1")
-    pruned, summary = prune_model(lenet, mnist5k, crit, target, layers=layers, per_class=10)
+    pruned, summary = prune_model(
+        lenet, mnist5k, crit, target, layers=layers, per_class=10, **PER_LAYER
+    )
     assert summary["compensate"] == "auto"
     plan = summary["plans"][0]
     ref = reference_set(mnist5k.val, per_class=10, seed=0)
@@ -170,8 +175,8 @@ def test_removal_that_contradicts_the_criterion_s_game_is_refused(lenet, mnist5k
 
 def test_refinement_changes_units_not_counts(lenet, mnist5k):
     crit = get_criterion("weight-l1")
-    kw = {"layers": ["conv1", "conv2"], "per_class": 3, "compensate": False}
-    _, plain = prune_model(lenet, mnist5k, crit, "macs=0.5", **kw)
+    kw = {"layers": ["conv1", "conv2"], "per_class": 3, "compensate": False, "global_": False}
+    _, plain = prune_model(lenet, mnist5k, crit, "macs=0.5", refine=0, **kw)
     _, refined = prune_model(lenet, mnist5k, crit, "macs=0.5", refine=40, **kw)
     info = refined["plans"][0]["refinement"]
     assert 0 < info["sets_evaluated"] <= 40 and info["value"] >= info["seed_value"]
@@ -183,7 +188,7 @@ def test_refinement_changes_units_not_counts(lenet, mnist5k):
 
 def test_auto_scope_keeps_the_cut_better_on_the_reference_examples(lenet, mnist5k):
     crit = get_criterion("weight-l1")
-    kw = {"layers": ["conv1", "conv2", "fc1"], "per_class": 5, "compensate": False}
+    kw = {"layers": ["conv1", "conv2", "fc1"], "per_class": 5, "compensate": False, "refine": 0}
     runs = {g: prune_model(lenet, mnist5k, crit, "macs=0.5", global_=g, **kw) for g in (1, 0)}
     pruned, auto = prune_model(lenet, mnist5k, crit, "macs=0.5", global_="auto", **kw)
     scope = auto["plans"][0]["scope"]
@@ -212,14 +217,18 @@ def test_a_macs_target_aims_the_estimators_at_its_cut(lenet, mnist5k):
     example, layers = mnist5k.val.x[:2], ["conv1", "conv2"]
     units = select_layers(lenet, example, layers)
     fraction = units_fraction(lenet, units, Target.parse("macs=0.3"), example, lenet)
-    uniform = prune_model(lenet, mnist5k, get_criterion("random"), "macs=0.3", layers=layers)[1]
+    uniform = prune_model(
+        lenet, mnist5k, get_criterion("random"), "macs=0.3", layers=layers, **PER_LAYER
+    )[1]
     assert fraction == pytest.approx(sum(uniform["removed"].values()) / 70)
     crit = get_criterion("network-shapley", method="bandit", budget=600)
-    prune_model(lenet, mnist5k, crit, "macs=0.3", layers=layers, global_=True, per_class=2)
+    prune_model(
+        lenet, mnist5k, crit, "macs=0.3", layers=layers, global_=True, per_class=2, refine=0
+    )
     assert crit.last_estimate.info["k"] == round(fraction * 70) and crit.cut_fraction is None
     # a semivalue's window is centred on the kept size (it needs one: an error without)
     semi = get_criterion("shapley-semivalue", weights="window", budget=200)
-    prune_model(lenet, mnist5k, semi, "channels=0.25", layers=["conv1"], per_class=2)
+    prune_model(lenet, mnist5k, semi, "channels=0.25", layers=["conv1"], per_class=2, **PER_LAYER)
     ref = reference_set(mnist5k.val, per_class=2, seed=0)
     game = PruningGame(lenet, "conv1", (ref.x, ref.y), compensate=True)
     direct = estimate(game, "semivalue", budget=200, seed=0, weights="window", kept=0.75)

@@ -17,13 +17,13 @@ from helpers import TORCH_ATTENTION, randomise_norms, toy_splits
 from torch import nn
 from torchvision.models.swin_transformer import SwinTransformer
 
-from shapprune.commands.prune import DEFAULT_PRUNE_CRITERION
 from shapprune.criteria.registry import get_criterion
 from shapprune.estimators.registry import estimate
 from shapprune.game.pruning_game import PruningGame
 from shapprune.game.units import find_units
 from shapprune.pruning.checkpoint import load_checkpoint, save_pruned
 from shapprune.pruning.compress import prune_model
+from shapprune.pruning.defaults import PRUNE_DEFAULTS
 from shapprune.pruning.plan import Target, prunable_layers
 from shapprune.pruning.removal import apply_removals
 from shapprune.zoo.models import build_model
@@ -180,11 +180,11 @@ def test_resnext_grouped_bottleneck():
 @pytest.mark.parametrize(
     ("name", "criterion", "options"),
     [
-        ("torchvision-vit", DEFAULT_PRUNE_CRITERION, {}),
+        ("torchvision-vit", PRUNE_DEFAULTS.criterion, {}),
         ("torchvision-vit", "shapley-permutation", {"budget": 260}),  # 64 MLP neurons: >= 254
         ("torchvision-vit", "weight-l1", {}),
-        ("encoder-batch-first", DEFAULT_PRUNE_CRITERION, {}),
-        ("encoder-sequence-first", DEFAULT_PRUNE_CRITERION, {}),
+        ("encoder-batch-first", PRUNE_DEFAULTS.criterion, {}),
+        ("encoder-sequence-first", PRUNE_DEFAULTS.criterion, {}),
     ],
     ids=["tv-vit-lrp", "tv-vit-shapley", "tv-vit-l1", "encoder-batch-first", "encoder-seq-first"],
 )

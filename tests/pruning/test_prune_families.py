@@ -15,7 +15,6 @@ from torchvision.models import ConvNeXt, DenseNet, ResNet
 from torchvision.models.convnext import CNBlockConfig
 from torchvision.models.resnet import BasicBlock
 
-from shapprune.commands.prune import DEFAULT_PRUNE_CRITERION, _cost_choice
 from shapprune.criteria.registry import get_criterion
 from shapprune.pruning import compress
 from shapprune.pruning.compress import prune_model
@@ -51,13 +50,9 @@ def test_prune_defaults_meet_a_macs_target(family):
     pruned, summary = prune_model(
         model,
         data,
-        get_criterion(DEFAULT_PRUNE_CRITERION),
-        target,
-        global_="auto",
-        compensate=None,  # the library's default, "auto"
-        cost=_cost_choice("auto", None, target),
+        target=target,
         refine=2,
-        per_class=1,
+        per_class=1,  # else the defaults: prune's
     )
     assert summary["compensate"] == "auto" and summary["plans"][0]["scope"]["chosen"]
     assert summary["after"]["macs"] <= 0.5 * summary["before"]["macs"]

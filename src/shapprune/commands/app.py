@@ -25,77 +25,104 @@ console = Console(stderr=True)
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, TypeError)
 
 
+# --help groups each command's options into these panels, in the order a user decides them
+MODEL_PANEL = "Model"
+DATA_PANEL = "Data"
+TARGET_PANEL = "Target and plan"
+CRITERION_PANEL = "Criterion"
+OUTPUT_PANEL = "Output"
+RUN_PANEL = "Running (device, workers, resume)"
+
 # Options shared by several commands
 # --model's help lists the registered sources: written by _refresh_help() too
-MODEL_HELP = typer.Option(help="a model source")
+MODEL_HELP = typer.Option(help="a model source", rich_help_panel=MODEL_PANEL)
 ModelOpt = Annotated[str, MODEL_HELP]
 ModelArgOpt = Annotated[
     list[str] | None,
-    typer.Option(help="KEY=VALUE, repeatable: an argument of the model's builder (num_classes=10)"),
+    typer.Option(
+        rich_help_panel=MODEL_PANEL,
+        help="KEY=VALUE, repeatable: an argument of the model's builder (num_classes=10)",
+    ),
 ]
 WeightsOpt = Annotated[
     Path | None,
-    typer.Option(help="weights to load: .safetensors, or a state_dict in .pt/.pth/.bin"),
+    typer.Option(
+        rich_help_panel=MODEL_PANEL,
+        help="weights to load: .safetensors, or a state_dict in .pt/.pth/.bin",
+    ),
 ]
 TrustPickleOpt = Annotated[
     bool,
-    typer.Option(help="allow unpickling a whole module (torch.save(model)): only files you trust"),
+    typer.Option(
+        rich_help_panel=MODEL_PANEL,
+        help="allow unpickling a whole module (torch.save(model)): only files you trust",
+    ),
 ]
 # --data's help lists the registered data sources: written by _refresh_help() too
-DATA_HELP = typer.Option(help="a data source", rich_help_panel="Data")
+DATA_HELP = typer.Option(help="a data source", rich_help_panel=DATA_PANEL)
 DataOpt = Annotated[str, DATA_HELP]
+SeedOpt = Annotated[int, typer.Option(help="random seed", rich_help_panel=DATA_PANEL)]
+RootOpt = Annotated[
+    str | None, typer.Option(rich_help_panel=DATA_PANEL, help="folder holding local datasets")
+]
+PerClassOpt = Annotated[
+    int, typer.Option(rich_help_panel=DATA_PANEL, min=1, help="reference examples per class")
+]
 # How an image folder becomes the model's inputs, and how data is streamed: the options of
 # every command that reads data (load_data's keywords, gathered by data_options)
 ImageSizeOpt = Annotated[
     int | None,
-    typer.Option(min=1, rich_help_panel="Data",
+    typer.Option(min=1, rich_help_panel=DATA_PANEL,
                  help="image folders: the input size (square) the model takes; default the "
                       "model's own (timm, hf:, a pruned checkpoint)"),
 ]  # fmt: skip
 ResizeOpt = Annotated[
     int | None,
-    typer.Option(min=1, rich_help_panel="Data",
+    typer.Option(min=1, rich_help_panel=DATA_PANEL,
                  help="image folders: resize the shorter side to this, then centre-crop "
                       "--image-size (default: resize straight to --image-size)"),
 ]  # fmt: skip
 MeanOpt = Annotated[
     str | None,
-    typer.Option(rich_help_panel="Data",
+    typer.Option(rich_help_panel=DATA_PANEL,
                  help="image folders: per-channel mean of the model's normalisation, "
                       "comma-separated (0.485,0.456,0.406)"),
 ]  # fmt: skip
 StdOpt = Annotated[
     str | None,
-    typer.Option(rich_help_panel="Data",
+    typer.Option(rich_help_panel=DATA_PANEL,
                  help="image folders: per-channel std of the model's normalisation, "
                       "comma-separated (0.229,0.224,0.225)"),
 ]  # fmt: skip
 ClassesOpt = Annotated[
     Path | None,
-    typer.Option(rich_help_panel="Data",
+    typer.Option(rich_help_panel=DATA_PANEL,
                  help="image folders: a file of class names, one a line, in the model's output "
                       "order (default: the model's labels, else the folder names sorted)"),
 ]  # fmt: skip
 BatchSizeOpt = Annotated[
     int | None,
-    typer.Option(min=1, rich_help_panel="Data",
+    typer.Option(min=1, rich_help_panel=DATA_PANEL,
                  help="examples per batch when measuring streamed data (default 64)"),
 ]  # fmt: skip
 LoaderWorkersOpt = Annotated[
     int,
-    typer.Option(min=0, rich_help_panel="Data",
+    typer.Option(min=0, rich_help_panel=DATA_PANEL,
                  help="DataLoader processes decoding images (0: in this process); not "
                       "--workers, which runs coalitions"),
 ]  # fmt: skip
-SeedOpt = Annotated[int, typer.Option(help="random seed")]
-RootOpt = Annotated[str | None, typer.Option(help="folder holding local datasets")]
-PerClassOpt = Annotated[int, typer.Option(min=1, help="reference examples per class")]
 # Help that lists the registered estimators and criteria: written by _refresh_help() when the
 # command line runs, so that estimators and criteria registered after import show up.
-METHOD_HELP = typer.Option(help="a registered estimator")
-CRITERION_HELP = typer.Option(help="a registered criterion")
-RANK_OPTION_HELP = typer.Option("--option", help="KEY=VALUE, a declared option of the method")
-PRUNE_OPTION_HELP = typer.Option("--option", help="KEY=VALUE, a declared option of the criterion")
+METHOD_HELP = typer.Option(help="a registered estimator", rich_help_panel=CRITERION_PANEL)
+CRITERION_HELP = typer.Option(help="a registered criterion", rich_help_panel=CRITERION_PANEL)
+RANK_OPTION_HELP = typer.Option(
+    "--option", help="KEY=VALUE, a declared option of the method", rich_help_panel=CRITERION_PANEL
+)
+PRUNE_OPTION_HELP = typer.Option(
+    "--option",
+    help="KEY=VALUE, a declared option of the criterion",
+    rich_help_panel=CRITERION_PANEL,
+)
 
 
 def _options_of(decl: type, fixed: tuple = ()) -> str:
@@ -127,15 +154,27 @@ def _refresh_help() -> None:
 
 
 DeviceOpt = Annotated[
-    str, typer.Option(help="cpu, cuda, cuda:N, mps, or auto: the first accelerator, else cpu")
+    str,
+    typer.Option(
+        rich_help_panel=RUN_PANEL,
+        help="cpu, cuda, cuda:N, mps, or auto: the first accelerator, else cpu",
+    ),
 ]
 _RUN_HELP = {name: text for name, (_, _, text) in declared(ExecutorOptions).items()}
-ExecutorOpt = Annotated[str, typer.Option(help=_RUN_HELP["executor"])]
-WorkersOpt = Annotated[int, typer.Option(help=_RUN_HELP["workers"])]
-RayAddressOpt = Annotated[str | None, typer.Option(help=_RUN_HELP["ray_address"])]
-ThreadsOpt = Annotated[int | None, typer.Option(help=_RUN_HELP["threads"])]
+ExecutorOpt = Annotated[str, typer.Option(rich_help_panel=RUN_PANEL, help=_RUN_HELP["executor"])]
+WorkersOpt = Annotated[int, typer.Option(rich_help_panel=RUN_PANEL, help=_RUN_HELP["workers"])]
+RayAddressOpt = Annotated[
+    str | None, typer.Option(rich_help_panel=RUN_PANEL, help=_RUN_HELP["ray_address"])
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(rich_help_panel=RUN_PANEL, help=_RUN_HELP["threads"])
+]
 CheckpointEveryOpt = Annotated[
-    int, typer.Option(help="write the resume checkpoint every N evaluations (and each minute)")
+    int,
+    typer.Option(
+        rich_help_panel=RUN_PANEL,
+        help="write the resume checkpoint every N evaluations (and each minute)",
+    ),
 ]
 CHECKPOINT = "checkpoint.json"  # suffix of the resume file next to the output
 

@@ -12,6 +12,8 @@ from rich.table import Table
 
 from shapprune.commands.app import (
     CHECKPOINT,
+    CRITERION_PANEL,
+    OUTPUT_PANEL,
     CheckpointEveryOpt,
     ClassesOpt,
     DataOpt,
@@ -47,10 +49,12 @@ from shapprune.sources.models import load_model
 
 @app.command()
 def compare(
-    config: Annotated[Path, typer.Option(help="experiment YAML (see examples/)")],
-    out: Annotated[Path, typer.Option(help="output folder (rerun to resume)")] = Path(
-        "runs/compare"
-    ),
+    config: Annotated[
+        Path, typer.Option(rich_help_panel=CRITERION_PANEL, help="experiment YAML (see examples/)")
+    ],
+    out: Annotated[
+        Path, typer.Option(rich_help_panel=OUTPUT_PANEL, help="output folder (rerun to resume)")
+    ] = Path("runs/compare"),
     device: DeviceOpt = "auto",
     executor: ExecutorOpt = "serial",
     workers: WorkersOpt = 1,
@@ -95,14 +99,26 @@ def oracle(
     mean: MeanOpt = None,
     std: StdOpt = None,
     classes: ClassesOpt = None,
-    layer: Annotated[str, typer.Option(help="module name")] = "conv1",
-    ks: Annotated[str, typer.Option(help="set sizes, comma-separated")] = "1,2,3,4,5",
+    layer: Annotated[
+        str, typer.Option(rich_help_panel=CRITERION_PANEL, help="module name")
+    ] = "conv1",
+    ks: Annotated[
+        str, typer.Option(rich_help_panel=CRITERION_PANEL, help="set sizes, comma-separated")
+    ] = "1,2,3,4,5",
     per_class: PerClassOpt = 25,
-    max_subsets: Annotated[int, typer.Option(help="beyond this, beam search")] = 20_000,
-    beam_width: Annotated[int, typer.Option(help="beam width")] = 8,
+    max_subsets: Annotated[
+        int, typer.Option(rich_help_panel=CRITERION_PANEL, help="beyond this, beam search")
+    ] = 20_000,
+    beam_width: Annotated[
+        int, typer.Option(rich_help_panel=CRITERION_PANEL, help="beam width")
+    ] = 8,
     root: RootOpt = None,
-    out: Annotated[Path, typer.Option(help="JSON file")] = Path("oracle.json"),
-    force: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+    out: Annotated[Path, typer.Option(rich_help_panel=OUTPUT_PANEL, help="JSON file")] = Path(
+        "oracle.json"
+    ),
+    force: Annotated[
+        bool, typer.Option(rich_help_panel=OUTPUT_PANEL, help="replace an existing --out file")
+    ] = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Oracle sets of a layer: for each k, the k units whose joint removal hurts least."""
@@ -138,11 +154,14 @@ def oracle(
 
 @app.command()
 def demo(
-    budget: Annotated[int, typer.Option(help="coalition evaluations for the ranking")] = 5000,
+    budget: Annotated[
+        int,
+        typer.Option(rich_help_panel=CRITERION_PANEL, help="coalition evaluations for the ranking"),
+    ] = 5000,
     seed: SeedOpt = 0,
-    out: Annotated[Path, typer.Option(help="report folder (rerun to resume)")] = Path(
-        "shapprune-demo"
-    ),
+    out: Annotated[
+        Path, typer.Option(rich_help_panel=OUTPUT_PANEL, help="report folder (rerun to resume)")
+    ] = Path("shapprune-demo"),
     device: DeviceOpt = "auto",
 ) -> None:
     """LeNet-5 on the embedded MNIST 5k: Shapley ranking of conv2, then criteria compared

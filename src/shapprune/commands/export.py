@@ -9,6 +9,8 @@ import torch
 import typer
 
 from shapprune.commands.app import (
+    DATA_PANEL,
+    OUTPUT_PANEL,
     ClassesOpt,
     ImageSizeOpt,
     MeanOpt,
@@ -28,14 +30,19 @@ from shapprune.pruning.export import FORMATS, SUFFIXES, export_line, export_mode
 def export(
     folder: Annotated[Path, typer.Argument(help="what prune wrote (its --out folder)")],
     format: Annotated[
-        str, typer.Option("--format", help=f"one of: {', '.join(FORMATS)}")
+        str,
+        typer.Option(
+            "--format", rich_help_panel=OUTPUT_PANEL, help=f"one of: {', '.join(FORMATS)}"
+        ),
     ] = "exported-program",
-    out: Annotated[Path | None, typer.Option(help="the file to write")] = None,
+    out: Annotated[
+        Path | None, typer.Option(rich_help_panel=OUTPUT_PANEL, help="the file to write")
+    ] = None,
     data: Annotated[
         str | None,
         typer.Option(
+            rich_help_panel=DATA_PANEL,
             help="reference examples from this data source; default: the one prune used",
-            rich_help_panel="Data",
         ),
     ] = None,
     image_size: ImageSizeOpt = None,
@@ -43,9 +50,13 @@ def export(
     mean: MeanOpt = None,
     std: StdOpt = None,
     classes: ClassesOpt = None,
-    examples: Annotated[int, typer.Option(min=1, help="reference examples to check on")] = 8,
+    examples: Annotated[
+        int, typer.Option(rich_help_panel=DATA_PANEL, min=1, help="reference examples to check on")
+    ] = 8,
     root: RootOpt = None,
-    force: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+    force: Annotated[
+        bool, typer.Option(rich_help_panel=OUTPUT_PANEL, help="replace an existing --out file")
+    ] = False,
     trust_pickle: TrustPickleOpt = False,
 ) -> None:
     """Export a pruned model (exported program, ONNX or TorchScript), checked against the

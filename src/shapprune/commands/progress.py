@@ -72,7 +72,8 @@ def status_progress(say: Callable[[str], object], label: str) -> Callable[..., N
         f = progress_fields(done, budget, time.perf_counter() - clock["start"], status or {})
         rate = f" {f['rate']}" if f["rate"] else ""
         left = f", {f['left']}" if f["left"] else ""
-        say(f"{label}: {done:,}/{budget:,} evaluations{rate}{left}{f['doubt']}")
+        stage = (status or {}).get("stage", label)  # refinement says so; estimates do not
+        say(f"{stage}: {done:,}/{budget:,} evaluations{rate}{left}{f['doubt']}")
 
     return update
 

@@ -12,7 +12,10 @@ from rich.table import Table
 from shapprune.commands.app import (
     CHECKPOINT,
     CRITERION_HELP,
+    CRITERION_PANEL,
+    OUTPUT_PANEL,
     PRUNE_OPTION_HELP,
+    TARGET_PANEL,
     BatchSizeOpt,
     CheckpointEveryOpt,
     ClassesOpt,
@@ -46,8 +49,9 @@ from shapprune.criteria.registry import CRITERIA, get_criterion
 from shapprune.devices import resolve_device
 from shapprune.estimators.registry import using_progress
 from shapprune.jobs import evaluating, executor_options
-from shapprune.options import parse_options
+from shapprune.options import declared, parse_options
 from shapprune.outputs import check_output
+from shapprune.pruning.defaults import PRUNE_DEFAULTS, PruneDefaults, resolve_cost
 from shapprune.pruning.export import SUFFIXES, export_line, export_model, parse_formats
 from shapprune.sources.models import load_model
 
@@ -64,24 +68,27 @@ def _criterion_options(name: str, explicit: dict, items: list[str]) -> dict:
     return {**given, **parse_options(factory.declaration, items, owner, tuple(factory.fixed))}
 
 
-DEFAULT_PRUNE_CRITERION = "lrp"  # what won the head-to-head (benchmarks/vs_torch_pruning.py)
-DEFAULT_REFINE = 300
+_DECLARED_HELP = {name: text for name, (_, _, text) in declared(PruneDefaults).items()}
 
 
-def _cost_choice(text: str, global_: bool | None, target) -> str | None:
-    """``--cost macs|params|none|auto`` as ``prune_model`` takes it (auto: the target's
-    kind for a global plan, none per layer or for a channels target; ``global_`` None:
-    the scope is chosen by ``prune_model``, the cost serves its global candidate)."""
-    if text not in ("macs", "params", "none", "auto"):
-        raise ValueError(f"--cost takes macs, params, none or auto; got {text!r}")
-    if text == "auto":
-        return target.kind if global_ is not False and target.kind in ("macs", "params") else None
-    return None if text == "none" else text
+def _option(panel: str, declared_as: str | None = None, *, help: str | None = None):
+    """An option of ``prune`` in its --help panel; its help the declaration's
+    (``PruneDefaults``) where the option is declared there."""
+    return typer.Option(help=help or _DECLARED_HELP[declared_as], rich_help_panel=panel)
+
+
+def _yes_no(value: bool | str) -> str:
+    return {True: "yes", False: "no"}.get(value, str(value))
+
+
+def _scope_choice(global_: bool | None) -> bool | str:
+    """``--global/--per-layer`` as ``prune_model`` takes it: neither is the default scope."""
+    return PRUNE_DEFAULTS.global_ if global_ is None else global_
 
 
 def _compensate_choice(text: str | None) -> bool | str | None:
-    """``--compensate yes|no|auto`` as ``prune_model`` takes it."""
-    choices = {None: None, "yes": True, "no": False, "auto": "auto"}
+    """``--compensate yes|no|auto`` as ``prune_model`` takes it (none given: its default)."""
+    choices = {None: PRUNE_DEFAULTS.compensate, "yes": True, "no": False, "auto": "auto"}
     if text not in choices:
         raise ValueError(f"--compensate takes yes, no or auto; got {text!r}")
     return choices[text]
@@ -119,68 +126,81 @@ def prune(
     classes: ClassesOpt = None,
     batch_size: BatchSizeOpt = None,
     loader_workers: LoaderWorkersOpt = 0,
-    criterion: Annotated[str, CRITERION_HELP] = DEFAULT_PRUNE_CRITERION,
-    option: Annotated[list[str] | None, PRUNE_OPTION_HELP] = None,
-    target: Annotated[str, typer.Option(help="channels=F, params=F or macs=F")] = "macs=0.5",
-    layers: Annotated[str | None, typer.Option(help="comma-separated; default: all")] = None,
+    per_class: PerClassOpt = PRUNE_DEFAULTS.per_class,
+    seed: SeedOpt = PRUNE_DEFAULTS.seed,
+    root: RootOpt = None,
+    target: Annotated[str, _option(TARGET_PANEL, "target")] = PRUNE_DEFAULTS.target,
+    layers: Annotated[
+        str | None, _option(TARGET_PANEL, help="comma-separated; default: all")
+    ] = None,
     global_: Annotated[
         bool | None,
         typer.Option(
             "--global/--per-layer",
             help="rank units across layers, or cut each alike; default: both are built and "
             "the one with the lower loss on the reference examples is kept",
+            rich_help_panel=TARGET_PANEL,
         ),
-    ] = None,
-    normalisation: Annotated[
-        str | None,
-        typer.Option(help="per-layer scores for --global; default the criterion's (l1, or none)"),
     ] = None,
     cost: Annotated[
         str,
-        typer.Option(
+        _option(
+            TARGET_PANEL,
             help="with --global: rank by score per macs|params saved, or none; auto: the "
-            "target's kind (macs or params)"
+            "target's kind (macs or params)",
         ),
-    ] = "auto",
-    refine: Annotated[
-        int,
-        typer.Option(
-            help="evaluations of whole removal sets on the reference examples spent "
-            "swapping units within layers at the target (0: none)"
-        ),
-    ] = DEFAULT_REFINE,
-    compensate: Annotated[
+    ] = PRUNE_DEFAULTS.cost,
+    normalisation: Annotated[
         str | None,
-        typer.Option(
-            help="removed units leave their mean as a bias: yes|no|auto (the better on the "
-            "reference examples); default auto"
+        _option(
+            TARGET_PANEL,
+            help="per-layer scores for --global; default the criterion's (l1, or none)",
         ),
     ] = None,
-    steps: Annotated[int, typer.Option(help="iterative pruning in this many steps")] = 1,
-    mode: Annotated[str, typer.Option(help="remove (physically) or mask")] = "remove",
-    budget: Annotated[int | None, typer.Option(help="option 'budget' (Shapley)")] = None,
-    metric: Annotated[str | None, typer.Option(help="option 'metric' (Shapley)")] = None,
-    composite: Annotated[str | None, typer.Option(help="option 'composite' (LRP)")] = None,
-    per_class: PerClassOpt = 25,
-    finetune_epochs: Annotated[int, typer.Option(help="0 = the low-data regime")] = 0,
-    finetune_lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = 1e-3,
-    seed: SeedOpt = 0,
-    root: RootOpt = None,
-    out: Annotated[Path, typer.Option(help="output folder")] = Path("pruned"),
-    force: Annotated[bool, typer.Option(help="write into a non-empty --out folder")] = False,
+    refine: Annotated[int, _option(TARGET_PANEL, "refine")] = PRUNE_DEFAULTS.refine,
+    compensate: Annotated[
+        str | None,
+        _option(
+            TARGET_PANEL,
+            help="removed units leave their mean as a bias: yes|no|auto (the better on the "
+            f"reference examples); default {_yes_no(PRUNE_DEFAULTS.compensate)}",
+        ),
+    ] = None,
+    steps: Annotated[int, _option(TARGET_PANEL, "steps")] = PRUNE_DEFAULTS.steps,
+    mode: Annotated[str, _option(TARGET_PANEL, "mode")] = PRUNE_DEFAULTS.mode,
+    finetune_epochs: Annotated[
+        int, _option(TARGET_PANEL, help="fine-tune after pruning; 0 = the low-data regime")
+    ] = 0,
+    finetune_lr: Annotated[float, _option(TARGET_PANEL, help="fine-tuning learning rate")] = 1e-3,
+    criterion: Annotated[str, CRITERION_HELP] = PRUNE_DEFAULTS.criterion,
+    option: Annotated[list[str] | None, PRUNE_OPTION_HELP] = None,
+    budget: Annotated[
+        int | None, _option(CRITERION_PANEL, help="option 'budget' (Shapley)")
+    ] = None,
+    metric: Annotated[
+        str | None, _option(CRITERION_PANEL, help="option 'metric' (Shapley)")
+    ] = None,
+    composite: Annotated[
+        str | None, _option(CRITERION_PANEL, help="option 'composite' (LRP)")
+    ] = None,
+    out: Annotated[Path, _option(OUTPUT_PANEL, help="output folder")] = Path("pruned"),
+    force: Annotated[
+        bool, _option(OUTPUT_PANEL, help="write into a non-empty --out folder")
+    ] = False,
+    export: Annotated[
+        str | None,
+        _option(
+            OUTPUT_PANEL,
+            help="also export the pruned model: exported-program, onnx and/or torchscript, "
+            "comma-separated (into --out, each checked against the pruned module)",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     executor: ExecutorOpt = "serial",
     workers: WorkersOpt = 1,
     ray_address: RayAddressOpt = None,
     threads: ThreadsOpt = None,
     checkpoint_every: CheckpointEveryOpt = 10_000,
-    export: Annotated[
-        str | None,
-        typer.Option(
-            help="also export the pruned model: exported-program, onnx and/or torchscript, "
-            "comma-separated (into --out, each checked against the pruned module)"
-        ),
-    ] = None,
 ) -> None:
     """Prune a model: score units, remove them, measure before and after.
 
@@ -193,6 +213,7 @@ def prune(
     from shapprune.sources.data import check_data_source, load_data
 
     parsed = Target.parse(target)
+    resolve_cost(cost, _scope_choice(global_), parsed.kind)  # a bad --cost, before any work
     formats = parse_formats(export)
     source = model_source(model_arg, weights, trust_pickle)
     loading = data_options(image_size, resize, mean, std, classes, batch_size, loader_workers)
@@ -232,7 +253,7 @@ def prune(
             scorer,
             parsed,
             layers=chosen,
-            global_="auto" if global_ is None else global_,
+            global_=_scope_choice(global_),
             steps=steps,
             normalisation=normalisation,
             mode=mode,
@@ -241,7 +262,7 @@ def prune(
             finetune_epochs=finetune_epochs,
             finetune_lr=finetune_lr,
             compensate=fill,
-            cost=_cost_choice(cost, global_, parsed),
+            cost=resolve_cost(cost, _scope_choice(global_), parsed.kind),
             refine=refine,
             report=status.update,
         )

@@ -10,7 +10,10 @@ from rich.table import Table
 
 from shapprune.commands.app import (
     CHECKPOINT,
+    CRITERION_PANEL,
     METHOD_HELP,
+    MODEL_PANEL,
+    OUTPUT_PANEL,
     RANK_OPTION_HELP,
     CheckpointEveryOpt,
     ClassesOpt,
@@ -80,16 +83,30 @@ def rank(
     mean: MeanOpt = None,
     std: StdOpt = None,
     classes: ClassesOpt = None,
-    layer: Annotated[str, typer.Option(help="module name, as in model.named_modules()")] = "conv2",
+    layer: Annotated[
+        str,
+        typer.Option(
+            rich_help_panel=CRITERION_PANEL, help="module name, as in model.named_modules()"
+        ),
+    ] = "conv2",
     method: Annotated[str, METHOD_HELP] = "permutation",
     option: Annotated[list[str] | None, RANK_OPTION_HELP] = None,
-    budget: Annotated[int | None, typer.Option(help="coalition evaluations")] = None,
+    budget: Annotated[
+        int | None, typer.Option(rich_help_panel=CRITERION_PANEL, help="coalition evaluations")
+    ] = None,
     seed: SeedOpt = 0,
-    metric: Annotated[str, typer.Option(help="loss|accuracy|margin")] = "loss",
+    metric: Annotated[
+        str, typer.Option(rich_help_panel=CRITERION_PANEL, help="loss|accuracy|margin")
+    ] = "loss",
     per_class: PerClassOpt = 25,
     root: RootOpt = None,
-    out: Annotated[Path | None, typer.Option(help="write the result as JSON here")] = None,
-    force: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(rich_help_panel=OUTPUT_PANEL, help="write the result as JSON here"),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(rich_help_panel=OUTPUT_PANEL, help="replace an existing --out file")
+    ] = False,
     device: DeviceOpt = "auto",
     executor: ExecutorOpt = "serial",
     workers: WorkersOpt = 1,
@@ -136,16 +153,25 @@ def rank(
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option(help="zoo model name")] = "lenet5",
+    model: Annotated[
+        str, typer.Option(rich_help_panel=MODEL_PANEL, help="zoo model name")
+    ] = "lenet5",
     data: DataOpt = "mnist5k",
-    out: Annotated[Path, typer.Option(help="checkpoint prefix (.safetensors + .json)")] = Path(
-        "checkpoints/model"
-    ),
-    epochs: Annotated[int | None, typer.Option(help="default: the model's recipe")] = None,
-    lr: Annotated[float | None, typer.Option(help="default: the model's recipe")] = None,
+    out: Annotated[
+        Path,
+        typer.Option(rich_help_panel=OUTPUT_PANEL, help="checkpoint prefix (.safetensors + .json)"),
+    ] = Path("checkpoints/model"),
+    epochs: Annotated[
+        int | None, typer.Option(rich_help_panel="Training", help="default: the model's recipe")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(rich_help_panel="Training", help="default: the model's recipe")
+    ] = None,
     seed: SeedOpt = 0,
     root: RootOpt = None,
-    force: Annotated[bool, typer.Option(help="replace an existing checkpoint")] = False,
+    force: Annotated[
+        bool, typer.Option(rich_help_panel=OUTPUT_PANEL, help="replace an existing checkpoint")
+    ] = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train a zoo model and save it as safetensors weights plus a JSON description."""

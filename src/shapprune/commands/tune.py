@@ -8,6 +8,9 @@ from typing import Annotated
 import typer
 
 from shapprune.commands.app import (
+    CRITERION_PANEL,
+    DATA_PANEL,
+    OUTPUT_PANEL,
     BatchSizeOpt,
     ClassesOpt,
     DataOpt,
@@ -48,23 +51,49 @@ def tune_lrp_command(
     classes: ClassesOpt = None,
     batch_size: BatchSizeOpt = None,
     loader_workers: LoaderWorkersOpt = 0,
-    units: Annotated[str, typer.Option(help="filters, neurons or heads")] = "filters",
+    units: Annotated[
+        str, typer.Option(rich_help_panel=CRITERION_PANEL, help="filters, neurons or heads")
+    ] = "filters",
     objective: Annotated[
-        str, typer.Option(help="auc (accuracy vs pruning rate) or shapley (Spearman)")
+        str,
+        typer.Option(
+            rich_help_panel=CRITERION_PANEL,
+            help="auc (accuracy vs pruning rate) or shapley (Spearman)",
+        ),
     ] = "auc",
-    trials: Annotated[int, typer.Option(min=1, help="complete trials the study should hold")] = 30,
-    sampler: Annotated[str, typer.Option(help="tpe or gp (Gaussian process)")] = "tpe",
-    per_class: Annotated[int, typer.Option(min=1, help="reference examples per class")] = 10,
-    normalisation: Annotated[str, typer.Option(help="of scores across layers")] = "l1",
+    trials: Annotated[
+        int,
+        typer.Option(
+            rich_help_panel=CRITERION_PANEL, min=1, help="complete trials the study should hold"
+        ),
+    ] = 30,
+    sampler: Annotated[
+        str, typer.Option(rich_help_panel=CRITERION_PANEL, help="tpe or gp (Gaussian process)")
+    ] = "tpe",
+    per_class: Annotated[
+        int, typer.Option(rich_help_panel=DATA_PANEL, min=1, help="reference examples per class")
+    ] = 10,
+    normalisation: Annotated[
+        str, typer.Option(rich_help_panel=CRITERION_PANEL, help="of scores across layers")
+    ] = "l1",
     shapley_budget: Annotated[
-        int | None, typer.Option(help="coalitions for the Shapley values (objective shapley)")
+        int | None,
+        typer.Option(
+            rich_help_panel=CRITERION_PANEL,
+            help="coalitions for the Shapley values (objective shapley)",
+        ),
     ] = None,
     seed: SeedOpt = 0,
     root: RootOpt = None,
-    out: Annotated[Path, typer.Option(help="composite JSON; the study resumes from OUT.db")] = Path(
-        "composite.json"
-    ),
-    force: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+    out: Annotated[
+        Path,
+        typer.Option(
+            rich_help_panel=OUTPUT_PANEL, help="composite JSON; the study resumes from OUT.db"
+        ),
+    ] = Path("composite.json"),
+    force: Annotated[
+        bool, typer.Option(rich_help_panel=OUTPUT_PANEL, help="replace an existing --out file")
+    ] = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Tune the LRP rules (one per depth group) for pruning with Optuna; write the best

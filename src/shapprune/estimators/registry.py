@@ -43,6 +43,7 @@ __all__ = [
     "get_estimator",
     "register_estimator",
     "using_progress",
+    "current_progress",
 ]
 
 for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut, Semivalue, Refine, Bandit):
@@ -79,6 +80,12 @@ def using_progress(progress: Callable[..., None] | None) -> Iterator[None]:
         yield
     finally:
         _PROGRESS.reset(token)
+
+
+def current_progress() -> Callable[..., None] | None:
+    """The progress callback ``using_progress`` set, if any: for work that evaluates a game
+    without ``estimate`` (a plan's refinement) to report to the same display."""
+    return _PROGRESS.get()
 
 
 def estimate(

@@ -43,6 +43,18 @@ class DependencyGraph(tp.DependencyGraph):
         return module2node
 
 
+def release(graph: tp.DependencyGraph | None) -> None:
+    """Break the reference cycles of a graph no longer used: its nodes refer to each other
+    and to the model's modules, so that a pruned copy stayed in memory until the next full
+    garbage collection (about 10 GB during the bisection of an EfficientNet-V2-S plan,
+    which prunes about 30 copies; DenseNet-121's prune was killed for memory)."""
+    if graph is None:
+        return
+    for node in list(getattr(graph, "module2node", {}).values()):
+        node.__dict__.clear()
+    graph.__dict__.clear()
+
+
 def _shuffle_views(nodes) -> set:
     """The two views of ``x.view(b, g, c // g, h, w).transpose(1, 2).view(b, c, h, w)``:
     a view of a tensor of more than 4 dimensions, and the view whose output reaches one

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from shapprune.criteria.registry import get_criterion
 from shapprune.data import DatasetSplits, as_splits, as_tensors, examples, reference_set
 from shapprune.evaluation.measure import evaluate, measure
 from shapprune.game.compensation import consumer_means
 from shapprune.game.units import Units, layer_units
+from shapprune.pruning.defaults import PRUNE_DEFAULTS, resolve_cost
 from shapprune.pruning.plan import Plan, Target, make_plan, prunable_layers
 from shapprune.pruning.refinement import refine_plan
 from shapprune.pruning.removal import apply_removals, history
@@ -40,25 +42,31 @@ def select_layers(
 def prune_model(
     model: nn.Module,
     data: DatasetSplits | Any,
-    criterion,
-    target: Target | str,
+    criterion=None,
+    target: Target | str | None = None,
     *,
     layers: Sequence[str] | None = None,
-    global_: bool | str = False,
-    steps: int = 1,
+    global_: bool | str = PRUNE_DEFAULTS.global_,
+    steps: int = PRUNE_DEFAULTS.steps,
     normalisation: str | None = None,
-    mode: str = "remove",
-    per_class: int = 25,
-    seed: int = 0,
+    mode: str = PRUNE_DEFAULTS.mode,
+    per_class: int = PRUNE_DEFAULTS.per_class,
+    seed: int = PRUNE_DEFAULTS.seed,
     finetune_epochs: int = 0,
     finetune_lr: float = 1e-3,
-    compensate: bool | str | None = None,
-    cost: str | None = None,
-    refine: int = 0,
+    compensate: bool | str | None = PRUNE_DEFAULTS.compensate,
+    cost: str | None = PRUNE_DEFAULTS.cost,
+    refine: int = PRUNE_DEFAULTS.refine,
     report: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Prune ``model`` by ``criterion`` (an object with ``score(model, layers, data, seed)``)
-    until ``target`` is met; return the pruned model and a summary of before/after.
+    """Prune ``model`` by ``criterion`` until ``target`` is met; return the pruned model and
+    a summary of before/after. Called with the model and data alone, it runs what
+    ``shapprune prune`` runs: every default is ``PRUNE_DEFAULTS``'s
+    (``shapprune.pruning.defaults``), which the command reads too.
+
+    ``criterion``: a registered criterion's name, or an object with
+    ``score(model, layers, data, seed)``; default ``PRUNE_DEFAULTS.criterion`` (lrp).
+    ``target``: a ``Target`` or its text (``"macs=0.5"``); default ``PRUNE_DEFAULTS.target``.
 
     ``data``: ``DatasetSplits`` (tensors or streamed), a torch Dataset, a DataLoader,
     ``(x, y)`` tensors or a dict of them (keys train/val/test; see
@@ -77,15 +85,20 @@ def prune_model(
     (False); "auto": both plans are built and the one whose removal has the lower loss on
     the reference examples is kept (per step): a global cut can starve a layer that a
     residual network cannot do without.
-    ``cost`` ("macs" or "params", for a global plan): units compete on score per cost saved.
+    ``cost`` ("macs" or "params", for a global plan): units compete on score per cost
+    saved; "auto": the target's kind for a macs or params target; None: score alone.
     ``refine``: evaluations of whole removal sets on the reference examples spent swapping
     units within layers to improve the plan at its target (``refine_plan``); 0: none.
     """
+    if criterion is None or isinstance(criterion, str):
+        criterion = get_criterion(criterion or PRUNE_DEFAULTS.criterion)
+    target = PRUNE_DEFAULTS.target if target is None else target
     target = Target.parse(target) if isinstance(target, str | float) else target
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if global_ not in (True, False, "auto"):
         raise ValueError(f"global_ must be true, false or 'auto'; got {global_!r}")
+    cost = resolve_cost(cost, global_, target.kind)
     if cost is not None and not global_:
         raise ValueError("a cost-aware plan ranks units across layers: it needs global_=True")
     if refine < 0:
@@ -175,6 +188,7 @@ def prune_model(
         "steps": steps,
         "mode": mode,
         "compensate": compensate,
+        "cost": cost,
         "refine": refine,
         "reference_examples": len(ref),
         "finetune_epochs": finetune_epochs,
@@ -189,7 +203,7 @@ def prune_model(
     return current, summary
 
 
-COMPENSATE: bool | str = "auto"
+COMPENSATE: bool | str = PRUNE_DEFAULTS.compensate
 """How removal treats removed units by default."""
 
 

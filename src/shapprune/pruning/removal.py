@@ -22,7 +22,7 @@ from torch import nn
 
 from shapprune.game.attention import SlimMultiheadAttention, head_rows
 from shapprune.game.compensation import fold_means
-from shapprune.game.coupling import prune_players
+from shapprune.game.coupling import prune_players, release
 from shapprune.game.units import (
     MaskPoint,
     Units,
@@ -81,6 +81,7 @@ def apply_removals(
                 known[layer], graph = _find(model, layer, example_inputs, graph)
             folds += [(p, sorted({int(u) for u in which})) for p in known[layer].mask_points]
         fold_means(model, folds, compensate)
+        release(graph)
         graph = None  # a consumer may have been given a bias
     for layer, which in removals.items():
         idxs = sorted({int(u) for u in which})
@@ -102,6 +103,7 @@ def apply_removals(
             graph = _remove(model, layer, spec.kind, idxs, example_inputs, graph)
             changed.update((layer, *spec.coupled))
             done.append({"layer": layer, "units": idxs})
+    release(graph)
     if mode == "remove":
         setattr(model, HISTORY_ATTR, done)
     return model
@@ -113,6 +115,7 @@ def replay(model: nn.Module, steps: Sequence[Mapping], example_inputs: torch.Ten
     for step in steps:
         spec, graph = _find(model, step["layer"], example_inputs, graph)
         graph = _remove(model, step["layer"], spec.kind, list(step["units"]), example_inputs, graph)
+    release(graph)
     setattr(model, HISTORY_ATTR, [dict(s) for s in steps])
     return model
 
@@ -158,17 +161,23 @@ def _remove(
         setattr(model.get_submodule(parent) if parent else model, child, module)
     if isinstance(module, SlimMultiheadAttention):
         module.remove_heads(idxs)
+        release(graph)
         return None
     dg = graph or build_graph(model, example)
     if kind == "heads":
         _remove_heads(dg, module, idxs)
+        release(dg)
         return None
     is_conv = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
     n = module.out_channels if is_conv else module.out_features
     if prune_players(dg, module, n, layer, idxs):  # groups of a grouped conv, if any
+        release(dg)
         return None
     dg.get_pruning_group(module, out_channel_pruner(module), idxs=idxs).prune()
-    return dg if _follows_widths(dg) else None
+    if _follows_widths(dg):
+        return dg
+    release(dg)
+    return None
 
 
 # torch-pruning's operations whose channel offsets are read from the shapes at tracing: a
