@@ -16,7 +16,7 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 __all__ = [
     "DatasetSplits",
@@ -91,17 +91,23 @@ class DatasetSplits:
 
 
 def _base(split: Any) -> Any:
-    """The map-style dataset behind a DataLoader (or the split itself)."""
-    if isinstance(split, DataLoader):
+    """The map-style dataset behind a DataLoader (or the split itself); a DataLoader over
+    an iterable dataset stays itself (it can only be read in order)."""
+    if isinstance(split, DataLoader) and _indexable(split.dataset):
         return split.dataset
     return split
+
+
+def _indexable(data: Any) -> bool:
+    return not isinstance(data, IterableDataset | DataLoader) and hasattr(data, "__len__")
 
 
 def split_size(split: Any) -> int:
     """The number of examples of a split (a DataLoader: of its dataset)."""
     if isinstance(split, tuple):
         return len(split[1])
-    return len(_base(split))
+    base = _base(split)
+    return len(base) if _indexable(base) else len(labels_of(split))
 
 
 def labels_of(split: Any) -> np.ndarray:
@@ -113,6 +119,8 @@ def labels_of(split: Any) -> np.ndarray:
     if isinstance(split, tuple):
         return torch.as_tensor(split[1]).cpu().numpy().astype(np.int64)
     data = _base(split)
+    if not _indexable(data):  # read in order, once
+        return np.concatenate([y.numpy() for _, y in batches(data)]).astype(np.int64)
     if isinstance(data, Subset):
         return labels_of(data.dataset)[np.asarray(data.indices, dtype=np.int64)]
     targets = getattr(data, "targets", None)
@@ -150,7 +158,7 @@ def take(split: Any, indices: Sequence[int] | np.ndarray) -> Split:
     if isinstance(split, tuple):
         return take(Split(*split), idx)
     data = _base(split)
-    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+    if _indexable(data):
         items = [data[int(i)] for i in idx]
         if not items:
             raise ValueError("no examples to take")
@@ -160,7 +168,7 @@ def take(split: Any, indices: Sequence[int] | np.ndarray) -> Split:
     xs: list = [None] * len(idx)
     ys: list = [None] * len(idx)
     seen = 0
-    for x, y in split:
+    for x, y in batches(split):
         for j in range(len(y)):
             if seen + j in wanted:
                 k = wanted[seen + j]
@@ -178,6 +186,14 @@ def examples(split: Any, n: int = 2) -> torch.Tensor:
         return split.x[:n]
     if isinstance(split, tuple):
         return split[0][:n]
+    if not _indexable(_base(split)):  # the first batches, in order
+        xs, count = [], 0
+        for x, _ in batches(split):
+            xs.append(x)
+            count += len(x)
+            if count >= n:
+                break
+        return torch.cat(xs)[:n]
     return take(split, np.arange(min(n, split_size(split)))).x
 
 
@@ -208,7 +224,7 @@ def as_tensors(split: Any) -> Split:
         return split
     if isinstance(split, tuple):
         return Split(*split)
-    if isinstance(split, DataLoader) and not hasattr(split.dataset, "__len__"):
+    if not _indexable(_base(split)):
         xs, ys = zip(*batches(split), strict=True)
         return Split(torch.cat(xs), torch.cat(ys))
     return take(split, np.arange(split_size(split)))
@@ -280,10 +296,7 @@ def _is_split(value: Any) -> bool:
 def _describe(split: Any) -> tuple[int, int, int]:
     """(channels, image size, number of classes) read from one example and the labels."""
     x = examples(split, 1)
-    labels = labels_of(split) if not isinstance(split, DataLoader) else None
-    if labels is None:  # a loader: its first batch tells the classes it can
-        _, labels_t = next(iter(batches(split)))
-        labels = labels_t.numpy()
+    labels = labels_of(split)
     return int(x.shape[1]), int(x.shape[-1]), int(labels.max()) + 1 if len(labels) else 0
 
 

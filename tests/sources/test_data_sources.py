@@ -247,6 +247,29 @@ def test_the_api_takes_a_dataloader_a_dataset_and_a_dict(tmp_path):
         as_splits({"validation": (x, y)})
 
 
+class Stream(torch.utils.data.IterableDataset):
+    """A user's stream: read in order only, no length."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y, strict=True))
+
+
+def test_an_iterable_dataloader_is_read_in_order(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(30, 3, 8, 8, generator=g), torch.arange(30) % 3
+    loader = DataLoader(Stream(x, y), batch_size=7)
+    splits = as_splits(loader)
+    assert splits.num_classes == 3 and split_size(splits.val) == 30
+    ref = reference_set(splits.val, per_class=2, seed=0)
+    expected = reference_set(Split(x, y), per_class=2, seed=0)
+    assert torch.equal(ref.x, expected.x) and torch.equal(ref.y, expected.y)
+    model = tiny_rgb()
+    assert measure(model, loader)["loss"] == pytest.approx(measure(model, x, y)["loss"], rel=1e-5)
+
+
 def test_a_registered_data_source(tmp_path):
     def blobs(arg: str, request) -> dict:
         g = torch.Generator().manual_seed(request.seed)
