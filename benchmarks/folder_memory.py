@@ -118,7 +118,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"## Streaming a folder of {n:,} {PIXELS}-px images\n")
+    print(f"#### Streaming a folder of {n:,} {PIXELS}-px images\n")
     print("| images | folder on disk | `prune` wall time | peak memory (RSS) | as float32 tensors "
           "| goal | met |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
