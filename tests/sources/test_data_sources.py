@@ -361,10 +361,12 @@ def test_prune_a_users_class_on_a_folder(user_dir, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "export", out, "--format", "torchscript")
     assert code == 0 and (out / "model.pt").is_file(), err  # checked on the folder's images
     rgb = f"{user_dir}/user_net.py:RGBNet"
+    (folder / "dog" / "notes.jpg").write_text("not an image")  # skipped, counted, one line
     code, _, err = run_cli(monkeypatch, capsys, "prune", "--model", rgb, "--data", folder,
                            "--image-size", "12", "--mean", "0.5", "--std", "0.5", *TINY,
                            "--out", user_dir / "rgb")  # fmt: skip
     assert code == 0, err
+    assert f"warning: skipped 1 of 61 files in {folder}" in err and "UserWarning" not in err
 
 
 def _grey_folder(user_dir: Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -221,6 +222,19 @@ def say_resuming(found) -> None:
         console.print(f"resuming from {found.path}")
 
 
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+_show_warning = warnings.showwarning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """shapprune's own warnings (a skipped file, an option that does not apply) as one
+    ``warning:`` line, without the source line Python shows; others as Python shows them."""
+    if str(filename).startswith(_PACKAGE):
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
     """Entry point: every error a user can cause is one line on stderr and exit code 2.
 
@@ -228,6 +242,7 @@ def main() -> None:
     errors below reach this handler as exceptions whatever typer, click or pydantic version
     is installed (some raise usage errors from pydantic, some vendor click).
     """
+    warnings.showwarning = _one_line_warning
     _refresh_help()
     command = typer.main.get_command(app)
     try:
