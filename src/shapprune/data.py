@@ -11,7 +11,7 @@ zoo and no source, only tensors, Datasets and DataLoaders.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 import numpy as np
@@ -372,7 +372,3 @@ def _split_off(split: Any, fractions: tuple[float, ...], seed: int) -> list[Any]
         return [take(split, np.sort(p)) for p in parts]
     return [Subset(split, np.sort(p).tolist()) for p in parts]
 
-
-def with_loading(splits: DatasetSplits, batch_size: int, workers: int) -> DatasetSplits:
-    """The same splits streamed with other loader settings."""
-    return replace(splits, batch_size=batch_size, workers=workers)
