@@ -25,6 +25,7 @@ SCRIPTS = [
     "prune_tradeoffs",
     "device_check",
     "torchvision_families",
+    "folder_memory",
 ]
 
 
@@ -264,6 +265,12 @@ def _check_torchvision_families(r: dict) -> None:
     for row in rows:
         assert row["status"] == "ok" and row["seconds"] > 0 and row["params"] > 0
         assert row["macs_ratio"] <= 0.5 and row["scope"] in ("global", "per-layer")
+
+
+def _check_folder_memory(r: dict) -> None:
+    assert r["quick"] and r["images"] == 200 and r["pixels"] == 224
+    assert r["wall_s"] > 0 and r["peak_rss_mb"] > 0 and r["met"] == (r["peak_rss_mb"] < 2560)
+    assert 0.4 <= r["macs_ratio"] <= 0.5  # prune met its target on the streamed folder
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}

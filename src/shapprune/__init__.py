@@ -3,7 +3,8 @@
 Everything a user's script needs is re-exported here (the subpackages' ``__init__`` files
 stay empty, so no import runs in circles); the subpackages follow the flow
 ``game`` -> ``estimators`` -> ``criteria`` -> ``pruning`` -> ``evaluation`` (``zoo``: models,
-data, training; ``sources``: where models come from).
+data, training; ``sources``: where models and data come from; ``data``: the data records
+and streaming every stage shares).
 """
 
 from shapprune.compat import refuse_unsupported
@@ -19,6 +20,7 @@ from shapprune.criteria.registry import (
     register_criterion,
     score_layers,
 )
+from shapprune.data import DatasetSplits, Split, as_splits, reference_set
 from shapprune.devices import available_devices, resolve_device
 from shapprune.estimators.base import Answer, Estimate, Estimator
 from shapprune.estimators.executors import (
@@ -50,20 +52,23 @@ from shapprune.pruning.defaults import PRUNE_DEFAULTS, PruneDefaults
 from shapprune.pruning.plan import Target, make_plan, prunable_layers
 from shapprune.pruning.removal import apply_removals
 from shapprune.sources.checkpoint import save_pruned
+from shapprune.sources.data import DATA_SOURCES, load_data, register_data_source
 from shapprune.sources.models import (
     MODEL_SOURCES,
     load_checkpoint,
     load_model,
     register_model_source,
 )
+from shapprune.sources.preprocessing import Preprocessing
 from shapprune.sources.weights import load_weights
 from shapprune.version import __version__
 from shapprune.zoo.cache import pretrained
-from shapprune.zoo.data import load_dataset, reference_set
+from shapprune.zoo.data import load_dataset
 from shapprune.zoo.models import build_model
 
 __all__ = [
     "CRITERIA",
+    "DATA_SOURCES",
     "ESTIMATORS",
     "EXECUTORS",
     "METHODS",
@@ -73,17 +78,21 @@ __all__ = [
     "Checkpoint",
     "CompositeSpec",
     "Criterion",
+    "DatasetSplits",
     "Estimate",
     "Estimator",
     "Executor",
     "ExecutorOptions",
     "GameSpec",
     "NetworkGame",
+    "Preprocessing",
     "PruningGame",
     "RuleSpec",
+    "Split",
     "Target",
     "__version__",
     "apply_removals",
+    "as_splits",
     "available_devices",
     "build_model",
     "criterion",
@@ -94,6 +103,7 @@ __all__ = [
     "get_criterion",
     "get_estimator",
     "load_checkpoint",
+    "load_data",
     "load_dataset",
     "load_model",
     "load_spec",
@@ -111,6 +121,7 @@ __all__ = [
     "pretrained",
     "reference_set",
     "register_criterion",
+    "register_data_source",
     "register_estimator",
     "register_executor",
     "register_model_source",

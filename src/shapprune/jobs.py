@@ -60,11 +60,14 @@ def rank_layer(
     model_args: dict[str, Any] | None = None,
     weights: str | None = None,
     trust_pickle: bool = False,
+    preprocessing: dict[str, Any] | None = None,
+    classes: str | None = None,
 ) -> dict:
     """Shapley values of ``layer``'s units on a reference set from the validation split;
-    ``options`` are the method's declared options. The game is built from a ``GameSpec`` (in
-    the record, to rebuild it) on ``device`` (None / "auto": the first available accelerator,
-    else the CPU)."""
+    ``options`` are the method's declared options; ``preprocessing`` and ``classes``: how an
+    image folder's files become the model's inputs (``load_data``'s keywords). The game is
+    built from a ``GameSpec`` (in the record, to rebuild it) on ``device`` (None / "auto":
+    the first available accelerator, else the CPU)."""
     spec = GameSpec(
         model=model_name,
         layer=layer,
@@ -77,6 +80,8 @@ def rank_layer(
         model_args=dict(model_args or {}),
         weights=weights,
         trust_pickle=trust_pickle,
+        preprocessing=dict(preprocessing) if preprocessing else None,
+        classes=classes,
     )
     model, meta, ref = spec.load(device)
     game = spec.game(model, ref)

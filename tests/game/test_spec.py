@@ -105,7 +105,8 @@ def test_json_round_trip_and_defaults(checkpoint):
     assert plain.to_dict() == {
         "model": "lenet5", "layer": "conv1", "layers": None, "data": "mnist5k", "root": None,
         "split": "val", "per_class": 25, "seed": 0, "metric": "loss", "options": {},
-        "model_args": {}, "weights": None, "trust_pickle": False,
+        "model_args": {}, "weights": None, "trust_pickle": False, "preprocessing": None,
+        "classes": None,
     }  # fmt: skip
     several = GameSpec(model="lenet5", layers=["conv1", "conv2"])
     assert GameSpec.from_json(several.to_json()).layer_names == ["conv1", "conv2"]

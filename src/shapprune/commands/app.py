@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -58,9 +59,9 @@ TrustPickleOpt = Annotated[
         help="allow unpickling a whole module (torch.save(model)): only files you trust",
     ),
 ]
-DataOpt = Annotated[
-    str, typer.Option(rich_help_panel=DATA_PANEL, help="dataset name (mnist5k is embedded)")
-]
+# --data's help lists the registered data sources: written by _refresh_help() too
+DATA_HELP = typer.Option(help="a data source", rich_help_panel=DATA_PANEL)
+DataOpt = Annotated[str, DATA_HELP]
 SeedOpt = Annotated[int, typer.Option(help="random seed", rich_help_panel=DATA_PANEL)]
 RootOpt = Annotated[
     str | None, typer.Option(rich_help_panel=DATA_PANEL, help="folder holding local datasets")
@@ -68,6 +69,49 @@ RootOpt = Annotated[
 PerClassOpt = Annotated[
     int, typer.Option(rich_help_panel=DATA_PANEL, min=1, help="reference examples per class")
 ]
+# How an image folder becomes the model's inputs, and how data is streamed: the options of
+# every command that reads data (load_data's keywords, gathered by data_options)
+ImageSizeOpt = Annotated[
+    int | None,
+    typer.Option(min=1, rich_help_panel=DATA_PANEL,
+                 help="image folders: the input size (square) the model takes; default the "
+                      "model's own (timm, hf:, a pruned checkpoint)"),
+]  # fmt: skip
+ResizeOpt = Annotated[
+    int | None,
+    typer.Option(min=1, rich_help_panel=DATA_PANEL,
+                 help="image folders: resize the shorter side to this, then centre-crop "
+                      "--image-size (default: resize straight to --image-size)"),
+]  # fmt: skip
+MeanOpt = Annotated[
+    str | None,
+    typer.Option(rich_help_panel=DATA_PANEL,
+                 help="image folders: per-channel mean of the model's normalisation, "
+                      "comma-separated (0.485,0.456,0.406)"),
+]  # fmt: skip
+StdOpt = Annotated[
+    str | None,
+    typer.Option(rich_help_panel=DATA_PANEL,
+                 help="image folders: per-channel std of the model's normalisation, "
+                      "comma-separated (0.229,0.224,0.225)"),
+]  # fmt: skip
+ClassesOpt = Annotated[
+    Path | None,
+    typer.Option(rich_help_panel=DATA_PANEL,
+                 help="image folders: a file of class names, one a line, in the model's output "
+                      "order (default: the model's labels, else the folder names sorted)"),
+]  # fmt: skip
+BatchSizeOpt = Annotated[
+    int | None,
+    typer.Option(min=1, rich_help_panel=DATA_PANEL,
+                 help="examples per batch when measuring streamed data (default 64)"),
+]  # fmt: skip
+LoaderWorkersOpt = Annotated[
+    int,
+    typer.Option(min=0, rich_help_panel=DATA_PANEL,
+                 help="DataLoader processes decoding images (0: in this process); not "
+                      "--workers, which runs coalitions"),
+]  # fmt: skip
 # Help that lists the registered estimators and criteria: written by _refresh_help() when the
 # command line runs, so that estimators and criteria registered after import show up.
 METHOD_HELP = typer.Option(help="a registered estimator", rich_help_panel=CRITERION_PANEL)
@@ -89,9 +133,11 @@ def _options_of(decl: type, fixed: tuple = ()) -> str:
 
 def _refresh_help() -> None:
     """Help texts from the registries and the declarations, as they are now."""
+    from shapprune.sources.data import describe_data_sources
     from shapprune.sources.models import describe_sources
 
     MODEL_HELP.help = describe_sources()
+    DATA_HELP.help = describe_data_sources()
     METHOD_HELP.help = f"one of: {', '.join(ESTIMATORS)}"
     CRITERION_HELP.help = f"one of: {', '.join(CRITERIA)}"
     RANK_OPTION_HELP.help = (
@@ -145,9 +191,48 @@ def model_source(model_arg, weights, trust_pickle: bool) -> dict:
     }
 
 
+def data_options(
+    image_size: int | None = None,
+    resize: int | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    classes: Path | None = None,
+    batch_size: int | None = None,
+    loader_workers: int = 0,
+) -> dict:
+    """The keywords of ``load_data`` that the data options give."""
+    from shapprune.sources.preprocessing import parse_floats
+
+    explicit = {
+        "image_size": image_size,
+        "resize": resize,
+        "mean": parse_floats(mean, "--mean"),
+        "std": parse_floats(std, "--std"),
+    }
+    return {
+        "preprocessing": {k: v for k, v in explicit.items() if v is not None},
+        "classes": None if classes is None else str(classes),
+        "batch_size": batch_size,
+        "workers": loader_workers,
+    }
+
+
 def say_resuming(found) -> None:
     if found is not None and found.resumed:
         console.print(f"resuming from {found.path}")
+
+
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+_show_warning = warnings.showwarning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """shapprune's own warnings (a skipped file, an option that does not apply) as one
+    ``warning:`` line, without the source line Python shows; others as Python shows them."""
+    if str(filename).startswith(_PACKAGE):
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
 
 
 def main() -> None:
@@ -157,6 +242,7 @@ def main() -> None:
     errors below reach this handler as exceptions whatever typer, click or pydantic version
     is installed (some raise usage errors from pydantic, some vendor click).
     """
+    warnings.showwarning = _one_line_warning
     _refresh_help()
     command = typer.main.get_command(app)
     try:

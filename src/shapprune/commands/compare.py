@@ -15,21 +15,27 @@ from shapprune.commands.app import (
     CRITERION_PANEL,
     OUTPUT_PANEL,
     CheckpointEveryOpt,
+    ClassesOpt,
     DataOpt,
     DeviceOpt,
     ExecutorOpt,
+    ImageSizeOpt,
+    MeanOpt,
     ModelArgOpt,
     ModelOpt,
     PerClassOpt,
     RayAddressOpt,
+    ResizeOpt,
     RootOpt,
     SeedOpt,
+    StdOpt,
     ThreadsOpt,
     TrustPickleOpt,
     WeightsOpt,
     WorkersOpt,
     app,
     console,
+    data_options,
     model_source,
     write_json,
 )
@@ -88,6 +94,11 @@ def oracle(
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
     data: DataOpt = "mnist5k",
+    image_size: ImageSizeOpt = None,
+    resize: ResizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    classes: ClassesOpt = None,
     layer: Annotated[
         str, typer.Option(rich_help_panel=CRITERION_PANEL, help="module name")
     ] = "conv1",
@@ -111,11 +122,13 @@ def oracle(
     device: DeviceOpt = "auto",
 ) -> None:
     """Oracle sets of a layer: for each k, the k units whose joint removal hurts least."""
+    from shapprune.data import reference_set
     from shapprune.evaluation.oracle import oracle_rank, oracle_sets
     from shapprune.game.pruning_game import PruningGame
-    from shapprune.zoo.data import load_dataset, reference_set
+    from shapprune.sources.data import check_data_source, load_data
 
     where = resolve_device(device)
+    loading = data_options(image_size, resize, mean, std, classes)
     try:
         sizes = [int(k) for k in ks.split(",") if k.strip()]
     except ValueError:
@@ -123,9 +136,11 @@ def oracle(
     if not sizes or min(sizes) < 1:
         raise ValueError(f"--ks takes set sizes >= 1, got {ks!r}")
     check_output(out, force=force)
-    net, _ = load_model(model, data, root=root, **model_source(model_arg, weights, trust_pickle))
+    check_data_source(data)  # before the model: a zoo model would train on it
+    net, meta = load_model(model, data, root=root, **model_source(model_arg, weights, trust_pickle))
     net = net.to(where)
-    ref = reference_set(load_dataset(data, root=root).val, per_class=per_class, seed=0)
+    splits = load_data(data, model=net, meta=meta, root=root, seed=0, **loading)
+    ref = reference_set(splits.val, per_class=per_class, seed=0, classes=splits.classes)
     game = PruningGame(net, layer, (ref.x, ref.y))
     found = oracle_sets(game, sizes, max_subsets=max_subsets, beam_width=beam_width)
     record = {"model": model, "data": data, "layer": layer, **found.to_dict()}

@@ -8,7 +8,20 @@ from typing import Annotated
 import torch
 import typer
 
-from shapprune.commands.app import DATA_PANEL, OUTPUT_PANEL, RootOpt, TrustPickleOpt, app, console
+from shapprune.commands.app import (
+    DATA_PANEL,
+    OUTPUT_PANEL,
+    ClassesOpt,
+    ImageSizeOpt,
+    MeanOpt,
+    ResizeOpt,
+    RootOpt,
+    StdOpt,
+    TrustPickleOpt,
+    app,
+    console,
+    data_options,
+)
 from shapprune.outputs import check_output
 from shapprune.pruning.export import FORMATS, SUFFIXES, export_line, export_model, parse_formats
 
@@ -29,9 +42,14 @@ def export(
         str | None,
         typer.Option(
             rich_help_panel=DATA_PANEL,
-            help="reference examples from this dataset; default: the one prune used",
+            help="reference examples from this data source; default: the one prune used",
         ),
     ] = None,
+    image_size: ImageSizeOpt = None,
+    resize: ResizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    classes: ClassesOpt = None,
     examples: Annotated[
         int, typer.Option(rich_help_panel=DATA_PANEL, min=1, help="reference examples to check on")
     ] = 8,
@@ -43,8 +61,9 @@ def export(
 ) -> None:
     """Export a pruned model (exported program, ONNX or TorchScript), checked against the
     pruned module on reference examples."""
+    from shapprune.data import examples as first_examples
+    from shapprune.sources.data import load_data
     from shapprune.sources.models import load_model
-    from shapprune.zoo.data import load_dataset
 
     (fmt,) = parse_formats(format) or [None]
     if fmt is None or "," in format:
@@ -58,7 +77,9 @@ def export(
     model, meta = load_model(str(folder), trust_pickle=trust_pickle)
     name = data or meta.get("dataset")
     if name:
-        x = load_dataset(name, root=root, seed=0).val.x[:examples]
+        loading = data_options(image_size, resize, mean, std, classes)
+        splits = load_data(name, model=model, meta=meta, root=root, seed=0, **loading)
+        x = first_examples(splits.val, examples)
     else:
         shape = meta.get("pruning", {}).get("input_shape")
         if not shape:

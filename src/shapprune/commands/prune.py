@@ -16,22 +16,30 @@ from shapprune.commands.app import (
     OUTPUT_PANEL,
     PRUNE_OPTION_HELP,
     TARGET_PANEL,
+    BatchSizeOpt,
     CheckpointEveryOpt,
+    ClassesOpt,
     DataOpt,
     DeviceOpt,
     ExecutorOpt,
+    ImageSizeOpt,
+    LoaderWorkersOpt,
+    MeanOpt,
     ModelArgOpt,
     ModelOpt,
     PerClassOpt,
     RayAddressOpt,
+    ResizeOpt,
     RootOpt,
     SeedOpt,
+    StdOpt,
     ThreadsOpt,
     TrustPickleOpt,
     WeightsOpt,
     WorkersOpt,
     app,
     console,
+    data_options,
     model_source,
     say_resuming,
     write_json,
@@ -111,6 +119,13 @@ def prune(
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
     data: DataOpt = "mnist5k",
+    image_size: ImageSizeOpt = None,
+    resize: ResizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    classes: ClassesOpt = None,
+    batch_size: BatchSizeOpt = None,
+    loader_workers: LoaderWorkersOpt = 0,
     per_class: PerClassOpt = PRUNE_DEFAULTS.per_class,
     seed: SeedOpt = PRUNE_DEFAULTS.seed,
     root: RootOpt = None,
@@ -191,15 +206,17 @@ def prune(
 
     An interrupted run leaves OUT/scores.checkpoint.json; the same command resumes it.
     """
+    from shapprune.data import examples, reference_set
     from shapprune.pruning.compress import prune_model
     from shapprune.pruning.plan import Target
     from shapprune.sources.checkpoint import save_pruned
-    from shapprune.zoo.data import load_dataset, reference_set
+    from shapprune.sources.data import check_data_source, load_data
 
     parsed = Target.parse(target)
     resolve_cost(cost, _scope_choice(global_), parsed.kind)  # a bad --cost, before any work
     formats = parse_formats(export)
     source = model_source(model_arg, weights, trust_pickle)
+    loading = data_options(image_size, resize, mean, std, classes, batch_size, loader_workers)
     where = resolve_device(device)
     check_output(out, folder=True)
     resume = out / f"scores.{CHECKPOINT}"
@@ -217,10 +234,12 @@ def prune(
                 "global": global_, "normalisation": normalisation, "steps": steps,
                 "mode": mode, "per_class": per_class, "seed": seed, "root": root,
                 "cost": cost, "compensate": compensate, "refine": refine,
-                "source": source}  # fmt: skip
+                "source": source, "preprocessing": loading["preprocessing"],
+                "classes": loading["classes"]}  # fmt: skip
+    check_data_source(data)  # before the model: a zoo model would train on it
     net, meta = load_model(model, data, root=root, **source)
     net = net.to(where)
-    splits = load_dataset(data, root=root, seed=0)
+    splits = load_data(data, model=net, meta=meta, root=root, seed=0, **loading)
     chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
     with (
         evaluating(runner, resume, identity, checkpoint_every) as found,
@@ -248,12 +267,14 @@ def prune(
             report=status.update,
         )
     out.mkdir(parents=True, exist_ok=True)
-    base = {k: meta[k] for k in ("model", "config", "source") if k in meta}
+    base = {k: meta[k] for k in ("model", "config", "source", "labels") if k in meta}
+    base["preprocessing"] = splits.preprocessing  # how its inputs were made, and their classes
+    base["labels"] = list(splits.classes) or base.get("labels")
     save_pruned(
         out / "model",
         pruned,
         base=base,
-        input_shape=tuple(splits.val.x.shape[1:]),
+        input_shape=tuple(examples(splits.val, 1).shape[1:]),
         metrics=summary["after"],
         dataset=splits.name,
         overwrite=force,

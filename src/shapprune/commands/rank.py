@@ -16,21 +16,27 @@ from shapprune.commands.app import (
     OUTPUT_PANEL,
     RANK_OPTION_HELP,
     CheckpointEveryOpt,
+    ClassesOpt,
     DataOpt,
     DeviceOpt,
     ExecutorOpt,
+    ImageSizeOpt,
+    MeanOpt,
     ModelArgOpt,
     ModelOpt,
     PerClassOpt,
     RayAddressOpt,
+    ResizeOpt,
     RootOpt,
     SeedOpt,
+    StdOpt,
     ThreadsOpt,
     TrustPickleOpt,
     WeightsOpt,
     WorkersOpt,
     app,
     console,
+    data_options,
     model_source,
     say_resuming,
     write_json,
@@ -72,6 +78,11 @@ def rank(
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
     data: DataOpt = "mnist5k",
+    image_size: ImageSizeOpt = None,
+    resize: ResizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    classes: ClassesOpt = None,
     layer: Annotated[
         str,
         typer.Option(
@@ -110,6 +121,7 @@ def rank(
     if out is not None:
         check_output(out, force=force)
     source = model_source(model_arg, weights, trust_pickle)
+    loading = data_options(image_size, resize, mean, std, classes)
     decl = get_estimator(method).Options
     options = parse_options(decl, option or [], f"method {method!r}")
     runner = executor_options(executor, workers, ray_address, threads)
@@ -117,12 +129,16 @@ def rank(
     identity = {"command": "rank", "model": model, "data": data, "layer": layer,
                 "method": method, "options": options, "budget": budget, "seed": seed,
                 "metric": metric, "per_class": per_class, "root": root,
-                "source": source}  # fmt: skip
+                "source": source, "preprocessing": loading["preprocessing"],
+                "classes": loading["classes"]}  # fmt: skip
     with evaluating(runner, resume, identity, checkpoint_every) as found:
         say_resuming(found)
         record = rank_layer(
             model, data, layer, method, budget, seed, metric, per_class, root,
-            evaluation_progress, options=options, device=resolve_device(device), **source,
+            evaluation_progress, options=options, device=resolve_device(device),
+            weights=source["weights"], trust_pickle=source["trust_pickle"],
+            model_args={k: v for k, v in source.items() if k not in ("weights", "trust_pickle")},
+            preprocessing=loading["preprocessing"], classes=loading["classes"],
         )  # fmt: skip
         if out is not None:
             write_json(out, record, force)

@@ -11,16 +11,24 @@ from shapprune.commands.app import (
     CRITERION_PANEL,
     DATA_PANEL,
     OUTPUT_PANEL,
+    BatchSizeOpt,
+    ClassesOpt,
     DataOpt,
     DeviceOpt,
+    ImageSizeOpt,
+    LoaderWorkersOpt,
+    MeanOpt,
     ModelArgOpt,
     ModelOpt,
+    ResizeOpt,
     RootOpt,
     SeedOpt,
+    StdOpt,
     TrustPickleOpt,
     WeightsOpt,
     app,
     console,
+    data_options,
     model_source,
 )
 from shapprune.commands.progress import trial_progress
@@ -36,6 +44,13 @@ def tune_lrp_command(
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
     data: DataOpt = "mnist5k",
+    image_size: ImageSizeOpt = None,
+    resize: ResizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    classes: ClassesOpt = None,
+    batch_size: BatchSizeOpt = None,
+    loader_workers: LoaderWorkersOpt = 0,
     units: Annotated[
         str, typer.Option(rich_help_panel=CRITERION_PANEL, help="filters, neurons or heads")
     ] = "filters",
@@ -89,15 +104,18 @@ def tune_lrp_command(
         tune_lrp,
         unit_scores,
     )
-    from shapprune.zoo.data import load_dataset, reference_set
+    from shapprune.data import as_tensors, reference_set
+    from shapprune.sources.data import check_data_source, load_data
 
     check_tune_options(units, objective, trials, sampler, normalisation)
     where = resolve_device(device)
     check_output(out, force=force)
     storage = out.with_name(out.name + ".db")
-    net, _ = load_model(model, data, root=root, **model_source(model_arg, weights, trust_pickle))
+    loading = data_options(image_size, resize, mean, std, classes, batch_size, loader_workers)
+    check_data_source(data)  # before the model: a zoo model would train on it
+    net, meta = load_model(model, data, root=root, **model_source(model_arg, weights, trust_pickle))
     net = net.to(where)
-    splits = load_dataset(data, root=root, seed=0)
+    splits = load_data(data, model=net, meta=meta, root=root, seed=0, **loading)
     with trial_progress("tune-lrp", trials) as update:
         result = tune_lrp(
             net, splits, units, objective, trials, seed, storage, sampler=sampler,
@@ -108,10 +126,11 @@ def tune_lrp_command(
     spec.info.update({"model": model, "data": data})
     # the test split is read only now, after the search
     ref = reference_set(splits.val, per_class=per_class, seed=seed)
+    test = as_tensors(splits.test)  # the curve's game holds its examples: in memory here
     tested = {}
     for label, rules in (("tuned", spec), ("epsilon", "epsilon")):
         scores = unit_scores(net, (ref.x, ref.y), units, rules)
-        tested[label] = accuracy_auc(net, scores, splits.test, normalisation)[0]
+        tested[label] = accuracy_auc(net, scores, test, normalisation)[0]
     spec.info["test_auc"] = tested
     spec.save(out)
     console.print(

@@ -102,7 +102,7 @@ def reference_examples(data: Any, per_class: int, seed: int) -> tuple[torch.Tens
     """``(x, y)`` given, or ``per_class`` seeded examples per class of ``data.val`` (the
     validation split: the test split is never read)."""
     if hasattr(data, "val"):
-        from shapprune.zoo.data import reference_set
+        from shapprune.data import reference_set
 
         ref = reference_set(data.val, per_class=per_class, seed=seed)
         return ref.x, ref.y

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shapprune.data import examples, reference_set, split_size, take
 from shapprune.devices import resolve_device
 from shapprune.evaluation.config import CriterionSpec, ExperimentConfig
 from shapprune.evaluation.ranking import positions, rank_correlation, ranking_from_scores
-from shapprune.zoo.data import Split, reference_set
 
 Progress = Callable[[str, int, int], None]
 
@@ -85,16 +85,16 @@ def run_compare(
     with the model on ``device`` (None / "auto": the first available accelerator, else CPU)."""
     from shapprune.criteria.registry import get_criterion
     from shapprune.pruning.compress import select_layers
+    from shapprune.sources.data import load_data
     from shapprune.sources.models import load_model
-    from shapprune.zoo.data import load_dataset
 
-    model, _ = load_model(config.model, config.data, root=config.root)
+    model, meta = load_model(config.model, config.data, root=config.root)
     model = model.to(resolve_device(device))
-    data = load_dataset(config.data, root=config.root, seed=0)
-    example = data.val.x[:2]
+    data = load_data(config.data, meta=meta, root=config.root, seed=0)
+    example = examples(data.val, 2)
     units = select_layers(model, example, config.layers or None)  # found once, passed on
     layers = list(units)
-    heldout = Split(data.test.x[: config.heldout], data.test.y[: config.heldout])
+    heldout = take(data.test, np.arange(min(config.heldout, split_size(data.test))))
     store = CellStore(out)
     total = _n_cells(config, layers)
     done = 0

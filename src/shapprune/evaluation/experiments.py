@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shapprune.data import Split
 from shapprune.estimators.registry import estimate, get_estimator
 from shapprune.evaluation.measure import evaluate
 from shapprune.evaluation.ranking import agreement, positions, spearman
@@ -22,7 +23,6 @@ from shapprune.game.pruning_game import PruningGame
 from shapprune.game.units import Units, layer_units
 from shapprune.pruning.plan import Target, make_plan
 from shapprune.pruning.removal import apply_removals
-from shapprune.zoo.data import Split
 
 COST_FIELDS = ("n_evals", "seconds", "spearman", "kendall", "nrmse", "oracle_spearman")
 

@@ -1,4 +1,7 @@
-"""What a model costs and how well it does: parameters, MACs, latency, accuracy, loss."""
+"""What a model costs and how well it does: parameters, MACs, latency, accuracy, loss.
+
+Accuracy and loss are summed batch by batch (``shapprune.data.batches``), so a streamed
+split (a Dataset or DataLoader) is never held in memory at once."""
 
 from __future__ import annotations
 
@@ -12,23 +15,23 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from shapprune.data import BATCH_SIZE, Split, batches, examples
 from shapprune.devices import device_of, to_device
-from shapprune.zoo.data import Split
 
 __all__ = ["count_macs", "count_params", "device_of", "evaluate", "latency", "measure"]
 
 
 @torch.inference_mode()
-def _evaluate(model: nn.Module, split: Split, batch_size: int) -> dict[str, float]:
+def _evaluate(model: nn.Module, split, batch_size: int, workers: int = 0) -> dict[str, float]:
     device = device_of(model)
-    total_loss, correct = 0.0, 0
-    for i in range(0, len(split), batch_size):
-        x, y = split.x[i : i + batch_size].to(device), split.y[i : i + batch_size].to(device)
+    total_loss, correct, n = 0.0, 0, 0
+    for x, y in batches(split, batch_size, workers):
+        x, y = x.to(device), y.to(device)
         logits = model(x)
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(dim=1) == y).sum().item())
-    n = max(len(split), 1)
-    return {"accuracy": correct / n, "loss": total_loss / n, "n": len(split)}
+        n += len(y)
+    return {"accuracy": correct / max(n, 1), "loss": total_loss / max(n, 1), "n": n}
 
 
 @contextlib.contextmanager
@@ -42,10 +45,17 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def evaluate(model: nn.Module, split: Split, batch_size: int = 512) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``split`` (in eval mode)."""
+def evaluate(
+    model: nn.Module, split, batch_size: int | None = None, workers: int = 0
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``split`` (in eval mode): a
+    ``Split``, ``(x, y)`` tensors, a Dataset (read in batches of ``batch_size`` by
+    ``workers`` loader processes) or a DataLoader. ``batch_size`` None: 512 for tensors
+    (already in memory), ``shapprune.data.BATCH_SIZE`` for a Dataset."""
+    if batch_size is None:
+        batch_size = 512 if isinstance(split, Split | tuple) else BATCH_SIZE
     with _eval_mode(model):
-        return _evaluate(model, split, batch_size)
+        return _evaluate(model, split, batch_size, workers)
 
 
 def count_params(model: nn.Module) -> int:
@@ -79,16 +89,27 @@ def latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, warmup: 
 
 
 def measure(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, latency_batch: int = 64
+    model: nn.Module,
+    x,
+    y: torch.Tensor | None = None,
+    *,
+    latency_batch: int = 64,
+    batch_size: int | None = None,
+    workers: int = 0,
 ) -> dict[str, float]:
     """Accuracy, loss, parameters, MACs (per example) and median latency on the model's
-    device (batch 1 and ``latency_batch``) of ``model`` on (x, y)."""
-    quality = evaluate(model, Split(x, y))
+    device (batch 1 and ``latency_batch``) of ``model`` on (x, y), or on ``x`` alone where
+    it is a split (a ``Split``, Dataset or DataLoader: streamed in batches of
+    ``batch_size`` through ``workers`` loader processes; only ``latency_batch`` examples
+    are held for timing)."""
+    split = (x, y) if y is not None else x
+    quality = evaluate(model, split, batch_size=batch_size, workers=workers)
+    example = examples(split, latency_batch)
     return {
         "accuracy": quality["accuracy"],
         "loss": quality["loss"],
         "params": count_params(model),
-        "macs": count_macs(model, x),
-        "latency_ms_b1": 1e3 * latency(model, x[:1]),
-        f"latency_ms_b{latency_batch}": 1e3 * latency(model, x[:latency_batch], repeats=10),
+        "macs": count_macs(model, example),
+        "latency_ms_b1": 1e3 * latency(model, example[:1]),
+        f"latency_ms_b{latency_batch}": 1e3 * latency(model, example, repeats=10),
     }

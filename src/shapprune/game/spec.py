@@ -16,11 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from shapprune.data import Split, reference_set
 from shapprune.devices import resolve_device
 from shapprune.game.network_game import NetworkGame
 from shapprune.game.pruning_game import METRICS, MaskedGame, PruningGame
+from shapprune.sources.data import check_data_source, load_data
 from shapprune.sources.models import load_model
-from shapprune.zoo.data import Split, load_dataset, reference_set
 
 __all__ = ["GAME_OPTIONS", "GameSpec"]
 
@@ -49,6 +50,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "model_args": (dict,),
     "weights": (str, type(None)),
     "trust_pickle": (bool,),
+    "preprocessing": (dict, type(None)),
+    "classes": (str, list, type(None)),
 }
 
 
@@ -74,7 +77,8 @@ class GameSpec:
             checkpoint path, ``timm:NAME``, ``FILE.py:NAME``, ... (``shapprune.sources``).
         layer: the layer whose units are the players (a ``PruningGame``); or ``layers`` for
             a game over the units of several layers at once (a ``NetworkGame``).
-        data: ``mnist5k``, a dataset name read from ``root``, or an image folder.
+        data: a data source (``shapprune.sources.data``): ``mnist5k``, a dataset name read
+            from ``root``, an image folder, ``FILE.py:NAME``, ...
         root: the folder holding local datasets (None: the default data root).
         split: the split the reference examples are drawn from: train, val or test.
         per_class: reference examples per class.
@@ -84,6 +88,9 @@ class GameSpec:
         model_args: keyword arguments of the model's builder (``--model-arg``).
         weights: a weights file loaded into the model (``--weights``).
         trust_pickle: whether a pickled module may be unpickled (``--trust-pickle``).
+        preprocessing: image_size, resize, mean, std given explicitly (for an image folder
+            whose model does not record its own).
+        classes: the class names in index order, or a file of them (``--classes``).
     """
 
     model: str
@@ -99,6 +106,8 @@ class GameSpec:
     model_args: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
     trust_pickle: bool = False
+    preprocessing: dict[str, Any] | None = None
+    classes: str | list[str] | None = None
 
     def __post_init__(self) -> None:
         for name, types in _TYPES.items():
@@ -170,13 +179,16 @@ class GameSpec:
     def load(self, device: str | torch.device | None = None) -> tuple[nn.Module, dict, Split]:
         """The model on ``device`` (None / "auto": the first available accelerator, else the
         CPU), its metadata, and the reference examples."""
+        check_data_source(self.data)  # before the model: a zoo model would train on it
         model, meta = load_model(
             self.model, self.data, root=self.root, weights=self.weights,
             trust_pickle=self.trust_pickle, **self.model_args,
         )  # fmt: skip
         model = model.to(resolve_device(device))
-        splits = load_dataset(self.data, root=self.root, seed=0)
-        ref = reference_set(getattr(splits, self.split), per_class=self.per_class, seed=self.seed)
+        splits = load_data(self.data, model=model, meta=meta, preprocessing=self.preprocessing,
+                           classes=self.classes, root=self.root, seed=0)  # fmt: skip
+        ref = reference_set(getattr(splits, self.split), per_class=self.per_class, seed=self.seed,
+                            classes=splits.classes)  # fmt: skip
         return model, meta, ref
 
     def game(self, model: nn.Module, ref: Split) -> MaskedGame:

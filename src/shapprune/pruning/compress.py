@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from shapprune.criteria.registry import get_criterion
+from shapprune.data import DatasetSplits, as_splits, as_tensors, examples, reference_set
 from shapprune.evaluation.measure import evaluate, measure
 from shapprune.game.compensation import consumer_means
 from shapprune.game.units import Units, layer_units
@@ -18,7 +21,6 @@ from shapprune.pruning.defaults import PRUNE_DEFAULTS, resolve_cost
 from shapprune.pruning.plan import Plan, Target, make_plan, prunable_layers
 from shapprune.pruning.refinement import refine_plan
 from shapprune.pruning.removal import apply_removals, history
-from shapprune.zoo.data import DatasetSplits, reference_set
 
 
 def select_layers(
@@ -39,7 +41,7 @@ def select_layers(
 
 def prune_model(
     model: nn.Module,
-    data: DatasetSplits,
+    data: DatasetSplits | Any,
     criterion=None,
     target: Target | str | None = None,
     *,
@@ -66,7 +68,10 @@ def prune_model(
     ``score(model, layers, data, seed)``; default ``PRUNE_DEFAULTS.criterion`` (lrp).
     ``target``: a ``Target`` or its text (``"macs=0.5"``); default ``PRUNE_DEFAULTS.target``.
 
-    Scores come from ``per_class`` reference examples per class of the validation split.
+    ``data``: ``DatasetSplits`` (tensors or streamed), a torch Dataset, a DataLoader,
+    ``(x, y)`` tensors or a dict of them (keys train/val/test; see
+    ``shapprune.data.as_splits``). Scores come from ``per_class`` reference examples per
+    class of the validation split (only those are held in memory).
     With ``steps`` > 1, the target is reached in equal steps and the scores are computed
     anew on the pruned network before each step. The test split measures the result.
     ``normalisation`` (of the scores, for a global plan): default the criterion's own
@@ -103,8 +108,11 @@ def prune_model(
     say = report or (lambda _msg: None)
     normalisation = normalisation or getattr(criterion, "normalisation", "l1")
     compensate = _compensates(criterion, compensate)
-    example = data.val.x[:2]
-    ref = reference_set(data.val, per_class=per_class, seed=seed)
+    data = as_splits(data, seed)
+    if finetune_epochs > 0 and data.train is None:
+        raise ValueError("fine-tuning needs a training split: give data with one (train=...)")
+    example = examples(data.val, 2)
+    ref = reference_set(data.val, per_class=per_class, seed=seed, classes=data.classes)
     units = select_layers(model, example, layers)  # found once per model, then passed on
     chosen = list(units)
     start = time.perf_counter()
@@ -166,10 +174,12 @@ def prune_model(
 
         say(f"fine-tuning for {finetune_epochs} epochs")
         current.train()
-        train_model(current, data, epochs=finetune_epochs, lr=finetune_lr, seed=seed)
+        in_memory = replace(data, train=as_tensors(data.train), val=as_tensors(data.val))
+        train_model(current, in_memory, epochs=finetune_epochs, lr=finetune_lr, seed=seed)
         current.eval()
-    before = measure(model, data.test.x, data.test.y)
-    after = measure(current, data.test.x, data.test.y)
+    loading = {"batch_size": data.batch_size, "workers": data.workers}
+    before = measure(model, data.test, **loading)
+    after = measure(current, data.test, **loading)
     summary = {
         "target": str(target),
         "criterion": getattr(criterion, "name", type(criterion).__name__),

@@ -158,6 +158,9 @@ def save_pruned(
             "no zoo model and no source; load the model with shapprune.load_model(SOURCE) and "
             "pass its metadata as base"
         )
+    for key in ("preprocessing", "labels"):  # how its inputs are made: read by load_data
+        if base.get(key):
+            extra[key] = base[key]
     pruning = {"history": history(model), "input_shape": list(input_shape)}
     return save_checkpoint(
         path_prefix,

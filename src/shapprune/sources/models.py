@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import nn
 
+from shapprune.sources.preprocessing import model_data_meta
 from shapprune.sources.user_code import from_file, from_module, pickled
 from shapprune.sources.weights import PICKLE_SUFFIXES, TRUST_HINT, load_weights
 
@@ -313,7 +314,10 @@ def load_model(
     ``weights``, built from ``model_args`` and given those weights); ``root``: the
     folder of local datasets. ``weights``: a weights file loaded after building (also
     accepted as the second positional argument when it names a weights file).
-    ``model_args``: keyword arguments of the builder.
+    ``model_args``: keyword arguments of the builder. ``meta["preprocessing"]``: the
+    model's own preprocessing where the source knows it (timm's data config, an ``hf:``
+    folder's ``preprocessor_config.json``, a checkpoint that recorded it), and
+    ``meta["labels"]``: its class names (an ``hf:`` config's id2label).
     """
     from shapprune.zoo.cache import pretrained
 
@@ -345,7 +349,8 @@ def load_model(
         record = {"source": _canonical(text, kind), "model_args": dict(model_args)}
         if kind == "pickle":
             record["trust_pickle"] = True
-        meta = {"model": text, "config": {}, "metrics": {}, "source": record}
+        meta = {"model": text, "config": {}, "metrics": {}, "source": record,
+                **model_data_meta(text, model)}  # fmt: skip
     if weights is not None:
         load_weights(model, weights, trust_pickle)
         meta["weights"] = str(weights)

@@ -1,7 +1,11 @@
-"""Datasets from local files only: MNIST subsets, MNIST/Fashion-MNIST IDX, CIFAR-10, image folders.
+"""The zoo's datasets, from local files only: MNIST subsets, MNIST/Fashion-MNIST IDX, CIFAR-10,
+image folders (as the zoo trains on them: resized, normalised by their training split).
 
 shapprune never downloads data. Every loader returns normalised float32 N x C x H x W images
-and int64 labels, split into train/val/test by a fixed seed.
+and int64 labels, split into train/val/test by a fixed seed. The records (``Split``,
+``DatasetSplits``, ``reference_set``) live in ``shapprune.data`` and are re-exported here;
+other data (image folders streamed with a model's own preprocessing, a user's Datasets)
+comes through ``shapprune.sources.data``.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import gzip
 import io
 import os
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from shapprune.data import DatasetSplits, Split, reference_set, stratified_indices
 
 __all__ = [
     "DATASETS",
@@ -38,40 +43,6 @@ NO_DOWNLOAD = (
 )
 
 
-@dataclass(frozen=True)
-class Split:
-    """Images ``x`` (float32, N x C x H x W) and labels ``y`` (int64, N)."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if self.x.ndim != 4 or self.y.ndim != 1 or len(self.x) != len(self.y):
-            raise ValueError(
-                f"Split needs x of shape N x C x H x W and y of shape N, "
-                f"got {tuple(self.x.shape)} and {tuple(self.y.shape)}"
-            )
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-
-@dataclass(frozen=True)
-class DatasetSplits:
-    """Train/val/test splits of one dataset, with its shape and normalisation."""
-
-    train: Split
-    val: Split
-    test: Split
-    name: str
-    num_classes: int
-    in_channels: int
-    image_size: int
-    classes: tuple[str, ...] = ()
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-
-
 def data_root() -> Path:
     """Default data directory: ``$SHAPPRUNE_DATA`` if set, else ``./data``."""
     return Path(os.environ.get("SHAPPRUNE_DATA", "data")).expanduser()
@@ -89,17 +60,7 @@ def _split(x: torch.Tensor, y: np.ndarray, idx: np.ndarray) -> Split:
     return Split(x[torch.from_numpy(idx)], torch.from_numpy(y[idx].astype(np.int64)))
 
 
-def _stratified_indices(
-    y: np.ndarray, fractions: tuple[float, ...], rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Split indices per class by ``fractions`` (last part takes the rest), then shuffle."""
-    parts: list[list[np.ndarray]] = [[] for _ in fractions]
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        bounds = np.round(np.cumsum(fractions)[:-1] * len(idx)).astype(int)
-        for i, chunk in enumerate(np.split(idx, bounds)):
-            parts[i].append(chunk)
-    return [rng.permutation(np.concatenate(p)) for p in parts]
+_stratified_indices = stratified_indices
 
 
 def _holdout(n: int, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -398,28 +359,3 @@ def load_dataset(
         f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)} "
         "(or a path to a folder of class subfolders)"
     )
-
-
-def reference_set(
-    split: Split, per_class: int, seed: int, *, num_classes: int | None = None
-) -> Split:
-    """``per_class`` seeded examples of every class, ordered by class then original index.
-
-    With ``num_classes`` every class 0..num_classes-1 must be present; otherwise the classes
-    are those occurring in ``split``.
-    """
-    if per_class < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
-    y = split.y.cpu().numpy()
-    classes = np.arange(num_classes) if num_classes is not None else np.unique(y)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for c in classes:
-        idx = np.flatnonzero(y == c)
-        if len(idx) < per_class:
-            raise ValueError(
-                f"class {int(c)} has only {len(idx)} examples, fewer than per_class={per_class}"
-            )
-        chosen.append(np.sort(rng.choice(idx, size=per_class, replace=False)))
-    order = torch.from_numpy(np.concatenate(chosen))
-    return Split(split.x[order], split.y[order])
