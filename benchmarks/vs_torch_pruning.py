@@ -30,9 +30,12 @@ residual width is ignored, whole heads go (``num_heads``, ``prune_num_heads``, n
 at the same ratio as the MLP neurons (``head_pruning_ratio``), one ratio bisected.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/vs_torch_pruning.py [--quick] [--out FILE.json]
-[--readme docs/results.md] [--models ...]``; ``--quick``: LeNet-5, 50% of the MACs, one seed, two
-methods per side: TP magnitude-l1 and random, shapprune weight-l1 per layer and prune's
-defaults (with a short refinement); under a minute.
+[--readme docs/results.md] [--models ...] [--methods LABEL ...] [--finetune-seeds N]``; ``--quick``:
+LeNet-5, 50% of the MACs, one seed, two methods per side: TP magnitude-l1 and random,
+shapprune weight-l1 per layer and prune's defaults (with a short refinement); under a minute.
+``--methods``: only the methods with these labels (as in the tables; shell-style patterns
+too, e.g. ``"TP *"``), e.g. to check prune's defaults alone: ``--methods "shapprune lrp
+(global per MAC or per layer + refine 300)"``. ``--finetune-seeds 0``: one-shot only.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import fnmatch
 import json
 import statistics
 import sys
@@ -155,6 +159,23 @@ def methods(quick: bool) -> list[Method]:
                    cost=cost, refine=REFINE_QUICK if quick and refine else refine)  # fmt: skip
         out.append(dataclasses.replace(m, label=f"shapprune {name} ({m.allocation})"))
     return out
+
+
+def select_methods(all_methods: list[Method], names: list[str] | None) -> list[Method]:
+    """The methods whose label is one of ``names`` or matches one of them as a shell-style
+    pattern (``"TP *"``), in the run's order; all of them when ``names`` is None. A name that
+    matches no method stops the run with the labels there are."""
+    if names is None:
+        return all_methods
+    labels = [m.label for m in all_methods]
+    unknown = [n for n in names if n not in labels and not fnmatch.filter(labels, n)]
+    if unknown:
+        raise SystemExit(
+            f"--methods: no method is labelled {', '.join(map(repr, unknown))}; the methods: "
+            + "; ".join(labels)
+        )
+    return [m for m in all_methods if any(m.label == n or fnmatch.fnmatchcase(m.label, n)
+                                          for n in names)]  # fmt: skip
 
 
 # --- pruning by each side ---------------------------------------------------------------------
@@ -336,8 +357,8 @@ def run_model(
     finetune_seeds: int | None = None,
 ) -> dict:
     """Every method at every target on zoo model ``name``; fine-tuned with the first
-    ``finetune_seeds`` seeds (default all)."""
-    tuned_seeds = list(seeds[:finetune_seeds] if finetune_seeds else seeds)
+    ``finetune_seeds`` seeds (default all; 0: not fine-tuned)."""
+    tuned_seeds = list(seeds if finetune_seeds is None else seeds[:finetune_seeds])
     model, _ = pretrained(name, "mnist5k", progress=False)
     model.eval()
     example = data.val.x[:2]
@@ -456,7 +477,8 @@ def summarise(method: Method, target: float, runs: list[dict]) -> dict:
 def _progress(row: dict) -> str:
     if "oneshot" not in row:
         return row["runs"][0]["error"]
-    return (f"{row['oneshot']['mean']:.3f} / {row['finetuned']['mean']:.3f}, "
+    tuned = f" / {row['finetuned']['mean']:.3f}" if "finetuned" in row else ""
+    return (f"{row['oneshot']['mean']:.3f}{tuned}, "
             f"MACs removed {row['macs_removed']:.1%}, {row['seconds']:.1f} s")  # fmt: skip
 
 
@@ -469,7 +491,7 @@ def verdicts(result: dict) -> list[dict]:
             for stage in ("oneshot", "finetuned"):
                 best = {}
                 for side in ("shapprune", "torch-pruning"):
-                    mine = [r for r in rows if r["side"] == side]
+                    mine = [r for r in rows if r["side"] == side and stage in r]
                     if mine:
                         top = max(mine, key=lambda r: r[stage]["mean"])
                         best[side] = {"method": top["method"], "accuracy": top[stage]["mean"]}
@@ -576,6 +598,9 @@ def print_report(result: dict) -> None:
                     continue
                 cells = []
                 for s in ("oneshot", "finetuned"):
+                    if s not in r:  # not fine-tuned (--finetune-seeds 0)
+                        cells.append("–")
+                        continue
                     spread = f" ± {r[s]['std']:.3f}" if r[s]["n"] > 1 else ""
                     text = f"{r[s]['mean']:.3f}{spread}"
                     cells.append(f"**{text}**" if r[s]["mean"] == best[s] else text)
@@ -615,6 +640,8 @@ def plot(result: dict, folder: Path) -> list[str]:
             style = "--" if first["side"] == "torch-pruning" else "-"  # TP dashed
             marker = "^" if first["allocation"].startswith("global") else "o"
             for ax, stage in zip(axes, ("oneshot", "finetuned"), strict=True):
+                if any(stage not in r for r in rows):  # not fine-tuned
+                    continue
                 x = [r["macs_ratio"] for r in rows] + [1.0]
                 y = [r[stage]["mean"] for r in rows] + [m["original"]["accuracy"]]
                 ax.plot(x, y, style, marker=marker, markersize=4, color=colour,
@@ -638,7 +665,7 @@ def _run(args: argparse.Namespace) -> None:
     models = args.models or (QUICK["models"] if quick else MODELS)
     targets = QUICK["targets"] if quick else TARGETS
     seeds = QUICK["seeds"] if quick else SEEDS
-    all_methods = methods(quick)
+    all_methods = select_methods(methods(quick), args.methods)
     data = load_dataset("mnist5k")
     start = time.perf_counter()
     result: dict = {"quick": quick, "targets": list(targets), "seeds": list(seeds),
@@ -679,6 +706,13 @@ def _merge(args: argparse.Namespace) -> None:
     print(f"\n_Benchmark wall time: {result['seconds'] / 60:.1f} min (runs in parallel)._")
 
 
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
+    return n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
@@ -694,8 +728,14 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--merge", nargs="+", type=Path, help="report from these runs' JSON")
     parser.add_argument(
-        "--finetune-seeds", type=int, help="fine-tune with the first N seeds only (default all)"
-    )
+        "--methods", nargs="+", metavar="LABEL",
+        help="only these methods: their labels as in the tables, or shell-style patterns "
+        "('TP *'); default: all",
+    )  # fmt: skip
+    parser.add_argument(
+        "--finetune-seeds", type=_count,
+        help="fine-tune with the first N seeds only (default all; 0: one-shot only)",
+    )  # fmt: skip
     args = parser.parse_args()
     job = (lambda: _merge(args)) if args.merge else (lambda: _run(args))
     run_and_report("vs_torch_pruning", job, args.readme, first_section)

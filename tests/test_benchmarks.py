@@ -332,3 +332,39 @@ def test_result_blocks_link_from_the_file_they_are_written_into(tmp_path):
     rebased = re.search(r"\(([^)]*vs_torch_pruning\.md)\)", copy.read_text()).group(1)
     assert (tmp_path / rebased).resolve() == BENCHMARKS / "results" / "vs_torch_pruning.md"
     assert "](../benchmarks/results/" in page.read_text()  # the page in docs/ reads from there
+
+
+def test_vs_torch_pruning_runs_chosen_methods_one_shot_only(monkeypatch, capsys):
+    """``--methods`` picks methods by label or pattern; ``--finetune-seeds 0`` leaves the rows
+    without a fine-tuned stage, and the verdicts and the report cope."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import vs_torch_pruning as vs
+
+    everyone = vs.methods(quick=False)
+    default = "shapprune lrp (global per MAC or per layer + refine 300)"
+    chosen = vs.select_methods(everyone, [default, "TP magnitude-* (global)"])
+    tp = ["TP magnitude-l1 (global)", "TP magnitude-l2 (global)"]
+    assert [m.label for m in chosen] == [*tp, default]
+    assert vs.select_methods(everyone, None) == everyone
+    with pytest.raises(SystemExit, match="no method is labelled 'lrp'"):
+        vs.select_methods(everyone, ["lrp"])
+
+    rows = []
+    for method, accuracy in zip(chosen, (0.5, 0.6, 0.9), strict=True):
+        runs = [{"seed": s, "oneshot": accuracy, "finetuned": [], "macs": 50, "params": 5,
+                 "macs_ratio": 0.5, "params_ratio": 0.5, "macs_removed": 0.5, "seconds": 1.0}
+                for s in ((0, 1) if method.seeded else (0,))]  # fmt: skip
+        rows.append(vs.summarise(method, 0.5, runs))
+    assert all("finetuned" not in row and "oneshot" in row for row in rows)
+    model = {"model": "m", "original": {"accuracy": 1.0, "macs": 100, "params": 10},
+             "rows": rows, "budget": 1, "network_budget": 1, "finetune_seeds": []}  # fmt: skip
+    result = {"targets": [0.5], "seeds": [0, 1], "per_class": 10, "budget_per_unit": 4,
+              "finetune": vs.FINETUNE, "tolerance": 0.02, "models": [model],
+              "methods": [m.label for m in chosen], "plots": [],
+              "machine": {"threads": "1"}}  # fmt: skip
+    result["verdicts"] = vs.verdicts(result)
+    (v,) = result["verdicts"]  # one-shot only
+    assert v["stage"] == "oneshot" and v["winner"] == "shapprune"
+    assert v["gap"] == pytest.approx(0.3)
+    vs.print_report(result)
+    assert f"| {default} | **0.900 ± 0.000** | – | 50.0% |" in capsys.readouterr().out

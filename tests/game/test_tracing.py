@@ -1,13 +1,20 @@
 """Tracing with visible heads: the traced model computes what the model computes."""
 
+from __future__ import annotations  # the annotations are strings, as in many users' models
+
+import pickle
+
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from helpers import EncoderClassifier
 from torch import nn
 
 from shapprune.game.tracing import explicit_mha, trace
 from shapprune.zoo.models import build_model
+
+SDPA = F.scaled_dot_product_attention  # the function itself, as imported
 
 MHA = {
     "packed": dict(embed_dim=16, num_heads=4, batch_first=True),
@@ -55,6 +62,59 @@ def test_traced_model_equals_the_model(builder, shape):
     gm = trace(model)
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+class FlaggedAttention(nn.Module):
+    """Attention whose forward takes an ``is_causal`` flag and hands it to
+    ``F.scaled_dot_product_attention``, as timm's ViT does: traced, the flag is a
+    placeholder, which torch 2.8's scaled_dot_product_attention refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.head = nn.Linear(8, 24), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
+        q, k, v = self.qkv(x).unflatten(-1, (3, 2, 4)).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+        return self.head(out.transpose(1, 2).flatten(2).mean(1))
+
+
+def test_a_flag_handed_to_scaled_dot_product_attention_traces():
+    torch.manual_seed(0)
+    model, x = FlaggedAttention().eval(), torch.randn(2, 5, 8)
+    gm = trace(model)
+    assert F.scaled_dot_product_attention is SDPA  # restored after the trace
+    calls = [n for n in gm.graph.nodes if n.target is SDPA]
+    assert len(calls) == 1 and calls[0].kwargs["is_causal"].op == "placeholder"
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(gm(x, True), model(x, True), atol=1e-6, rtol=1e-6)
+
+
+class Annotated(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor, scale: float = 2.0) -> torch.Tensor:
+        return self.fc(x) * scale
+
+
+@pytest.mark.parametrize(
+    "builder,shape",
+    [(Annotated, (8,)), (lambda: build_model("lenet5", seed=0), (1, 28, 28))],
+    ids=["annotated", "lenet5"],
+)
+def test_a_traced_model_with_string_annotations_pickles(builder, shape):
+    """A game goes to a worker process pickled, its traced model with it: string
+    annotations (``from __future__ import annotations``, here and in the zoo's models)
+    left a string global in the generated code that torch 2.8 could not pickle."""
+    torch.manual_seed(0)
+    model, x = builder().eval(), torch.randn(2, *shape)
+    gm = trace(model)
+    assert all(not isinstance(n.type, str) for n in gm.graph.nodes)
+    with torch.no_grad():
+        torch.testing.assert_close(pickle.loads(pickle.dumps(gm))(x), model(x))
 
 
 def test_torch_attention_heads_enter_out_proj_as_a_module_call():

@@ -74,9 +74,38 @@ def explicit_encoder(
     return out if encoder.norm is None else encoder.norm(out)
 
 
+_SDPA = F.scaled_dot_product_attention
+
+
+def _traced_sdpa(*args, **kwargs):
+    """``F.scaled_dot_product_attention`` while a model is traced: a call with a Proxy
+    among its arguments is recorded as a call of the function itself. torch before 2.9
+    or so refuses a Proxy where it takes a bool (timm's ViT passes its forward's
+    ``is_causal`` flag, a placeholder of the trace) instead of dispatching to the Proxy,
+    as newer versions do; the graph is the same either way."""
+    proxies = [a for a in (*args, *kwargs.values()) if isinstance(a, fx.Proxy)]
+    if proxies:
+        return proxies[0].tracer.create_proxy("call_function", _SDPA, args, kwargs)
+    return _SDPA(*args, **kwargs)
+
+
 class HeadTracer(fx.Tracer):
     """An fx tracer that writes ``nn.MultiheadAttention`` out as explicit operations (and
     torch's transformer encoders, around it)."""
+
+    def trace(self, root, concrete_args=None) -> fx.Graph:
+        F.scaled_dot_product_attention = _traced_sdpa
+        try:
+            graph = super().trace(root, concrete_args)
+        finally:
+            F.scaled_dot_product_attention = _SDPA
+        for node in graph.nodes:
+            # an annotation written as a string (a module with ``from __future__ import
+            # annotations``) becomes a string global of the generated code, which torch 2.8
+            # cannot pickle (a game sent to a worker process; 2.14 can): dropped
+            if isinstance(node.type, str):
+                node.type = None
+        return graph
 
     def call_module(self, m, forward, args, kwargs):
         if isinstance(m, nn.MultiheadAttention):
