@@ -227,11 +227,16 @@ class ProcessExecutor(Executor):
             if not todo:
                 return results  # type: ignore[return-value]
             pool = self._start(game)
-            futures: dict[Future, int] = {pool.submit(_worker_values, chunks[i]): i for i in todo}
+            futures: dict[Future, int] = {}
+            broken = False
             for i in todo:
+                try:
+                    futures[pool.submit(_worker_values, chunks[i])] = i
+                except BrokenProcessPool:  # a worker died while the rest were submitted
+                    broken = True
+                    break
                 attempts[i] += 1
             wait(futures, return_when=FIRST_EXCEPTION)
-            broken = False
             for fut, i in futures.items():
                 try:
                     results[i] = fut.result()  # waits for the rest; a dead pool fails them all
