@@ -124,3 +124,16 @@ class Net(nn.Module):
 def broken(**kwargs):
     raise RuntimeError("no GPU named bob")
 """
+
+
+def save_tiny_hf_vit(folder, seed: int = 0, **config) -> nn.Module:
+    """A small Hugging Face ``ViTForImageClassification`` (random weights, seeded) saved
+    with ``save_pretrained`` into ``folder``, as a user's fine-tuned folder would be; the
+    model is returned in eval mode. ``config``: ``ViTConfig`` fields over these defaults."""
+    transformers = pytest.importorskip("transformers")
+    settings = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "num_labels": 10, **config}  # fmt: skip
+    torch.manual_seed(seed)
+    model = transformers.ViTForImageClassification(transformers.ViTConfig(**settings)).eval()
+    model.save_pretrained(folder)
+    return model

@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from helpers import TORCH_ATTENTION, randomise_norms, toy_splits
+from helpers import TORCH_ATTENTION, randomise_norms, save_tiny_hf_vit, toy_splits
 from torch import nn
 from torchvision.models.swin_transformer import SwinTransformer
 
@@ -214,16 +214,11 @@ def test_hugging_face_vit_heads_and_neurons_through_the_defaults(tmp_path):
     """A Hugging Face ViT from its folder: heads (separate q/k/v projections) and MLP neurons
     are players, masking computes what removal computes, prune's defaults meet the target,
     and the pruned model saves and reloads (its head counts follow the removal)."""
-    transformers = pytest.importorskip("transformers")
     from shapprune.sources.checkpoint import save_pruned
     from shapprune.sources.models import load_model
 
-    config = transformers.ViTConfig(
-        image_size=32, patch_size=8, num_channels=3, hidden_size=16, num_hidden_layers=2,
-        num_attention_heads=4, intermediate_size=32, num_labels=10,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    save_tiny_hf_vit(tmp_path / "vit", image_size=32, patch_size=8, num_channels=3,
+                     num_hidden_layers=2, num_attention_heads=4)  # fmt: skip
     model, meta = load_model(f"hf:{tmp_path / 'vit'}")
     data = toy_splits(n=20)
     x, y = data.val.x[:6], data.val.y[:6]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import USER_MODEL_CODE, run_cli
+from helpers import USER_MODEL_CODE, run_cli, save_tiny_hf_vit
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -302,13 +302,10 @@ def test_preprocessing_from_a_timm_model(tmp_path):
 
 def test_preprocessing_and_labels_from_an_hf_folder(tmp_path):
     transformers = pytest.importorskip("transformers")
-    config = transformers.ViTConfig(
-        image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
-        num_attention_heads=2, intermediate_size=32, num_labels=3,
-        id2label={0: "emu", 1: "cat", 2: "dog"}, label2id={"emu": 0, "cat": 1, "dog": 2},
-    )  # fmt: skip
     hf_dir = tmp_path / "vit"
-    transformers.ViTForImageClassification(config).save_pretrained(hf_dir)
+    save_tiny_hf_vit(hf_dir, image_size=16, patch_size=8, num_labels=3,
+                     id2label={0: "emu", 1: "cat", 2: "dog"},
+                     label2id={"emu": 0, "cat": 1, "dog": 2})  # fmt: skip
     processor = transformers.ViTImageProcessor(
         size={"height": 16, "width": 16}, image_mean=[0.4, 0.4, 0.4], image_std=[0.2, 0.2, 0.2]
     )

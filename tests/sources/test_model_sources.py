@@ -3,7 +3,7 @@ the model it names; each mistake is a one-line error naming the fix."""
 
 import pytest
 import torch
-from helpers import USER_MODEL_CODE
+from helpers import USER_MODEL_CODE, save_tiny_hf_vit
 from safetensors.torch import save_file
 from torch import nn
 
@@ -120,14 +120,7 @@ def test_a_base_that_cannot_be_rebuilt_is_refused(tmp_path):
 
 
 def test_hugging_face_folder(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.ViTConfig(
-        image_size=28, patch_size=7, num_channels=1, hidden_size=16, num_hidden_layers=1,
-        num_attention_heads=2, intermediate_size=32, num_labels=10,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    original = transformers.ViTForImageClassification(config).eval()
-    original.save_pretrained(tmp_path / "vit")
+    original = save_tiny_hf_vit(tmp_path / "vit", image_size=28, patch_size=7, num_channels=1)
     model, meta = load_model(f"hf:{tmp_path / 'vit'}")
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():

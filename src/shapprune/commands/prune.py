@@ -213,7 +213,7 @@ def prune(
     from shapprune.sources.data import check_data_source, load_data
 
     parsed = Target.parse(target)
-    resolve_cost(cost, _scope_choice(global_), parsed.kind)  # a bad --cost, before any work
+    chosen_cost = resolve_cost(cost, _scope_choice(global_), parsed.kind)  # before any work
     formats = parse_formats(export)
     source = model_source(model_arg, weights, trust_pickle)
     loading = data_options(image_size, resize, mean, std, classes, batch_size, loader_workers)
@@ -262,7 +262,7 @@ def prune(
             finetune_epochs=finetune_epochs,
             finetune_lr=finetune_lr,
             compensate=fill,
-            cost=resolve_cost(cost, _scope_choice(global_), parsed.kind),
+            cost=chosen_cost,
             refine=refine,
             report=status.update,
         )

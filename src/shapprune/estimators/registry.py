@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from shapprune.estimators._budget import BudgetedGame, Game
+from shapprune.estimators._budget import BudgetedGame, Game, takes_status
 from shapprune.estimators.bandit import Bandit
 from shapprune.estimators.base import Answer, Estimate
 from shapprune.estimators.catalog import (
@@ -43,7 +43,7 @@ __all__ = [
     "get_estimator",
     "register_estimator",
     "using_progress",
-    "current_progress",
+    "staged_progress",
 ]
 
 for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut, Semivalue, Refine, Bandit):
@@ -82,10 +82,22 @@ def using_progress(progress: Callable[..., None] | None) -> Iterator[None]:
         _PROGRESS.reset(token)
 
 
-def current_progress() -> Callable[..., None] | None:
-    """The progress callback ``using_progress`` set, if any: for work that evaluates a game
-    without ``estimate`` (a plan's refinement) to report to the same display."""
-    return _PROGRESS.get()
+def staged_progress(stage: str, unit: str | None = None) -> Callable[..., None] | None:
+    """The ``using_progress`` callback told which stage its counts belong to (the status's
+    ``stage``, and ``unit`` where they are not evaluations), so that a display says
+    "refining" or "planning" with its count and time left rather than the scoring's label.
+    A callback without a status parameter gets evaluations as they are, and no other unit."""
+    progress = _PROGRESS.get()
+    if progress is None:
+        return None
+    if not takes_status(progress):
+        return progress if unit is None else None
+    extra = {"stage": stage} if unit is None else {"stage": stage, "unit": unit}
+
+    def update(done: int, budget: int, status: dict | None = None) -> None:
+        progress(done, budget, {**(status or {}), **extra})
+
+    return update
 
 
 def estimate(

@@ -79,8 +79,8 @@ def prune_model(
     ``compensate``: removed units leave their mean over the reference examples as a bias in
     their consumers (``shapprune.game.compensation``) rather than zero; "auto": both are
     built and the one with the lower loss on the reference examples is kept (per step);
-    default ``COMPENSATE`` ("auto"). A game criterion values units for its own way of
-    removing them (its option ``compensate``): an explicit True/False must agree with it.
+    None: ``PRUNE_DEFAULTS.compensate`` ("auto"). A game criterion values units for its own
+    way of removing them (its option ``compensate``): an explicit True/False must agree.
     ``global_``: units compete across layers (True), or each layer loses the same fraction
     (False); "auto": both plans are built and the one whose removal has the lower loss on
     the reference examples is kept (per step): a global cut can starve a layer that a
@@ -203,10 +203,6 @@ def prune_model(
     return current, summary
 
 
-COMPENSATE: bool | str = PRUNE_DEFAULTS.compensate
-"""How removal treats removed units by default."""
-
-
 def _compensates(criterion, compensate: bool | str | None) -> bool | str:
     """Removal as the criterion's game removes (a game that zeroes units values them for
     zeroing); an explicit choice that contradicts it is refused ("auto" never does)."""
@@ -214,7 +210,7 @@ def _compensates(criterion, compensate: bool | str | None) -> bool | str:
         raise ValueError(f"compensate must be true, false or 'auto'; got {compensate!r}")
     own = getattr(getattr(criterion, "options", None), "compensate", None)
     if compensate is None:
-        return COMPENSATE
+        return PRUNE_DEFAULTS.compensate
     if compensate != "auto" and own is not None and bool(own) != compensate:
         raise ValueError(
             f"the criterion's game {'compensates' if own else 'zeroes'} removed units but "

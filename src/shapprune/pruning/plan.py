@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shapprune.estimators._budget import takes_status
-from shapprune.estimators.registry import current_progress
+from shapprune.estimators.registry import staged_progress
 from shapprune.evaluation.measure import count_macs, count_params
 from shapprune.evaluation.ranking import positions, ranking_from_scores
 from shapprune.game.units import Units, prunable_units
@@ -164,7 +163,6 @@ def _amounts(sizes: Mapping[str, int], global_: bool) -> list[float]:
     0 to 1 inclusive."""
     totals = [sum(sizes.values())] if global_ else list(sizes.values())
     edges = sorted({(j + 0.5) / n for n in totals for j in range(n)} | {0.0, 1.0})
-    edges = [e for e in edges if 0.0 <= e <= 1.0]
     return [0.0, *((a + b) / 2 for a, b in zip(edges, edges[1:], strict=False)), 1.0]
 
 
@@ -266,16 +264,16 @@ def make_plan(
 
     amounts = _amounts(sizes, global_)  # one per distinct removal set
     bound = probe_bound(len(amounts))
-    progress = current_progress()  # a command's display: each candidate removal counted
-    status = {"stage": f"planning to {target}", "unit": "candidate removals (at most)"}
+    # a command's display: each candidate removal counted
+    report = staged_progress(f"planning to {target}", "candidate removals (at most)")
     tried = [0]
 
     @functools.cache  # the bisection revisits its end points: measure each amount once
     def reduction(amount: float) -> float:
         pruned = apply(model, removals_for(amount))
         tried[0] += 1
-        if progress is not None and takes_status(progress):
-            progress(tried[0], bound, status)
+        if report is not None:
+            report(tried[0], bound)
         return 1 - measure(pruned) / original
 
     most = reduction(1.0)

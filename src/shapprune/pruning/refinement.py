@@ -12,15 +12,15 @@ swaps tried (the unit put back the best scored, the one taken out the worst).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from shapprune.estimators._budget import BudgetedGame, takes_status
+from shapprune.estimators._budget import BudgetedGame
 from shapprune.estimators.refine import refine_search
-from shapprune.estimators.registry import current_progress
+from shapprune.estimators.registry import staged_progress
 from shapprune.game.network_game import NetworkGame
 from shapprune.game.units import Units
 
@@ -69,7 +69,7 @@ def refine_plan(
     start = tuple(
         sorted(game.players_of(name).start + int(u) for name in layers for u in removals[name])
     )
-    budgeted = BudgetedGame(game, budget, progress=_staged(current_progress(), "refining"))
+    budgeted = BudgetedGame(game, budget, progress=staged_progress("refining"))
     step = max(4, budget // STEPS)  # candidate swaps per step: several steps of climbing
     best, info = refine_search(
         budgeted, values, len(start), budget, beam=beam, step=step, start=start, groups=groups
@@ -79,17 +79,3 @@ def refine_plan(
         sl = game.players_of(name)
         out[name] = sorted(int(p) - sl.start for p in best if sl.start <= p < sl.stop)
     return out, info
-
-
-def _staged(progress: Callable[..., None] | None, stage: str) -> Callable[..., None] | None:
-    """``progress`` told which stage the evaluations belong to (in the status's ``stage``),
-    so that a display says "refining", not the scoring's label, with its count and time left."""
-    if progress is None:
-        return None
-    if not takes_status(progress):
-        return progress
-
-    def update(done: int, budget: int, status: dict | None = None) -> None:
-        progress(done, budget, {**(status or {}), "stage": stage})
-
-    return update
