@@ -17,7 +17,7 @@ MACs by ``shapprune.evaluation.measure.count_macs`` (torch-pruning's counter, on
 accuracy on the 1,000 test images. One-shot accuracy is the mean ± std over the seeds
 (``SEEDS``: the seed draws the reference set and any random choice; a method that reads
 only the weights runs once); every seed's pruned model is measured again after the same
-short fine-tune for everyone (``shapprune.zoo.training.train_model`` on the training split,
+short fine-tune for everyone (``shapprune.training.train_model`` on the training split,
 ``FINETUNE`` below, that seed; a method that runs once has its model fine-tuned with each
 seed): one seed's fine-tune alone moves accuracy by a few tenths of a point.
 Seconds: scoring + allocation (bisection on pruned
@@ -65,9 +65,9 @@ from shapprune.evaluation.measure import count_macs, count_params, evaluate
 from shapprune.game.units import Units
 from shapprune.pruning.compress import prune_model
 from shapprune.pruning.plan import prunable_layers
+from shapprune.training import train_model
 from shapprune.zoo.cache import pretrained
 from shapprune.zoo.data import DatasetSplits, Split, load_dataset, reference_set
-from shapprune.zoo.training import train_model
 
 MODELS = ("lenet5", "vgg", "vit")  # opt in to resnet20 with --models (for the run time)
 TARGETS = (0.3, 0.5, 0.7)  # fractions of the MACs removed

@@ -22,9 +22,9 @@ from shapprune.game.network_game import NetworkGame
 from shapprune.game.pruning_game import PruningGame
 from shapprune.pruning.compress import prune_model
 from shapprune.pruning.removal import apply_removals
+from shapprune.training import train_model
 from shapprune.zoo.data import DatasetSplits, Split
 from shapprune.zoo.models import build_model
-from shapprune.zoo.training import train_model
 
 DEVICES = available_devices()
 

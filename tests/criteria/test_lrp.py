@@ -19,9 +19,9 @@ from shapprune.criteria.lrp import (
 )
 from shapprune.evaluation.measure import evaluate
 from shapprune.game.units import find_units
+from shapprune.training import train_model
 from shapprune.zoo.data import load_dataset, reference_set
 from shapprune.zoo.models import build_model
-from shapprune.zoo.training import train_model
 
 
 def _data(shape, n=6, seed=0, classes=10):

@@ -68,6 +68,20 @@ def test_the_objective_is_the_mean_accuracy_of_the_global_masked_curve(tiny_cnn,
     assert again == pytest.approx(curve) and auc == pytest.approx(np.mean(curve))
 
 
+def test_the_curve_of_a_dataset_is_read_in_chunks_and_equals_the_tensors(tiny_cnn, mnist5k):
+    """A test split that is a Dataset (an image folder) is never held whole: chunks of 25
+    examples give the example-weighted curve of the one game on all 60."""
+    from torch.utils.data import TensorDataset
+
+    x, y = mnist5k.val.x[:60], mnist5k.val.y[:60]
+    scores = unit_scores(tiny_cnn, (x, y), "filters", "epsilon")
+    auc, curve = accuracy_auc(tiny_cnn, scores, (x, y))
+    chunked_auc, chunked = accuracy_auc(tiny_cnn, scores, TensorDataset(x, y), chunk=25)
+    assert chunked == pytest.approx(curve, abs=1e-9) and chunked_auc == pytest.approx(auc)
+    with pytest.raises(ValueError, match="no examples"):
+        accuracy_auc(tiny_cnn, scores, TensorDataset(x[:0], y[:0]))
+
+
 def test_shapley_objective_is_a_spearman_and_keeps_the_values(tiny_cnn, mnist5k, tmp_path):
     db = tmp_path / "s.db"
     result = tune_lrp(

@@ -17,7 +17,7 @@ PER_LAYER = {"global_": False, "refine": 0}  # the plain one-shot cut, no search
 
 @pytest.fixture(scope="module")
 def lenet(mnist5k):
-    from shapprune.zoo.training import train_model
+    from shapprune.training import train_model
 
     model = build_model("lenet5", seed=0)
     train_model(model, mnist5k, epochs=1, lr=2e-3, batch_size=64, progress=False)

@@ -416,3 +416,29 @@ def test_rank_reads_folders_too(user_dir, monkeypatch, capsys):
     assert code == 0, err
     record = json.loads((user_dir / "r.json").read_text())
     assert record["spec"]["preprocessing"]["image_size"] == 28 and record["reference_examples"] == 3
+
+
+def test_fine_tuning_and_tune_lrp_read_folders_batch_by_batch(user_dir, monkeypatch, capsys):
+    """Neither holds a split whole: the fine-tune reads the folder's training images in
+    seeded batches, tune-lrp's test curve reads the test split in chunks."""
+    import shapprune.data
+
+    def whole(split):
+        raise AssertionError("a split was loaded whole")
+
+    monkeypatch.setattr(shapprune.data, "as_tensors", whole)
+    grey = _grey_folder(user_dir)
+    model = f"{user_dir}/user_net.py:Net"
+    out = user_dir / "tuned"
+    code, _, err = run_cli(monkeypatch, capsys, "prune", "--model", model, "--data", grey,
+                           *GREY_MODEL, *TINY, "--per-class", "1", "--finetune-epochs",
+                           "1", "--batch-size", "4", "--out", out)  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finetune_epochs"] == 1 and 0 <= summary["after"]["accuracy"] <= 1
+    code, _, err = run_cli(monkeypatch, capsys, "tune-lrp", "--model", model, "--data", grey,
+                           *GREY_MODEL, "--trials", "1", "--per-class", "1", "--device", "cpu",
+                           "--out", user_dir / "rules.json")  # fmt: skip
+    assert code == 0, err
+    tested = json.loads((user_dir / "rules.json").read_text())["info"]["test_auc"]
+    assert 0 <= tested["tuned"] <= 1 and 0 <= tested["epsilon"] <= 1

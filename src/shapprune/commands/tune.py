@@ -104,7 +104,7 @@ def tune_lrp_command(
         tune_lrp,
         unit_scores,
     )
-    from shapprune.data import as_tensors, reference_set
+    from shapprune.data import reference_set
     from shapprune.sources.data import check_data_source, load_data
 
     check_tune_options(units, objective, trials, sampler, normalisation)
@@ -126,11 +126,10 @@ def tune_lrp_command(
     spec.info.update({"model": model, "data": data})
     # the test split is read only now, after the search
     ref = reference_set(splits.val, per_class=per_class, seed=seed)
-    test = as_tensors(splits.test)  # the curve's game holds its examples: in memory here
     tested = {}
     for label, rules in (("tuned", spec), ("epsilon", "epsilon")):
         scores = unit_scores(net, (ref.x, ref.y), units, rules)
-        tested[label] = accuracy_auc(net, scores, test, normalisation)[0]
+        tested[label] = accuracy_auc(net, scores, splits.test, normalisation)[0]
     spec.info["test_auc"] = tested
     spec.save(out)
     console.print(

@@ -42,6 +42,7 @@ from shapprune.criteria.lrp_spec import (
     CompositeSpec,
     RuleSpec,
 )
+from shapprune.data import Split, batches
 from shapprune.devices import device_of, to_device
 from shapprune.estimators.registry import estimate
 from shapprune.evaluation.experiments import mean_accuracy
@@ -59,6 +60,7 @@ __all__ = [
     "accuracy_auc",
     "check_tune_options",
     "lrp_scores",
+    "curve_masks",
     "masked_curve",
     "tune_lrp",
     "unit_layers",
@@ -145,12 +147,33 @@ def unit_scores(
 
 
 def accuracy_auc(
-    model: nn.Module, scores: dict[str, np.ndarray], data: Any, normalisation: str = "l1"
+    model: nn.Module,
+    scores: dict[str, np.ndarray],
+    data: Any,
+    normalisation: str = "l1",
+    chunk: int = 512,
 ) -> tuple[float, list[float]]:
     """Mean accuracy on ``data`` over :data:`RATES` with units masked globally by
-    ``scores`` (the paper's area under accuracy vs pruning rate), and the curve."""
-    game = NetworkGame(model, data, list(scores), "accuracy")
-    curve = masked_curve(game, scores, normalisation)
+    ``scores`` (the paper's area under accuracy vs pruning rate), and the curve.
+
+    Tensors are one game; a Dataset or DataLoader (an image folder) is read ``chunk``
+    examples at a time, one game each with the same masks, so a large test split is never
+    held whole; the curve is the example-weighted mean of the chunks'."""
+    if isinstance(data, Split | tuple):
+        game = NetworkGame(model, data, list(scores), "accuracy")
+        curve = masked_curve(game, scores, normalisation)
+        return mean_accuracy(curve), curve
+    total, n, masks = None, 0, None
+    for x, y in batches(data, chunk):
+        game = NetworkGame(model, (x, y), list(scores), "accuracy")
+        if masks is None:
+            masks = curve_masks(game, scores, normalisation)
+        values = torch.as_tensor(game.value(masks), dtype=torch.float64) * len(y)
+        total = values if total is None else total + values
+        n += len(y)
+    if total is None:
+        raise ValueError("accuracy_auc: the data holds no examples")
+    curve = [float(v) for v in total / n]
     return mean_accuracy(curve), curve
 
 
@@ -229,6 +252,17 @@ def masked_curve(
     """The game's value (accuracy, for an accuracy game) with the lowest-scored fraction r
     of its units masked globally across its layers (each layer keeps one), for each rate r;
     ``scores`` covers the game's layers."""
+    return [float(v) for v in game.value(curve_masks(game, scores, normalisation, rates))]
+
+
+def curve_masks(
+    game: NetworkGame,
+    scores: dict[str, np.ndarray],
+    normalisation: str = "l1",
+    rates: tuple[float, ...] = RATES,
+) -> torch.Tensor:
+    """One coalition per rate r of :func:`masked_curve`: the game's players kept when the
+    lowest-scored fraction r of the units goes (the global plan's removals)."""
     masks = torch.ones(len(rates), game.n_players, dtype=torch.bool)
     columns = torch.arange(game.n_players)
     example = game.x[:2]
@@ -241,7 +275,7 @@ def masked_curve(
         )  # fmt: skip
         for layer, removed in plan.removals.items():
             masks[i, columns[game.players_of(layer)][removed]] = False
-    return [float(v) for v in game.value(masks)]
+    return masks
 
 
 def check_tune_options(

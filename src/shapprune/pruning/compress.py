@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 
 from shapprune.criteria.registry import get_criterion
-from shapprune.data import DatasetSplits, as_splits, as_tensors, examples, reference_set
+from shapprune.data import DatasetSplits, as_splits, examples, reference_set
 from shapprune.evaluation.measure import evaluate, measure
 from shapprune.game.compensation import consumer_means
 from shapprune.game.units import Units, layer_units
@@ -21,6 +20,7 @@ from shapprune.pruning.defaults import PRUNE_DEFAULTS, resolve_cost
 from shapprune.pruning.plan import Plan, Target, make_plan, prunable_layers
 from shapprune.pruning.refinement import refine_plan
 from shapprune.pruning.removal import apply_removals, history
+from shapprune.training import train_model
 
 
 def select_layers(
@@ -170,12 +170,9 @@ def prune_model(
         plans.append({**plan.to_dict(), "scores": {k: v.tolist() for k, v in scores.items()}})
     score_seconds = time.perf_counter() - start
     if finetune_epochs > 0:
-        from shapprune.zoo.training import train_model
-
         say(f"fine-tuning for {finetune_epochs} epochs")
         current.train()
-        in_memory = replace(data, train=as_tensors(data.train), val=as_tensors(data.val))
-        train_model(current, in_memory, epochs=finetune_epochs, lr=finetune_lr, seed=seed)
+        train_model(current, data, epochs=finetune_epochs, lr=finetune_lr, seed=seed)
         current.eval()
     loading = {"batch_size": data.batch_size, "workers": data.workers}
     before = measure(model, data.test, **loading)

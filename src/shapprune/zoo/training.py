@@ -1,20 +1,18 @@
-"""Training zoo models (and fine-tuning pruned ones): recipes, augmentation, the loop."""
+"""Training zoo models: recipes per (model, dataset); the loop is :mod:`shapprune.training`."""
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from shapprune.devices import device_of, resolve_device
-from shapprune.evaluation.measure import evaluate
-from shapprune.zoo.data import DatasetSplits, load_dataset
+from shapprune.devices import resolve_device
+from shapprune.training import train_model
+from shapprune.zoo.data import load_dataset
 from shapprune.zoo.models import build_model
 
 __all__ = [
@@ -55,181 +53,6 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
 }
 _CIFAR_AUGMENT = ("crop", "flip")
 _TRAIN_KEYS = ("epochs", "lr", "batch_size", "optimizer", "schedule", "weight_decay", "augment")
-
-
-# --- training --------------------------------------------------------------------------------
-
-
-def _parse_augment(augment: Sequence[str]) -> dict[str, int]:
-    """Validate augmentation names: "crop" (pad 4), "crop:<pad>" and "flip"."""
-    out: dict[str, int] = {}
-    for item in augment:
-        kind, _, arg = item.partition(":")
-        if kind == "crop" and (not arg or arg.isdigit()):
-            out["crop"] = int(arg or 4)
-        elif item == "flip":
-            out["flip"] = 1
-        else:
-            raise ValueError(
-                f"unknown augmentation {item!r}; expected 'crop', 'crop:<pad>', 'flip'"
-            )
-    return out
-
-
-def _augment(x: torch.Tensor, kinds: Mapping[str, int], gen: torch.Generator) -> torch.Tensor:
-    """Random padded crops (random shifts) and/or horizontal flips, drawn from ``gen``."""
-    b, c, h, w = x.shape
-    pad = kinds.get("crop", 0)
-    if pad:
-        xp = F.pad(x, (pad, pad, pad, pad))
-        # drawn on the CPU generator (the same draws on every device), used on x's device
-        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device="cpu").to(x.device)
-        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device="cpu").to(x.device)
-        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        bi, ci = torch.arange(b, device=x.device), torch.arange(c, device=x.device)
-        x = xp[bi[:, None, None, None], ci[:, None, None], rows, cols]
-    if "flip" in kinds:
-        flip = (torch.rand(b, generator=gen, device="cpu") < 0.5).to(x.device)
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x
-
-
-def _optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float
-) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
-        )
-    raise ValueError(f"unknown optimizer {name!r}; expected 'adamw', 'adam' or 'sgd'")
-
-
-def _scheduler(
-    opt: torch.optim.Optimizer, name: str, lr: float, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    if name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps)
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    if name == "constant":
-        return None
-    raise ValueError(f"unknown schedule {name!r}; expected 'onecycle', 'cosine' or 'constant'")
-
-
-def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
-
-
-def train_model(
-    model: nn.Module,
-    data: DatasetSplits,
-    *,
-    epochs: int,
-    lr: float,
-    batch_size: int = 128,
-    seed: int = 0,
-    weight_decay: float = 5e-4,
-    optimizer: str = "adamw",
-    schedule: str = "onecycle",
-    augment: Sequence[str] = (),
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train ``model`` in place on ``data.train``; return loss/accuracy metrics.
-
-    Shuffling and augmentation come from a generator seeded by ``seed``; the global RNG
-    state is restored afterwards. ``augment`` may hold "crop" (4-pixel padded random crop),
-    "crop:<pad>" and "flip".
-    """
-    if epochs < 1 or lr <= 0 or batch_size < 1:
-        raise ValueError(
-            f"need epochs >= 1, lr > 0, batch_size >= 1; got {epochs}, {lr}, {batch_size}"
-        )
-    aug = _parse_augment(augment)
-    train = data.train
-    n = len(train)
-    # drop a trailing batch of a single example: BatchNorm cannot train on it
-    steps = n // batch_size + (1 if n % batch_size > 1 else 0)
-    if steps == 0:
-        raise ValueError(f"training split has {n} examples; need at least 2")
-    device = device_of(model)
-    train_x, train_y = train.x.to(device), train.y.to(device)  # moved once
-    start = time.perf_counter()
-    history: list[dict[str, float]] = []
-    epoch_loss = float("nan")
-    with torch.random.fork_rng(devices=[]), _progress(progress) as bar:
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        opt = _optimizer(model, optimizer, lr, weight_decay)
-        sched = _scheduler(opt, schedule, lr, epochs * steps)
-        task = bar.add_task(f"epoch 1/{epochs}", total=epochs * steps, loss=float("nan"))
-        for epoch in range(epochs):
-            model.train()
-            perm = torch.randperm(n, generator=gen, device="cpu")
-            loss_sum, seen = 0.0, 0
-            for i in range(steps):
-                idx = perm[i * batch_size : (i + 1) * batch_size]
-                on_device = idx.to(device)
-                x, y = train_x[on_device], train_y[on_device]
-                if aug:
-                    x = _augment(x, aug, gen)
-                loss = F.cross_entropy(model(x), y)
-                if not torch.isfinite(loss):
-                    raise RuntimeError(
-                        f"training diverged at epoch {epoch + 1} (loss {loss.item()}); "
-                        f"try a lower learning rate than {lr}"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                loss_sum += loss.item() * len(idx)
-                seen += len(idx)
-                bar.update(
-                    task,
-                    advance=1,
-                    description=f"epoch {epoch + 1}/{epochs}",
-                    loss=loss_sum / seen,
-                )
-            epoch_loss = loss_sum / seen
-            val = evaluate(model, data.val)
-            history.append(
-                {"epoch": epoch + 1, "train_loss": epoch_loss, "val_accuracy": val["accuracy"]}
-            )
-    model.eval()
-    test = evaluate(model, data.test)
-    return {
-        "train_loss": epoch_loss,
-        "val_accuracy": history[-1]["val_accuracy"],
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
-        "epochs": epochs,
-        "seconds": time.perf_counter() - start,
-        "history": history,
-    }
 
 
 # --- checkpoints -----------------------------------------------------------------------------
