@@ -94,3 +94,33 @@ def test_a_plans_bisection_reports_the_candidate_removals_it_measures():
     bound = int(said[-1].split("/")[1].split(" ")[0])
     assert "candidate removals (at most)" in said[-1] and bound <= 3 + 2 * 7  # 70 units
     assert int(said[-1].split(": ")[1].split("/")[0]) == len(said) <= bound
+
+
+def test_measuring_a_split_reports_the_examples_counted():
+    """Measuring before and after streams the test split: a count of examples out of the
+    split's size, under the stage the caller names; a split of unknown size says nothing."""
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+    from shapprune.evaluation.measure import evaluate
+    from shapprune.progress import using_progress
+    from shapprune.zoo.models import build_model
+
+    model = build_model("lenet5", seed=0).eval()
+    x, y = torch.randn(50, 1, 28, 28), torch.arange(50) % 10
+    said = []
+    with using_progress(cli.status_progress(said.append, "scoring")):
+        out = evaluate(model, TensorDataset(x, y), batch_size=20, stage="measuring the original")
+    assert [s.split(" examples")[0] for s in said] == [
+        f"measuring the original: {n}/50" for n in (20, 40, 50)
+    ]
+    assert out["n"] == 50
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(x, y, strict=True))
+
+    said.clear()
+    with using_progress(cli.status_progress(said.append, "scoring")):
+        evaluate(model, DataLoader(Stream(), batch_size=20), stage="measuring")
+    assert said == []

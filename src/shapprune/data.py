@@ -110,6 +110,15 @@ def split_size(split: Any) -> int:
     return len(base) if _indexable(base) else len(labels_of(split))
 
 
+def known_size(split: Any) -> int | None:
+    """The number of examples where it is known without reading the split (None for a
+    DataLoader over an iterable dataset): what a progress display counts toward."""
+    if isinstance(split, tuple):
+        return len(split[1])
+    base = _base(split)
+    return len(base) if _indexable(base) else None
+
+
 def labels_of(split: Any) -> np.ndarray:
     """Every label of ``split`` as int64, without decoding images where the split knows
     them: a Split's ``y``, a dataset's ``targets`` (torchvision's and shapprune's folders

@@ -47,10 +47,10 @@ from shapprune.commands.app import (
 from shapprune.commands.progress import status_progress
 from shapprune.criteria.registry import CRITERIA, get_criterion
 from shapprune.devices import resolve_device
-from shapprune.estimators.registry import using_progress
 from shapprune.jobs import evaluating, executor_options
 from shapprune.options import declared, parse_options
 from shapprune.outputs import check_output
+from shapprune.progress import using_progress
 from shapprune.pruning.defaults import PRUNE_DEFAULTS, PruneDefaults, resolve_cost
 from shapprune.pruning.export import SUFFIXES, export_line, export_model, parse_formats
 from shapprune.sources.models import load_model

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+from shapprune.progress import takes_status
 
 
 class Game(Protocol):
@@ -99,16 +100,3 @@ class BudgetedGame:
         """v(N) and v(empty set)."""
         v = self.values(np.stack([np.ones(self.n, bool), np.zeros(self.n, bool)]))
         return float(v[0]), float(v[1])
-
-
-def takes_status(fn: Callable[..., None]) -> bool:
-    """Whether a progress callback accepts a third positional argument (the status)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # a builtin without a signature: the two-argument form
-        return False
-    kinds = [p.kind for p in params]
-    if inspect.Parameter.VAR_POSITIONAL in kinds:
-        return True
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return sum(kind in positional for kind in kinds) >= 3

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from shapprune.estimators._budget import BudgetedGame, Game, takes_status
+from shapprune.estimators._budget import BudgetedGame, Game
 from shapprune.estimators.bandit import Bandit
 from shapprune.estimators.base import Answer, Estimate
 from shapprune.estimators.catalog import (
@@ -35,6 +33,7 @@ from shapprune.estimators.permutation import Permutation
 from shapprune.estimators.refine import Refine
 from shapprune.estimators.resume import Checkpoint, RecordedGame, prepared_game
 from shapprune.estimators.semivalue import Semivalue
+from shapprune.progress import current_progress, staged_progress, using_progress
 
 __all__ = [
     "ESTIMATORS",
@@ -66,38 +65,6 @@ def default_budget(method: str, n: int, **options: Any) -> int:
 
 def _plain(opts: Any) -> dict[str, Any]:
     return dataclasses.asdict(opts) if dataclasses.is_dataclass(opts) else {}
-
-
-_PROGRESS: ContextVar[Callable[..., None] | None] = ContextVar("shapprune_progress", default=None)
-
-
-@contextmanager
-def using_progress(progress: Callable[..., None] | None) -> Iterator[None]:
-    """Every ``estimate`` inside that is given no ``progress`` of its own reports to this
-    one (a command's progress display, for criteria that estimate deep inside a job)."""
-    token = _PROGRESS.set(progress)
-    try:
-        yield
-    finally:
-        _PROGRESS.reset(token)
-
-
-def staged_progress(stage: str, unit: str | None = None) -> Callable[..., None] | None:
-    """The ``using_progress`` callback told which stage its counts belong to (the status's
-    ``stage``, and ``unit`` where they are not evaluations), so that a display says
-    "refining" or "planning" with its count and time left rather than the scoring's label.
-    A callback without a status parameter gets evaluations as they are, and no other unit."""
-    progress = _PROGRESS.get()
-    if progress is None:
-        return None
-    if not takes_status(progress):
-        return progress if unit is None else None
-    extra = {"stage": stage} if unit is None else {"stage": stage, "unit": unit}
-
-    def update(done: int, budget: int, status: dict | None = None) -> None:
-        progress(done, budget, {**(status or {}), **extra})
-
-    return update
 
 
 def estimate(
@@ -138,7 +105,7 @@ def estimate(
     rng = np.random.default_rng(seed)
     key = {"method": method, "seed": seed, "budget": budget, "options": _plain(opts)}
     played = prepared_game(game, key, executor, checkpoint)
-    progress = progress if progress is not None else _PROGRESS.get()
+    progress = progress if progress is not None else current_progress()
     view = BudgetedGame(played, budget, progress=progress)
     start = time.perf_counter()
     try:

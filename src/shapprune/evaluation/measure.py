@@ -15,15 +15,20 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from shapprune.data import BATCH_SIZE, Split, batches, examples
+from shapprune.data import BATCH_SIZE, Split, batches, examples, known_size
 from shapprune.devices import device_of, to_device
+from shapprune.progress import staged_progress
 
 __all__ = ["count_macs", "count_params", "device_of", "evaluate", "latency", "measure"]
 
 
 @torch.inference_mode()
-def _evaluate(model: nn.Module, split, batch_size: int, workers: int = 0) -> dict[str, float]:
+def _evaluate(
+    model: nn.Module, split, batch_size: int, workers: int = 0, stage: str | None = None
+) -> dict[str, float]:
     device = device_of(model)
+    total = known_size(split)
+    report = staged_progress(stage, "examples") if stage and total else None
     total_loss, correct, n = 0.0, 0, 0
     for x, y in batches(split, batch_size, workers):
         x, y = x.to(device), y.to(device)
@@ -31,6 +36,8 @@ def _evaluate(model: nn.Module, split, batch_size: int, workers: int = 0) -> dic
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(dim=1) == y).sum().item())
         n += len(y)
+        if report is not None:
+            report(n, total)
     return {"accuracy": correct / max(n, 1), "loss": total_loss / max(n, 1), "n": n}
 
 
@@ -46,16 +53,21 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def evaluate(
-    model: nn.Module, split, batch_size: int | None = None, workers: int = 0
+    model: nn.Module,
+    split,
+    batch_size: int | None = None,
+    workers: int = 0,
+    stage: str | None = None,
 ) -> dict[str, float]:
     """Accuracy and mean cross-entropy of ``model`` on ``split`` (in eval mode): a
     ``Split``, ``(x, y)`` tensors, a Dataset (read in batches of ``batch_size`` by
     ``workers`` loader processes) or a DataLoader. ``batch_size`` None: 512 for tensors
-    (already in memory), ``shapprune.data.BATCH_SIZE`` for a Dataset."""
+    (already in memory), ``shapprune.data.BATCH_SIZE`` for a Dataset. ``stage``: the name
+    a progress display (``using_progress``) shows the examples counted under."""
     if batch_size is None:
         batch_size = 512 if isinstance(split, Split | tuple) else BATCH_SIZE
     with _eval_mode(model):
-        return _evaluate(model, split, batch_size, workers)
+        return _evaluate(model, split, batch_size, workers, stage)
 
 
 def count_params(model: nn.Module) -> int:
@@ -96,6 +108,7 @@ def measure(
     latency_batch: int = 64,
     batch_size: int | None = None,
     workers: int = 0,
+    stage: str | None = None,
 ) -> dict[str, float]:
     """Accuracy, loss, parameters, MACs (per example) and median latency on the model's
     device (batch 1 and ``latency_batch``) of ``model`` on (x, y), or on ``x`` alone where
@@ -103,7 +116,7 @@ def measure(
     ``batch_size`` through ``workers`` loader processes; only ``latency_batch`` examples
     are held for timing)."""
     split = (x, y) if y is not None else x
-    quality = evaluate(model, split, batch_size=batch_size, workers=workers)
+    quality = evaluate(model, split, batch_size=batch_size, workers=workers, stage=stage)
     example = examples(split, latency_batch)
     return {
         "accuracy": quality["accuracy"],

@@ -175,8 +175,8 @@ def prune_model(
         train_model(current, data, epochs=finetune_epochs, lr=finetune_lr, seed=seed)
         current.eval()
     loading = {"batch_size": data.batch_size, "workers": data.workers}
-    before = measure(model, data.test, **loading)
-    after = measure(current, data.test, **loading)
+    before = measure(model, data.test, stage="measuring the original", **loading)
+    after = measure(current, data.test, stage="measuring the pruned model", **loading)
     summary = {
         "target": str(target),
         "criterion": getattr(criterion, "name", type(criterion).__name__),

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from shapprune.estimators.registry import staged_progress
 from shapprune.evaluation.measure import count_macs, count_params
 from shapprune.evaluation.ranking import positions, ranking_from_scores
 from shapprune.game.units import Units, prunable_units
+from shapprune.progress import staged_progress
 from shapprune.pruning.removal import apply_removals
 
 TARGET_KINDS = ("channels", "params", "macs")

@@ -20,9 +20,9 @@ from torch import nn
 
 from shapprune.estimators._budget import BudgetedGame
 from shapprune.estimators.refine import refine_search
-from shapprune.estimators.registry import staged_progress
 from shapprune.game.network_game import NetworkGame
 from shapprune.game.units import Units
+from shapprune.progress import staged_progress
 
 __all__ = ["refine_plan"]
 
