@@ -1,5 +1,7 @@
 """Helpers shared by the tests (imported as ``from helpers import ...``)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -137,3 +139,22 @@ def save_tiny_hf_vit(folder, seed: int = 0, **config) -> nn.Module:
     model = transformers.ViTForImageClassification(transformers.ViTConfig(**settings)).eval()
     model.save_pretrained(folder)
     return model
+
+
+def write_images(
+    folder: Path, per_class: int, classes=("cat", "dog", "emu"), mode: str = "RGB", seed: int = 0
+) -> Path:
+    """``per_class`` small images of random pixels per class (sizes vary: resizing is
+    tested), each class a little brighter than the last."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = 10 + i % 3, 12 + i % 4
+            shape = (h, w) if mode == "L" else (h, w, 3)
+            pixels = rng.integers(0, 120, size=shape) + 60 * c
+            Image.fromarray(pixels.astype(np.uint8), mode).save(folder / name / f"{i}.png")
+    return folder

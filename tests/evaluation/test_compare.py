@@ -107,3 +107,45 @@ def test_oracle_and_cost_without_criteria(setup, monkeypatch, capsys):
     assert code == 0, err
     report = (out / "report.md").read_text()
     assert "## Oracle sets, conv1" in report and "## Cost-benefit" in report
+
+
+def test_compare_takes_a_users_model_weights_and_folder_from_the_yaml(
+    tmp_path, monkeypatch, capsys
+):
+    """model_args, weights, preprocessing and classes in the YAML, as --model-arg,
+    --weights, --image-size ... --std and --classes give them to the other commands."""
+    import torch
+    from helpers import USER_MODEL_CODE, write_images
+
+    (tmp_path / "user_net.py").write_text(USER_MODEL_CODE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("SHAPPRUNE_CACHE", str(tmp_path / "cache"))
+    import importlib
+
+    user_net = importlib.import_module("user_net")
+    torch.manual_seed(0)
+    torch.save({"epoch": 3, "model_state_dict": user_net.Net(num_classes=3).state_dict()},
+               tmp_path / "ckpt.pth")  # fmt: skip
+    folder = write_images(tmp_path / "pets", per_class=10, mode="L")
+    (tmp_path / "classes.txt").write_text("emu\ncat\ndog\n")
+    config = {
+        "model": f"{tmp_path}/user_net.py:Net", "model_args": {"num_classes": 3},
+        "weights": str(tmp_path / "ckpt.pth"), "data": str(folder),
+        "preprocessing": {"image_size": 28, "mean": 0.5, "std": [0.25]},
+        "classes": str(tmp_path / "classes.txt"), "layers": ["conv1"],
+        "experiments": ["robustness"], "criteria": ["weight-l1"], "per_class": 1,
+        "heldout": 20, "rates": [0.0, 0.5],
+    }  # fmt: skip
+    path = tmp_path / "user.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, err = _run(monkeypatch, capsys, path, tmp_path / "run")
+    assert code == 0, err
+    identity = json.loads((tmp_path / "run" / "experiment.json").read_text())
+    assert identity["model_args"] == {"num_classes": 3} and identity["classes"].endswith(".txt")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())["results"]
+    assert results["layers"] == ["conv1"]
+    assert list(results["robustness"]) == ["robustness/weight-l1/conv1/0"]
+    config["preprocessing"] = {"image_size": 28, "mean": "grey"}
+    path.write_text(yaml.safe_dump(config))
+    code, err = _run(monkeypatch, capsys, path, tmp_path / "run2")
+    assert code == 2 and "'preprocessing.mean' must be a number or a list" in err

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import USER_MODEL_CODE, run_cli, save_tiny_hf_vit
+from helpers import USER_MODEL_CODE, run_cli, save_tiny_hf_vit, write_images
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -49,24 +49,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def write_images(
-    folder: Path, per_class: int, classes=CLASSES, mode: str = "RGB", seed: int = 0
-) -> Path:
-    """``per_class`` small images of random pixels per class (sizes vary: resizing is
-    tested), each class a little brighter than the last."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(classes):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            h, w = 10 + i % 3, 12 + i % 4
-            shape = (h, w) if mode == "L" else (h, w, 3)
-            pixels = rng.integers(0, 120, size=shape) + 60 * c
-            Image.fromarray(pixels.astype(np.uint8), mode).save(folder / name / f"{i}.png")
-    return folder
 
 
 def tiny_rgb(num_classes: int = 3) -> nn.Module:

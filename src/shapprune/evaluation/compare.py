@@ -19,7 +19,7 @@ import torch
 
 from shapprune.data import examples, reference_set, split_size, take
 from shapprune.devices import resolve_device
-from shapprune.evaluation.config import CriterionSpec, ExperimentConfig
+from shapprune.evaluation.config import CriterionSpec, ExperimentConfig, preprocessing_of
 from shapprune.evaluation.ranking import positions, rank_correlation, ranking_from_scores
 
 Progress = Callable[[str, int, int], None]
@@ -62,6 +62,9 @@ def check_resumable(config: ExperimentConfig, out: Path) -> None:
     }
     if config.compensate:  # (absent from folders written before the key existed)
         identity["compensate"] = True
+    source = {"model_args": config.model_args, "weights": config.weights,
+              "preprocessing": config.preprocessing, "classes": config.classes}  # fmt: skip
+    identity.update({k: v for k, v in source.items() if v})  # likewise, where given
     path = out / "experiment.json"
     if path.is_file():
         before = json.loads(path.read_text())
@@ -88,9 +91,14 @@ def run_compare(
     from shapprune.sources.data import load_data
     from shapprune.sources.models import load_model
 
-    model, meta = load_model(config.model, config.data, root=config.root)
+    model, meta = load_model(
+        config.model, config.data, root=config.root, weights=config.weights, **config.model_args
+    )
     model = model.to(resolve_device(device))
-    data = load_data(config.data, meta=meta, root=config.root, seed=0)
+    data = load_data(
+        config.data, model=model, meta=meta, root=config.root, seed=0,
+        preprocessing=preprocessing_of(config), classes=config.classes,
+    )  # fmt: skip
     example = examples(data.val, 2)
     units = select_layers(model, example, config.layers or None)  # found once, passed on
     layers = list(units)

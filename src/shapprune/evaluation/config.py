@@ -33,6 +33,11 @@ class ExperimentConfig:
 
     model: str = "lenet5"
     data: str = "mnist5k"
+    # a source beyond the zoo, as --model-arg / --weights / --image-size ... give it
+    model_args: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    classes: str | None = None
     layers: list[str] = field(default_factory=list)
     criteria: list[CriterionSpec] = field(default_factory=list)
     experiments: list[str] = field(default_factory=lambda: ["robustness", "rates"])
@@ -55,6 +60,10 @@ class ExperimentConfig:
 _TYPES: dict[str, tuple[type, ...]] = {
     "model": (str,),
     "data": (str,),
+    "model_args": (dict,),
+    "weights": (str, type(None)),
+    "preprocessing": (dict,),
+    "classes": (str, type(None)),
     "layers": (list,),
     "criteria": (list,),
     "experiments": (list,),
@@ -102,6 +111,34 @@ def load_config(path: str | Path) -> ExperimentConfig:
     return parse_config(raw, str(path))
 
 
+PREPROCESSING = {"image_size": int, "resize": int, "mean": (int, float), "std": (int, float)}
+
+
+def _check_preprocessing(given: dict[str, Any], source: str) -> None:
+    """``preprocessing``: image_size and resize are integers, mean and std a number or a
+    list of numbers (one per channel), as the command's --image-size ... --std take them."""
+    for key, value in given.items():
+        if key not in PREPROCESSING:
+            raise ValueError(
+                f"{source}: unknown key 'preprocessing.{key}'; known: {', '.join(PREPROCESSING)}"
+            )
+        kind = PREPROCESSING[key]
+        values = value if isinstance(value, list) and kind is not int else [value]
+        if not values or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+            want = "an integer" if kind is int else "a number or a list of numbers"
+            raise ValueError(f"{source}: key 'preprocessing.{key}' must be {want}, got {value!r}")
+
+
+def preprocessing_of(config: ExperimentConfig) -> dict[str, Any]:
+    """The config's preprocessing as ``load_data`` takes it (per-channel tuples)."""
+    out: dict[str, Any] = {}
+    for key, value in config.preprocessing.items():
+        if key in ("mean", "std"):
+            value = tuple(float(v) for v in (value if isinstance(value, list) else [value]))
+        out[key] = value
+    return out
+
+
 def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
     """Check a mapping of settings and turn it into an ``ExperimentConfig``."""
     if not isinstance(raw, dict):
@@ -119,6 +156,7 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
             isinstance(v, item) and not isinstance(v, bool) for v in value
         ):
             raise ValueError(f"{source}: every entry of {key!r} must be {_name(item)}")
+    _check_preprocessing(raw.get("preprocessing", {}), source)
     settings = {("global_" if k == "global" else k): v for k, v in raw.items()}
     settings["criteria"] = [_criterion(c, source) for c in raw.get("criteria", [])]
     config = ExperimentConfig(**settings)
