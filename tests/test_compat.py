@@ -73,3 +73,38 @@ def test_the_command_with_an_old_torch_is_one_line_exit_2(tmp_path):
         "ImportError: torch 2.5.0 is installed; shapprune supports torch >= 2.8 "
         "(pip install 'torch>=2.8')"
     )
+
+
+@pytest.mark.parametrize(
+    ("installed", "said"),
+    [(None, "transformers is not installed"), ("4.57.1", "transformers 4.57.1 is installed")],
+)
+def test_an_optional_library_outside_its_range_is_one_line_naming_the_extra(installed, said):
+    """transformers 4.x lays ViT attention out otherwise: refused before a model is read,
+    with the extra that installs a supported version."""
+    from shapprune.compat import check_optional
+
+    with pytest.raises(ValueError) as err:
+        check_optional("transformers", installed={"transformers": installed})
+    text = str(err.value)
+    assert text.startswith(said) and "pip install 'shapprune[hf]'" in text and "\n" not in text
+    check_optional("transformers", installed={"transformers": "5.25.0"})  # the floor itself is fine
+
+
+def test_an_hf_folder_with_transformers_4_is_refused_by_the_command(tmp_path, monkeypatch, capsys):
+    from helpers import run_cli, save_tiny_hf_vit
+
+    import shapprune.compat
+
+    save_tiny_hf_vit(tmp_path / "vit")
+    capsys.readouterr()  # transformers' own bar while saving
+    real = shapprune.compat.installed_version
+    monkeypatch.setattr(
+        shapprune.compat, "installed_version",
+        lambda dist: "4.46.0" if dist == "transformers" else real(dist),
+    )  # fmt: skip
+    code, _, err = run_cli(monkeypatch, capsys, "prune", "--model", f"hf:{tmp_path / 'vit'}",
+                           "--data", "mnist5k", "--out", tmp_path / "out")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1
+    assert "transformers 4.46.0 is installed; this needs transformers >= 5.25" in err
+    assert not (tmp_path / "out").exists()

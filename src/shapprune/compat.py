@@ -13,6 +13,8 @@ from importlib import metadata
 
 __all__ = [
     "SUPPORTED",
+    "OPTIONAL",
+    "check_optional",
     "check_versions",
     "installed_version",
     "refuse_unsupported",
@@ -26,6 +28,29 @@ SUPPORTED: dict[str, tuple[str, str | None]] = {
     "torch-pruning": ("1.6.1", "2"),
     "zennit": ("0.5.1", "2"),
 }
+
+
+# optional libraries (pyproject's extras): checked where a feature needs them, not at import
+OPTIONAL: dict[str, tuple[str, str | None, str]] = {
+    # transformers 4.x lays ViT attention out otherwise (query/key/value in one module, the
+    # output projection in another): its heads would be taken for plain linear layers
+    "transformers": ("5.25", None, "hf"),
+}
+
+
+def check_optional(dist: str, installed: dict[str, str | None] | None = None) -> None:
+    """One ``ValueError`` line where optional library ``dist`` is missing or outside its
+    range, naming the extra that installs a supported one (``installed``: name -> version,
+    for tests; default: what is installed here)."""
+    low, high, extra = OPTIONAL[dist]
+    found = installed if installed is not None else {dist: installed_version(dist)}
+    version = found.get(dist)
+    if version is None or not _in_range(version, low, high):
+        found = "is not installed" if version is None else f"{version} is installed"
+        raise ValueError(
+            f"{dist} {found}; this needs {dist} {_range_text(low, high)}: "
+            f"pip install 'shapprune[{extra}]'"
+        )
 
 
 def _key(version: str) -> tuple[int, ...]:

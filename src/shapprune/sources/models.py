@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import nn
 
+from shapprune.compat import check_optional
 from shapprune.sources.preprocessing import model_data_meta
 from shapprune.sources.user_code import from_file, from_module, pickled
 from shapprune.sources.weights import PICKLE_SUFFIXES, TRUST_HINT, load_weights
@@ -121,10 +122,9 @@ def _hf(folder: str, **model_args: Any) -> nn.Module:
             f"hf:{folder} is not a Hugging Face model folder: {path / 'config.json'} not found "
             "(save one with model.save_pretrained(DIR))"
         )
-    try:
-        import transformers
-    except ImportError:
-        raise ValueError("hf: models need transformers; pip install transformers") from None
+    check_optional("transformers")
+    import transformers
+
     config = transformers.AutoConfig.from_pretrained(
         str(path), local_files_only=True, trust_remote_code=False
     )
