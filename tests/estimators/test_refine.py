@@ -138,6 +138,26 @@ def test_swaps_within_groups_keep_each_group_s_count_and_start_where_told():
         refine_search(BudgetedGame(game, 100), values, 3, 100, start=(0, 0, 1))
 
 
+def test_the_search_starts_no_step_after_its_deadline():
+    """A time budget running out: the seed set is valued, no swap is tried, and the record
+    says why it stopped (a deadline far away changes nothing)."""
+    import time
+
+    from shapprune.estimators._budget import BudgetedGame
+    from shapprune.estimators.refine import refine_search
+
+    game = _redundant_pairs_game()
+    values = np.zeros(12)
+    budgeted = BudgetedGame(game, 1000)
+    found, info = refine_search(budgeted, values, 3, 1000, start=(0, 1, 6),
+                                deadline=time.perf_counter() - 1)  # fmt: skip
+    assert found == (0, 1, 6) and budgeted.n_evals == 1 and info["stopped"] == "time"
+    far = refine_search(BudgetedGame(game, 1000), values, 3, 1000, start=(0, 1, 6),
+                        deadline=time.perf_counter() + 3600)  # fmt: skip
+    plain = refine_search(BudgetedGame(game, 1000), values, 3, 1000, start=(0, 1, 6))
+    assert far == plain and "stopped" not in plain[1]
+
+
 @pytest.mark.parametrize(
     ("options", "needle"),
     [

@@ -15,6 +15,7 @@ from shapprune.commands.app import (
     CRITERION_PANEL,
     OUTPUT_PANEL,
     PRUNE_OPTION_HELP,
+    RUN_PANEL,
     TARGET_PANEL,
     BatchSizeOpt,
     CheckpointEveryOpt,
@@ -195,6 +196,14 @@ def prune(
             "comma-separated (into --out, each checked against the pruned module)",
         ),
     ] = None,
+    time_budget: Annotated[
+        str | None,
+        _option(
+            RUN_PANEL,
+            help="how long the whole command may take (90s, 10m, 1h), loading included: "
+            "refinement gets what scoring and planning leave; default: none",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     executor: ExecutorOpt = "serial",
     workers: WorkersOpt = 1,
@@ -207,8 +216,11 @@ def prune(
     An interrupted run leaves OUT/scores.checkpoint.json; the same command resumes it.
     """
     from shapprune.data import examples, reference_set
+    from shapprune.pruning.budget import Clock, parse_duration
     from shapprune.pruning.compress import prune_model
     from shapprune.pruning.plan import Target
+
+    clock = Clock(None if time_budget is None else parse_duration(time_budget))
     from shapprune.sources.checkpoint import save_pruned
     from shapprune.sources.data import check_data_source, load_data
 
@@ -237,9 +249,10 @@ def prune(
                 "source": source, "preprocessing": loading["preprocessing"],
                 "classes": loading["classes"]}  # fmt: skip
     check_data_source(data)  # before the model: a zoo model would train on it
-    net, meta = load_model(model, data, root=root, **source)
-    net = net.to(where)
-    splits = load_data(data, model=net, meta=meta, root=root, seed=0, **loading)
+    with clock.stage("loading"):
+        net, meta = load_model(model, data, root=root, **source)
+        net = net.to(where)
+        splits = load_data(data, model=net, meta=meta, root=root, seed=0, **loading)
     chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
     with (
         evaluating(runner, resume, identity, checkpoint_every) as found,
@@ -264,6 +277,7 @@ def prune(
             compensate=fill,
             cost=chosen_cost,
             refine=refine,
+            time_budget=clock,
             report=status.update,
         )
     out.mkdir(parents=True, exist_ok=True)
@@ -280,6 +294,16 @@ def prune(
         overwrite=force,
     )
     summary["source_model"] = model
+    if formats:
+        ref = reference_set(splits.val, per_class=1, seed=seed)
+        with clock.stage("exporting"):
+            lines = [
+                export_line(export_model(pruned.cpu().eval(), ref.x, fmt,
+                                         out / f"model{SUFFIXES[fmt]}"))
+                for fmt in formats
+            ]  # fmt: skip
+    summary["stages"] = {name: round(t, 3) for name, t in clock.stages.items()}
+    summary["seconds"] = round(clock.elapsed(), 3)
     write_json(out / "summary.json", summary, force=True)
     console.print(_metrics_table(summary))
     for note in summary["notes"]:
@@ -288,8 +312,8 @@ def prune(
     console.print(
         f"removed units: {removed}\nwrote {out}/model.safetensors, model.json, summary.json"
     )
-    if formats:
-        ref = reference_set(splits.val, per_class=1, seed=seed)
-        for fmt in formats:
-            done = export_model(pruned.cpu().eval(), ref.x, fmt, out / f"model{SUFFIXES[fmt]}")
-            console.print(export_line(done))
+    for line in lines if formats else []:
+        console.print(line)
+    stages = ", ".join(f"{name} {t:.1f}" for name, t in clock.stages.items())
+    budget_text = "" if clock.limit is None else f" of a {clock.limit:.0f} s budget"
+    console.print(f"{clock.elapsed():.1f} s{budget_text} ({stages})")

@@ -17,6 +17,7 @@ inside the estimator's budget, at one size k only.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,11 +124,13 @@ def refine_search(
     *,
     start: Subset | None = None,
     groups: np.ndarray | None = None,
+    deadline: float | None = None,
 ) -> tuple[Subset, dict]:
     """The best removal set of size ``k`` found by swap beam search seeded by the ``k`` lowest
     ``values`` (or the set ``start``), evaluating at most ``budget`` sets (``step`` per game
     call, 0: 2 x players). ``groups``: one label per player; a swap then stays within a
-    group, so that each group loses as many players as the seed set (a plan's layers)."""
+    group, so that each group loses as many players as the seed set (a plan's layers).
+    ``deadline`` (a ``time.perf_counter()`` time): no new step starts after it."""
     n = len(values)
     step = step or 2 * n
     if start is not None:
@@ -141,7 +144,11 @@ def refine_search(
     tried: dict[Subset, float] = {seed: seed_value}
     current = [(seed, seed_value)]
     steps = 0
+    late = False
     while len(tried) < budget:
+        if deadline is not None and time.perf_counter() >= deadline:
+            late = True
+            break
         candidates = _swaps(current, values, tried, min(step, budget - len(tried)), same)
         if not candidates:
             break  # every swap of the beam's sets is tried: a local optimum
@@ -159,6 +166,8 @@ def refine_search(
         "sets_evaluated": len(tried),
         "swapped": len(set(best) - set(seed)),
     }
+    if late:
+        info["stopped"] = "time"
     return best, info
 
 

@@ -83,20 +83,32 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     return int(macs)
 
 
-def latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
+def latency(
+    model: nn.Module,
+    example: torch.Tensor,
+    repeats: int = 20,
+    warmup: int = 3,
+    max_seconds: float = 5.0,
+) -> float:
     """Median wall time in seconds of one forward pass on ``example`` (inference mode, on the
-    model's device; CUDA is synchronised around each pass)."""
+    model's device; CUDA is synchronised around each pass). Passes stop early once
+    ``max_seconds`` are spent (warm-up included) and at least 3 are timed: a large model
+    on a CPU is timed in seconds, not minutes."""
     example = to_device(example, model)
     sync = torch.cuda.synchronize if example.device.type == "cuda" else lambda: None
-    times = []
+    times: list[float] = []
+    begin = time.perf_counter()
     with _eval_mode(model), torch.inference_mode():
         for i in range(warmup + repeats):
             sync()
             start = time.perf_counter()
             model(example)
             sync()
-            if i >= warmup:
+            spent = time.perf_counter() - begin
+            if i >= warmup or spent > max_seconds / 2:  # a slow warm-up: time from now on
                 times.append(time.perf_counter() - start)
+            if len(times) >= 3 and spent > max_seconds:
+                break
     return statistics.median(times)
 
 

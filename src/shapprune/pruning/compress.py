@@ -12,10 +12,18 @@ import torch
 from torch import nn
 
 from shapprune.criteria.registry import get_criterion
-from shapprune.data import DatasetSplits, as_splits, examples, reference_set
-from shapprune.evaluation.measure import evaluate, measure
+from shapprune.data import DatasetSplits, as_splits, examples, reference_set, split_size
+from shapprune.devices import device_of
+from shapprune.evaluation.measure import count_macs, evaluate, measure
 from shapprune.game.compensation import consumer_means
 from shapprune.game.units import Units, layer_units
+from shapprune.pruning.budget import (
+    MEASURE_MARGIN,
+    Clock,
+    forward_seconds,
+    parse_duration,
+    refine_evaluations,
+)
 from shapprune.pruning.defaults import PRUNE_DEFAULTS, resolve_cost
 from shapprune.pruning.plan import Plan, Target, make_plan, prunable_layers
 from shapprune.pruning.refinement import refine_plan
@@ -57,6 +65,7 @@ def prune_model(
     compensate: bool | str | None = PRUNE_DEFAULTS.compensate,
     cost: str | None = PRUNE_DEFAULTS.cost,
     refine: int = PRUNE_DEFAULTS.refine,
+    time_budget: float | str | Clock | None = None,
     report: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Prune ``model`` by ``criterion`` until ``target`` is met; return the pruned model and
@@ -88,7 +97,13 @@ def prune_model(
     ``cost`` ("macs" or "params", for a global plan): units compete on score per cost
     saved; "auto": the target's kind for a macs or params target; None: score alone.
     ``refine``: evaluations of whole removal sets on the reference examples spent swapping
-    units within layers to improve the plan at its target (``refine_plan``); 0: none.
+    units within layers to improve the plan at its target (``refine_plan``); 0: none. They
+    are held to what the model's size allows (``shapprune.pruning.budget``: a ResNet-50 at
+    224 px gets about 10) or, with ``time_budget``, to what the time allows.
+    ``time_budget``: seconds, a duration text (``"90s"``, ``"10m"``) or a started ``Clock``
+    (a command starts one before it loads the model, so that loading counts): scoring and
+    planning run as they must, measuring is reserved for, and refinement gets the rest and
+    stops when it is spent. The summary's ``stages`` holds each stage's seconds.
     """
     if criterion is None or isinstance(criterion, str):
         criterion = get_criterion(criterion or PRUNE_DEFAULTS.criterion)
@@ -106,6 +121,7 @@ def prune_model(
     if mode == "mask" and steps > 1:
         raise ValueError("iterative pruning (steps > 1) needs mode='remove'")
     say = report or (lambda _msg: None)
+    clock = _clock(time_budget)
     normalisation = normalisation or getattr(criterion, "normalisation", "l1")
     compensate = _compensates(criterion, compensate)
     data = as_splits(data, seed)
@@ -115,6 +131,11 @@ def prune_model(
     ref = reference_set(data.val, per_class=per_class, seed=seed, classes=data.classes)
     units = select_layers(model, example, layers)  # found once per model, then passed on
     chosen = list(units)
+    pass_macs = count_macs(model, example) * len(ref)  # one reference pass: what refining costs
+    pass_s = forward_seconds(model, ref.x.to(device_of(model))) if clock.limit else None
+    measure_passes = 2 * (split_size(data.test) + 64 * 4) / len(ref)  # before, after, latency
+    if clock.limit is not None:
+        say(_budget_plan(clock, pass_s, len(ref), measure_passes, refine, steps))
     start = time.perf_counter()
     current, plans = model, []
     for step in range(1, steps + 1):
@@ -124,46 +145,37 @@ def prune_model(
         def fraction(current=current, units=units, step_target=step_target) -> float:
             return units_fraction(current, units, step_target, example, model)
 
-        with _cut(criterion, step_target, fraction):
+        with _cut(criterion, step_target, fraction), clock.stage("scoring"):
             scores = criterion.score(current, chosen, (ref.x, ref.y), seed=seed)
-        means = None  # of the consumers' inputs on this model: read once for every removal
-        if compensate in (True, "auto"):
-            points = [p for u in units.values() for p in u.mask_points]
-            try:
-                means = consumer_means(current, points, ref.x)
-            except ValueError:  # a consumer that cannot compensate: refused where it matters
-                means = ref.x
-        scopes = (True, False) if global_ == "auto" else (bool(global_),)
-        built_plans = [
-            _plan_and_build(current, scores, step_target, example, scope, normalisation,
-                            model, units, cost, mode, compensate, means, ref)
-            for scope in scopes
-        ]  # fmt: skip
-        plan, fills, built, _ = built_plans[0]
-        if len(built_plans) > 1:  # "auto": the scope whose removal loses less on the reference
-            losses = [evaluate(b, ref)["loss"] if loss is None else loss
-                      for _, _, b, loss in built_plans]  # fmt: skip
-            plan, fills, built, _ = built_plans[losses.index(min(losses))]
-            plan.info["scope"] = {
-                "chosen": "global" if plan.global_ else "per-layer",
-                "reference_loss": {"global": losses[0], "per-layer": losses[1]},
-            }
-            say(f"step {step}/{steps}: {plan.info['scope']['chosen']} cut kept "
-                f"(reference loss {min(losses):.4f} vs {max(losses):.4f})")  # fmt: skip
-        if refine:
-            say(f"step {step}/{steps}: refining the plan ({refine} evaluations)")
-            plan.removals, plan.info["refinement"] = refine_plan(
-                current,
-                plan.removals,
-                scores,
-                (ref.x, ref.y),
-                refine,
-                units=units,
-                compensate=ref.x if fills else None,
-            )
-            if plan.info["refinement"].get("swapped"):  # other units go: build that removal
-                built = apply_removals(current, plan.removals, example, mode=mode, units=units,
-                                       compensate=means if fills else None)  # fmt: skip
+        with clock.stage("planning"):
+            plan, fills, built, means = _best_plan(
+                current, scores, step_target, example, global_, normalisation, model, units,
+                cost, mode, compensate, ref, say, f"step {step}/{steps}",
+            )  # fmt: skip
+        evaluations, why = refine_evaluations(
+            refine, clock, pass_macs=pass_macs, pass_s=pass_s,
+            measure_passes=measure_passes,
+        )  # fmt: skip
+        if clock.limit is not None:
+            evaluations = evaluations // (steps - step + 1)  # the steps left share the time
+        if evaluations < refine:
+            say(f"step {step}/{steps}: refining with {evaluations} of the {refine} "
+                f"evaluations asked ({why})")  # fmt: skip
+        if evaluations >= 2:
+            say(f"step {step}/{steps}: refining the plan ({evaluations} evaluations)")
+            deadline = None
+            if clock.limit is not None:  # evaluations slower than one pass: stop in time
+                deadline = time.perf_counter() + 1.25 * evaluations * pass_s
+            with clock.stage("refining"):
+                plan.removals, plan.info["refinement"] = refine_plan(
+                    current, plan.removals, scores, (ref.x, ref.y), evaluations, units=units,
+                    compensate=ref.x if fills else None, deadline=deadline,
+                )  # fmt: skip
+                if plan.info["refinement"].get("swapped"):  # other units go: build that
+                    fill = means if fills else None
+                    built = apply_removals(current, plan.removals, example, mode=mode,
+                                           units=units, compensate=fill)  # fmt: skip
+            plan.info["refinement"]["evaluations_allowed"] = evaluations
         current = built
         if step < steps:
             units = layer_units(current, chosen, example)
@@ -172,11 +184,13 @@ def prune_model(
     if finetune_epochs > 0:
         say(f"fine-tuning for {finetune_epochs} epochs")
         current.train()
-        train_model(current, data, epochs=finetune_epochs, lr=finetune_lr, seed=seed)
+        with clock.stage("fine-tuning"):
+            train_model(current, data, epochs=finetune_epochs, lr=finetune_lr, seed=seed)
         current.eval()
     loading = {"batch_size": data.batch_size, "workers": data.workers}
-    before = measure(model, data.test, stage="measuring the original", **loading)
-    after = measure(current, data.test, stage="measuring the pruned model", **loading)
+    with clock.stage("measuring"):
+        before = measure(model, data.test, stage="measuring the original", **loading)
+        after = measure(current, data.test, stage="measuring the pruned model", **loading)
     summary = {
         "target": str(target),
         "criterion": getattr(criterion, "name", type(criterion).__name__),
@@ -190,6 +204,8 @@ def prune_model(
         "reference_examples": len(ref),
         "finetune_epochs": finetune_epochs,
         "seconds_scoring_and_planning": score_seconds,
+        "time_budget": clock.limit,
+        "stages": {name: round(t, 3) for name, t in clock.stages.items()},
         "before": before,
         "after": after,
         "removed": _removed_by_layer(plans),
@@ -198,6 +214,75 @@ def prune_model(
         "notes": list(dict.fromkeys(getattr(criterion, "notes", []))),
     }
     return current, summary
+
+
+def _clock(time_budget: float | str | Clock | None) -> Clock:
+    """The run's clock: the one given (started by a command before loading), else one
+    started now with the budget's limit (None: no limit)."""
+    if isinstance(time_budget, Clock):
+        return time_budget
+    return Clock(None if time_budget is None else parse_duration(time_budget))
+
+
+def _budget_plan(
+    clock: Clock, pass_s: float, n_ref: int, measure_passes: float, refine: int, steps: int
+) -> str:
+    """The plan a time budget makes, said before the work starts."""
+    left = clock.left()
+    reserve = MEASURE_MARGIN * measure_passes * pass_s
+    return (
+        f"time budget {clock.limit:.0f} s ({left:.0f} s left): one forward pass of the {n_ref} "
+        f"reference examples takes {pass_s:.2f} s; about {measure_passes:.0f} passes "
+        f"({reserve:.0f} s) are kept for measuring; scoring and planning run as they must "
+        f"and refinement gets what they leave (at most {refine} evaluations"
+        + (f" per step, over {steps} steps)" if steps > 1 else ")")
+    )
+
+
+def _best_plan(
+    model: nn.Module,
+    scores: dict,
+    target: Target,
+    example: torch.Tensor,
+    global_: bool | str,
+    normalisation: str,
+    baseline: nn.Module,
+    units: dict[str, Units],
+    cost: str | None,
+    mode: str,
+    compensate: bool | str,
+    ref,
+    say: Callable[[str], None],
+    where: str,
+) -> tuple[Plan, bool, nn.Module, Any]:
+    """(plan, whether its removal compensates, the removal built, the consumers' means) for
+    this step: with scope "auto", both scopes are planned and built and the one whose
+    removal loses less on the reference examples is kept."""  # fmt: skip
+    means = None  # of the consumers' inputs on this model: read once for every removal
+    if compensate in (True, "auto"):
+        points = [p for u in units.values() for p in u.mask_points]
+        try:
+            means = consumer_means(model, points, ref.x)
+        except ValueError:  # a consumer that cannot compensate: refused where it matters
+            means = ref.x
+    scopes = (True, False) if global_ == "auto" else (bool(global_),)
+    built_plans = [
+        _plan_and_build(model, scores, target, example, scope, normalisation, baseline,
+                        units, cost, mode, compensate, means, ref)
+        for scope in scopes
+    ]  # fmt: skip
+    plan, fills, built, _ = built_plans[0]
+    if len(built_plans) > 1:  # "auto": the scope whose removal loses less on the reference
+        losses = [evaluate(b, ref)["loss"] if loss is None else loss
+                  for _, _, b, loss in built_plans]  # fmt: skip
+        plan, fills, built, _ = built_plans[losses.index(min(losses))]
+        plan.info["scope"] = {
+            "chosen": "global" if plan.global_ else "per-layer",
+            "reference_loss": {"global": losses[0], "per-layer": losses[1]},
+        }
+        say(f"{where}: {plan.info['scope']['chosen']} cut kept "
+            f"(reference loss {min(losses):.4f} vs {max(losses):.4f})")  # fmt: skip
+    return plan, fills, built, means
 
 
 def _compensates(criterion, compensate: bool | str | None) -> bool | str:

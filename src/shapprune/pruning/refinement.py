@@ -42,13 +42,16 @@ def refine_plan(
     compensate: torch.Tensor | None = None,
     metric: str = "loss",
     beam: int = 4,
+    deadline: float | None = None,
 ) -> tuple[dict[str, list[int]], dict]:
     """The plan's ``removals`` improved by at most ``budget`` evaluations of whole removal
     sets on ``data`` (the reference examples), each layer losing as many units as planned.
 
     ``compensate``: the reference inputs whose means removed units leave behind (as the
-    removal that follows will do), else None (zeroed). Returns the removals and a record
-    (value before and after, sets evaluated, units swapped).
+    removal that follows will do), else None (zeroed). ``deadline`` (a
+    ``time.perf_counter()`` time): the search stops there (a time budget running out).
+    Returns the removals and a record (value before and after, sets evaluated, units
+    swapped, ``stopped: "time"`` where the deadline ended it).
     """
     if budget < 2:
         raise ValueError(f"refinement needs a budget of at least 2 evaluations, got {budget}")
@@ -72,8 +75,9 @@ def refine_plan(
     budgeted = BudgetedGame(game, budget, progress=staged_progress("refining"))
     step = max(4, budget // STEPS)  # candidate swaps per step: several steps of climbing
     best, info = refine_search(
-        budgeted, values, len(start), budget, beam=beam, step=step, start=start, groups=groups
-    )
+        budgeted, values, len(start), budget, beam=beam, step=step, start=start, groups=groups,
+        deadline=deadline,
+    )  # fmt: skip
     out: dict[str, list[int]] = {name: list(removals[name]) for name in removals}
     for name in layers:
         sl = game.players_of(name)
