@@ -8,7 +8,9 @@ instead of a traceback from deep inside. ``.ci/run`` tests both ends of the rang
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from importlib import metadata
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "check_optional",
     "check_versions",
     "installed_version",
+    "quiet_transformers",
     "refuse_unsupported",
     "version_problems",
 ]
@@ -135,3 +138,19 @@ def refuse_unsupported() -> None:
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2)
     raise ImportError(message)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers without its progress bars (one per load or save, on every reload of a
+    pruned copy); they are shown again after if they were before."""
+    import transformers
+
+    bars = transformers.utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            bars.enable_progress_bar()

@@ -22,8 +22,14 @@ from shapprune.commands.app import (
     console,
     data_options,
 )
-from shapprune.outputs import check_output
-from shapprune.pruning.export import FORMATS, SUFFIXES, export_line, export_model, parse_formats
+from shapprune.pruning.export import (
+    FORMATS,
+    SUFFIXES,
+    check_export_path,
+    export_line,
+    export_model,
+    parse_formats,
+)
 
 
 @app.command()
@@ -36,7 +42,8 @@ def export(
         ),
     ] = "exported-program",
     out: Annotated[
-        Path | None, typer.Option(rich_help_panel=OUTPUT_PANEL, help="the file to write")
+        Path | None,
+        typer.Option(rich_help_panel=OUTPUT_PANEL, help="the file (hf: the folder) to write"),
     ] = None,
     data: Annotated[
         str | None,
@@ -55,12 +62,16 @@ def export(
     ] = 8,
     root: RootOpt = None,
     force: Annotated[
-        bool, typer.Option(rich_help_panel=OUTPUT_PANEL, help="replace an existing --out file")
+        bool,
+        typer.Option(
+            rich_help_panel=OUTPUT_PANEL,
+            help="replace an existing --out file (hf: write into a folder with files)",
+        ),
     ] = False,
     trust_pickle: TrustPickleOpt = False,
 ) -> None:
-    """Export a pruned model (exported program, ONNX or TorchScript), checked against the
-    pruned module on reference examples."""
+    """Export a pruned model (exported program, ONNX, TorchScript, or a Hugging Face folder
+    for an hf: model), checked against the pruned module on reference examples."""
     from shapprune.data import examples as first_examples
     from shapprune.sources.data import load_data
     from shapprune.sources.models import load_model
@@ -73,7 +84,7 @@ def export(
     target = out if out is not None else folder / f"model{SUFFIXES[fmt]}"
     if fmt == "exported-program" and target.suffix != ".pt2":
         raise ValueError(f"an exported program's file ends in .pt2 (torch.export.load): {target}")
-    check_output(target, force=force)
+    check_export_path(target, fmt, force)
     model, meta = load_model(str(folder), trust_pickle=trust_pickle)
     name = data or meta.get("dataset")
     if name:

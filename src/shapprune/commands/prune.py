@@ -53,7 +53,13 @@ from shapprune.options import declared, parse_options
 from shapprune.outputs import check_output
 from shapprune.progress import using_progress
 from shapprune.pruning.defaults import PRUNE_DEFAULTS, PruneDefaults, resolve_cost
-from shapprune.pruning.export import SUFFIXES, export_line, export_model, parse_formats
+from shapprune.pruning.export import (
+    SUFFIXES,
+    check_exportable,
+    export_line,
+    export_model,
+    parse_formats,
+)
 from shapprune.sources.models import load_model
 
 
@@ -192,8 +198,9 @@ def prune(
         str | None,
         _option(
             OUTPUT_PANEL,
-            help="also export the pruned model: exported-program, onnx and/or torchscript, "
-            "comma-separated (into --out, each checked against the pruned module)",
+            help="also export the pruned model: exported-program, onnx, torchscript and/or hf "
+            "(an hf: model), comma-separated (into --out, each checked against the pruned "
+            "module)",
         ),
     ] = None,
     time_budget: Annotated[
@@ -219,10 +226,10 @@ def prune(
     from shapprune.pruning.budget import Clock, parse_duration
     from shapprune.pruning.compress import prune_model
     from shapprune.pruning.plan import Target
-
-    clock = Clock(None if time_budget is None else parse_duration(time_budget))
     from shapprune.sources.checkpoint import save_pruned
     from shapprune.sources.data import check_data_source, load_data
+
+    clock = Clock(None if time_budget is None else parse_duration(time_budget))
 
     parsed = Target.parse(target)
     chosen_cost = resolve_cost(cost, _scope_choice(global_), parsed.kind)  # before any work
@@ -251,6 +258,8 @@ def prune(
     check_data_source(data)  # before the model: a zoo model would train on it
     with clock.stage("loading"):
         net, meta = load_model(model, data, root=root, **source)
+        for fmt in formats:
+            check_exportable(net, fmt)
         net = net.to(where)
         splits = load_data(data, model=net, meta=meta, root=root, seed=0, **loading)
     chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None

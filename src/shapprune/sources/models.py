@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from shapprune.compat import check_optional
+from shapprune.compat import check_optional, quiet_transformers
 from shapprune.sources.preprocessing import model_data_meta
 from shapprune.sources.user_code import from_file, from_module, pickled
 from shapprune.sources.weights import PICKLE_SUFFIXES, TRUST_HINT, load_weights
@@ -135,16 +135,10 @@ def _hf(folder: str, **model_args: Any) -> nn.Module:
             f"hf:{folder}: config.json names no architecture transformers knows "
             f"({names or 'none'}); remote code is never run"
         )
-    bars = transformers.utils.logging
-    shown = bars.is_progress_bar_enabled()
-    bars.disable_progress_bar()  # one bar per load, on every reload of a pruned copy
-    try:
+    with quiet_transformers():
         model = cls.from_pretrained(
             str(path), local_files_only=True, trust_remote_code=False, **model_args
         )
-    finally:
-        if shown:
-            bars.enable_progress_bar()
     return LogitsOf(model.eval())
 
 
