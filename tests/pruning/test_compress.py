@@ -235,3 +235,29 @@ def test_a_macs_target_aims_the_estimators_at_its_cut(lenet, mnist5k):
     np.testing.assert_allclose(semi.last_estimate.values, direct.values, rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="window weights need kept"):
         semi.score(lenet, ["conv1"], (ref.x, ref.y))
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_one_dependency_graph_per_model_pruned(monkeypatch, steps):
+    """prune's defaults on the zoo VGG (both scopes, cost-aware bisection, compensation
+    chosen, refinement) build one dependency graph per model they prune copies of, plus
+    LRP's own of its float working copy: per step, two (it was 165 in all; every copy
+    made for a plan, a cost or a removal now comes with its graph)."""
+    from helpers import toy_splits
+
+    from shapprune.game import coupling
+
+    built = []
+    real = coupling.DependencyGraph.build_dependency
+
+    def counted(self, model, *args, **kwargs):
+        built.append(type(model).__name__)
+        return real(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(coupling.DependencyGraph, "build_dependency", counted)
+    model = build_model("vgg", seed=0).eval()
+    data = toy_splits(n=20, shape=(1, 28, 28))
+    pruned, summary = prune_model(model, data, target="macs=0.5", per_class=1, refine=4,
+                                  steps=steps)  # fmt: skip
+    assert summary["after"]["macs"] <= 0.5 * summary["before"]["macs"]
+    assert len(built) == 2 * steps, built

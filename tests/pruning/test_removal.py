@@ -202,3 +202,45 @@ def test_a_pruned_copy_is_freed_without_the_garbage_collector(compensate):
         assert alive() is None
     finally:
         gc.enable()
+
+
+GRAPH_CASES = {
+    "resnet20": (lambda: build_model("resnet20", seed=0), (1, 28, 28)),
+    "vit": (lambda: build_model("vit", seed=0), (1, 28, 28)),
+    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), (3, 32, 32)),
+    "densenet": (lambda: torchvision.models.DenseNet(8, (2, 2), 16, num_classes=10), (3, 32, 32)),
+    "shufflenet": (lambda: torchvision.models.shufflenet_v2_x0_5(num_classes=10), (3, 32, 32)),
+    "mobilenet_v3": (lambda: torchvision.models.mobilenet_v3_small(num_classes=10), (3, 32, 32)),
+}  # concatenations (DenseNet), channel shuffles (ShuffleNet), heads (ViT)
+
+
+@pytest.mark.parametrize("name", GRAPH_CASES)
+def test_a_copy_made_with_the_models_graph_prunes_as_a_fresh_graph_does(name):
+    """Removal through the graph copied with the model (``copy_with_graph``) gives the same
+    model, zeroed or compensated, as removal through graphs built on the copy; the graph
+    given is left describing its own model, unchanged."""
+    from shapprune.game.units import build_graph
+    from shapprune.pruning.plan import prunable_layers
+
+    make, shape = GRAPH_CASES[name]
+    torch.manual_seed(0)
+    model = randomise_norms(make())
+    x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(1))
+    graph = build_graph(model, x[:2])
+    units = prunable_layers(model, x[:2], graph)
+    removals = {name: list(range(0, u.n_players, 3)) for name, u in units.items()
+                if u.n_players > 3}  # fmt: skip
+    nodes = {id(n) for n in graph.module2node.values()}
+    for fill in (None, x):
+        fresh = apply_removals(model, removals, x[:2], units=units, compensate=fill)
+        copied = apply_removals(model, removals, x[:2], units=units, compensate=fill,
+                                graph=graph)  # fmt: skip
+        assert {k: v.shape for k, v in copied.state_dict().items()} == {
+            k: v.shape for k, v in fresh.state_dict().items()}  # fmt: skip
+        with torch.no_grad():
+            torch.testing.assert_close(copied(x), fresh(x), rtol=0, atol=0)
+    assert {id(n) for n in graph.module2node.values()} == nodes
+    mine = set(dict(model.named_modules()).values())
+    layers = {m for m in graph.module2node if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)}
+    assert layers and layers <= mine  # the original's layers, not a copy's
+    assert prunable_layers(model, x[:2], graph).keys() == units.keys()  # still the model's

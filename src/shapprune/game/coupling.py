@@ -15,9 +15,15 @@ Three things torch-pruning's own ``get_pruning_group`` does not do for us:
 - A grouped (not depthwise) convolution can only lose whole groups: its units are its
   groups, each removed with its input channels, its output channels and everything coupled
   to either (``channel_parts``, ``prune_players``).
+
+And one thing it does not offer: a copy of a model together with its graph
+(``copy_with_graph``), so that a run builds one graph per model it prunes copies of, not
+one per copy (a graph of ViT-B/16 takes 1.6 s to build, a copy of it a few milliseconds).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch_pruning as tp
@@ -53,6 +59,58 @@ def release(graph: tp.DependencyGraph | None) -> None:
     for node in list(getattr(graph, "module2node", {}).values()):
         node.__dict__.clear()
     graph.__dict__.clear()
+
+
+def copy_with_graph(
+    model: nn.Module, graph: tp.DependencyGraph
+) -> tuple[nn.Module, tp.DependencyGraph]:
+    """A deep copy of ``model`` and of ``graph`` (built on ``model`` in its current shape)
+    that describes the copy: its nodes, dependencies and index mappings are new and point
+    to the copy's modules; the autograd records of the tracing and the pruning functions
+    are shared (neither is changed by pruning). ``copy.deepcopy`` of a graph recurses
+    through its chain of nodes (past Python's limit on a ResNet-50), so it is copied node
+    by node."""
+    memo: dict[int, object] = {}
+    clone = copy.deepcopy(model, memo)
+    shared = {id(graph.ops): graph.ops}
+    for pruner in (*graph.REGISTERED_PRUNERS.values(), *graph.CUSTOMIZED_PRUNERS.values()):
+        shared[id(pruner)] = pruner
+    nodes = list(graph.module2node.values())
+    for node in nodes:
+        for value in (node.grad_fn, *vars(node.module).values()):
+            if hasattr(value, "next_functions"):  # an autograd record of the tracing
+                shared[id(value)] = value
+    memo.update(shared)
+    new = {}
+    for node in nodes:  # in the model: its copy; an operation's record (cat, add): copied
+        twin = copy.copy(node)
+        twin.module = memo.get(id(node.module))
+        if twin.module is None:
+            twin.module = copy.deepcopy(node.module, memo)
+        new[id(node)] = twin
+    for node in nodes:
+        twin = new[id(node)]
+        twin.inputs = [new[id(n)] for n in node.inputs]
+        twin.outputs = [new[id(n)] for n in node.outputs]
+        twin.dependencies = []
+        for dep in node.dependencies:
+            twin_dep = copy.copy(dep)
+            twin_dep.source, twin_dep.target = new[id(dep.source)], new[id(dep.target)]
+            twin_dep.index_mapping = copy.deepcopy(dep.index_mapping, memo)
+            twin.dependencies.append(twin_dep)
+    out = copy.copy(graph)
+    out.model = clone
+    out.module2node = {new[id(n)].module: new[id(n)] for n in nodes}
+    out._module2name = {memo.get(id(m), m): name for m, name in graph._module2name.items()}
+    out._param_to_name = {memo.get(id(p), p): name for p, name in graph._param_to_name.items()}
+    out.ignored_params = [memo.get(id(p), p) for p in graph.ignored_params]
+    out.IGNORED_LAYERS_IN_TRACING = [memo.get(id(m), m) for m in graph.IGNORED_LAYERS_IN_TRACING]
+    out.unwrapped_parameters = copy.deepcopy(graph.unwrapped_parameters, memo)
+    out._pruning_history = copy.deepcopy(graph._pruning_history)
+    out.shuffles = {new[id(n)] for n in getattr(graph, "shuffles", ())}
+    for name in ("_in_channel_pruning_fn", "_out_channel_pruning_fn"):
+        setattr(out, name, set(getattr(graph, name)))
+    return clone, out
 
 
 def _shuffle_views(nodes) -> set:

@@ -176,11 +176,14 @@ def find_units(
 
 
 def layer_units(
-    model: nn.Module, layers: Sequence[str], example_inputs: torch.Tensor
+    model: nn.Module,
+    layers: Sequence[str],
+    example_inputs: torch.Tensor,
+    graph: tp.DependencyGraph | None = None,
 ) -> dict[str, Units]:
-    """The units of each of ``layers``, found with one dependency graph: once per model, then
-    passed on (to planning, removal, the games)."""
-    graph = build_graph(model, example_inputs)
+    """The units of each of ``layers``, found with one dependency graph (``graph``, if
+    built): once per model, then passed on (to planning, removal, the games)."""
+    graph = graph or build_graph(model, example_inputs)
     return {name: find_units(model, name, example_inputs, graph) for name in layers}
 
 

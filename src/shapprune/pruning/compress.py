@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from shapprune.criteria.registry import get_criterion
@@ -16,7 +17,8 @@ from shapprune.data import DatasetSplits, as_splits, examples, reference_set, sp
 from shapprune.devices import device_of
 from shapprune.evaluation.measure import count_macs, evaluate, measure
 from shapprune.game.compensation import consumer_means
-from shapprune.game.units import Units, layer_units
+from shapprune.game.coupling import release
+from shapprune.game.units import Units, build_graph, layer_units
 from shapprune.pruning.budget import (
     MEASURE_MARGIN,
     Clock,
@@ -32,11 +34,14 @@ from shapprune.training import train_model
 
 
 def select_layers(
-    model: nn.Module, example: torch.Tensor, layers: Sequence[str] | None
+    model: nn.Module,
+    example: torch.Tensor,
+    layers: Sequence[str] | None,
+    graph: tp.DependencyGraph | None = None,
 ) -> dict[str, Units]:
     """The layers to prune, with their units: the given ones (checked), else every prunable
-    layer."""
-    available = prunable_layers(model, example)
+    layer (``graph``: the model's dependency graph, if built)."""
+    available = prunable_layers(model, example, graph)
     if not layers:
         return available
     unknown = [name for name in layers if name not in available]
@@ -129,7 +134,8 @@ def prune_model(
         raise ValueError("fine-tuning needs a training split: give data with one (train=...)")
     example = examples(data.val, 2)
     ref = reference_set(data.val, per_class=per_class, seed=seed, classes=data.classes)
-    units = select_layers(model, example, layers)  # found once per model, then passed on
+    graph = build_graph(model, example)  # one per model pruned: copies are made with it
+    units = select_layers(model, example, layers, graph)  # found once per model, passed on
     chosen = list(units)
     pass_macs = count_macs(model, example) * len(ref)  # one reference pass: what refining costs
     pass_s = forward_seconds(model, ref.x.to(device_of(model))) if clock.limit else None
@@ -142,15 +148,15 @@ def prune_model(
         step_target = _step_target(target, step, steps)
         say(f"step {step}/{steps}: scoring {', '.join(chosen)}")
 
-        def fraction(current=current, units=units, step_target=step_target) -> float:
-            return units_fraction(current, units, step_target, example, model)
+        def fraction(current=current, units=units, step_target=step_target, graph=graph):
+            return units_fraction(current, units, step_target, example, model, graph)
 
         with _cut(criterion, step_target, fraction), clock.stage("scoring"):
             scores = criterion.score(current, chosen, (ref.x, ref.y), seed=seed)
         with clock.stage("planning"):
             plan, fills, built, means = _best_plan(
                 current, scores, step_target, example, global_, normalisation, model, units,
-                cost, mode, compensate, ref, say, f"step {step}/{steps}",
+                cost, mode, compensate, ref, say, f"step {step}/{steps}", graph,
             )  # fmt: skip
         evaluations, why = refine_evaluations(
             refine, clock, pass_macs=pass_macs, pass_s=pass_s,
@@ -174,11 +180,13 @@ def prune_model(
                 if plan.info["refinement"].get("swapped"):  # other units go: build that
                     fill = means if fills else None
                     built = apply_removals(current, plan.removals, example, mode=mode,
-                                           units=units, compensate=fill)  # fmt: skip
+                                           units=units, compensate=fill, graph=graph)  # fmt: skip
             plan.info["refinement"]["evaluations_allowed"] = evaluations
         current = built
+        release(graph)  # the pruned model's graph, if another step needs one, is its own
         if step < steps:
-            units = layer_units(current, chosen, example)
+            graph = build_graph(current, example)
+            units = layer_units(current, chosen, example, graph)
         plans.append({**plan.to_dict(), "scores": {k: v.tolist() for k, v in scores.items()}})
     score_seconds = time.perf_counter() - start
     if finetune_epochs > 0:
@@ -254,6 +262,7 @@ def _best_plan(
     ref,
     say: Callable[[str], None],
     where: str,
+    graph: tp.DependencyGraph | None = None,
 ) -> tuple[Plan, bool, nn.Module, Any]:
     """(plan, whether its removal compensates, the removal built, the consumers' means) for
     this step: with scope "auto", both scopes are planned and built and the one whose
@@ -268,7 +277,7 @@ def _best_plan(
     scopes = (True, False) if global_ == "auto" else (bool(global_),)
     built_plans = [
         _plan_and_build(model, scores, target, example, scope, normalisation, baseline,
-                        units, cost, mode, compensate, means, ref)
+                        units, cost, mode, compensate, means, ref, graph)
         for scope in scopes
     ]  # fmt: skip
     plan, fills, built, _ = built_plans[0]
@@ -316,6 +325,7 @@ def _plan_and_build(
     compensate: bool | str,
     means,
     ref,
+    graph: tp.DependencyGraph | None = None,
 ) -> tuple[Plan, bool, nn.Module, float | None]:
     """(plan, whether its removal compensates, the removal built, its loss on ``ref`` where
     already measured) for one scope: the plan is bisected on copies removed as
@@ -327,28 +337,33 @@ def _plan_and_build(
     fill = means if compensate is True or (compensate == "auto" and read) else None
 
     def apply(m: nn.Module, removals: dict) -> nn.Module:
-        return apply_removals(m, removals, example, mode=mode, units=units, compensate=fill)
+        known = graph if m is model else None  # copies are made with the graph (one build)
+        return apply_removals(m, removals, example, mode=mode, units=units, compensate=fill,
+                              graph=known)  # fmt: skip
 
     plan = make_plan(model, scores, target, example, global_=global_,
                      normalisation=normalisation, apply=apply, baseline=baseline, units=units,
                      cost=cost if global_ else None)  # fmt: skip
     if compensate == "auto":
-        fills, built, loss = _better_removal(model, plan.removals, example, mode, units, ref, means)
+        fills, built, loss = _better_removal(
+            model, plan.removals, example, mode, units, ref, means, graph
+        )
         plan.info["compensated"] = fills
         return plan, fills, built, loss
     built = apply_removals(model, plan.removals, example, mode=mode, units=units,
-                           compensate=means if compensate else None)  # fmt: skip
+                           compensate=means if compensate else None, graph=graph)  # fmt: skip
     return plan, compensate, built, None
 
 
 def _better_removal(
-    model: nn.Module, removals: dict, example, mode: str, units, ref, means
+    model: nn.Module, removals: dict, example, mode: str, units, ref, means, graph=None
 ) -> tuple[bool, nn.Module, float]:
     """Whether the removal compensated (by ``means``, the consumers' on ``model``) has a
     lower loss on the reference examples (never the test split) than the removal zeroed,
     that better removal (kept: no rebuild) and its loss."""
-    zeroed = apply_removals(model, removals, example, mode=mode, units=units)
-    filled = apply_removals(model, removals, example, mode=mode, units=units, compensate=means)
+    zeroed = apply_removals(model, removals, example, mode=mode, units=units, graph=graph)
+    filled = apply_removals(model, removals, example, mode=mode, units=units, compensate=means,
+                            graph=graph)  # fmt: skip
     losses = evaluate(filled, ref)["loss"], evaluate(zeroed, ref)["loss"]
     if losses[0] < losses[1]:
         return True, filled, losses[0]
@@ -374,12 +389,18 @@ def _cut(criterion, target: Target, fraction: Callable[[], float]) -> Iterator[N
 
 
 def units_fraction(
-    model: nn.Module, units: dict[str, Units], target: Target, example, baseline: nn.Module
+    model: nn.Module,
+    units: dict[str, Units],
+    target: Target,
+    example,
+    baseline: nn.Module,
+    graph: tp.DependencyGraph | None = None,
 ) -> float:
     """The fraction of the units that the same cut in every layer removes to meet a params
-    or MACs ``target`` (``baseline``: the model its fraction refers to)."""
+    or MACs ``target`` (``baseline``: the model its fraction refers to; ``graph``:
+    ``model``'s dependency graph, if built)."""
     flat = {name: np.zeros(u.n_players) for name, u in units.items()}
-    plan = make_plan(model, flat, target, example, baseline=baseline, units=units)
+    plan = make_plan(model, flat, target, example, baseline=baseline, units=units, graph=graph)
     return plan.n_removed / sum(u.n_players for u in units.values())
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from shapprune.evaluation.measure import count_macs, count_params
@@ -79,13 +80,16 @@ class Plan:
         }
 
 
-def prunable_layers(model: nn.Module, example: torch.Tensor) -> dict[str, Units]:
+def prunable_layers(
+    model: nn.Module, example: torch.Tensor, graph: tp.DependencyGraph | None = None
+) -> dict[str, Units]:
     """The layers whose units can be removed: one representative per coupled group.
 
     Convolutions (channels), linear layers (neurons; not the classifier's outputs and not
-    the projections inside attention modules) and attention modules (heads).
+    the projections inside attention modules) and attention modules (heads). ``graph``:
+    the model's dependency graph, if already built.
     """
-    return prunable_units(model, example)
+    return prunable_units(model, example, graph)
 
 
 def normalise(scores: np.ndarray, how: str) -> np.ndarray:
@@ -183,6 +187,7 @@ def make_plan(
     baseline: nn.Module | None = None,
     units: Mapping[str, Units] | None = None,
     cost: str | None = None,
+    graph: tp.DependencyGraph | None = None,
 ) -> Plan:
     """Choose the units to remove from ``scores`` (layer -> one score per unit, higher =
     more important) so that ``target`` is met.
@@ -192,7 +197,8 @@ def make_plan(
     measured (default: physical removal, ``prune.apply_removals``);
     ``baseline`` is the model the target's fraction refers to (default: ``model``);
     ``units``: the layers' units found on ``model`` (:func:`layer_units`), passed on to the
-    default ``apply`` so that it does not find them again.
+    default ``apply`` so that it does not find them again, as ``graph`` (``model``'s
+    dependency graph): the default ``apply`` copies it with each copy instead of building one.
     ``cost`` ("macs" or "params", global plans only): units compete on their normalised
     score per MAC or parameter their removal saves (:func:`unit_costs`), so that a cheap
     unit of little value is not cut before an expensive one of less value per cost.
@@ -219,7 +225,8 @@ def make_plan(
     if apply is None:
 
         def apply(m: nn.Module, removals: dict[str, list[int]]) -> nn.Module:
-            return apply_removals(m, removals, example, units=units)
+            known = graph if m is model else None
+            return apply_removals(m, removals, example, units=units, graph=known)
 
     per_unit = unit_costs(model, sizes, example, cost, apply) if cost else {}
     if any(c <= 0 for c in per_unit.values()):

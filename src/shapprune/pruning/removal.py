@@ -28,7 +28,7 @@ from shapprune.game.attention import (
     set_head_count,
 )
 from shapprune.game.compensation import fold_means
-from shapprune.game.coupling import prune_players, release
+from shapprune.game.coupling import copy_with_graph, prune_players, release
 from shapprune.game.units import (
     MaskPoint,
     Units,
@@ -63,6 +63,7 @@ def apply_removals(
     *,
     units: Mapping[str, Units] | None = None,
     compensate: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+    graph: tp.DependencyGraph | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with ``removals`` (layer -> unit indices) masked or removed.
 
@@ -73,23 +74,26 @@ def apply_removals(
     many removals); each removed unit's mean over them is folded into its
     consumers' biases first (``shapprune.game.compensation``), as the games compute with
     ``compensate`` set.
+    ``graph``: ``model``'s dependency graph (``build_graph`` on its current shape), copied
+    with it (``copy_with_graph``) instead of built anew on the copy; it is not changed.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-    model = copy.deepcopy(model).eval()
+    if graph is not None and mode == "remove":
+        model, graph = copy_with_graph(model, graph)  # the copy's graph, while its shape holds
+        model.eval()
+    else:
+        model, graph = copy.deepcopy(model).eval(), None
     done = history(model)
     known = dict(units or {})
     changed: set[str] = set()  # layers whose width a removal in this call has changed
-    graph = None  # the copy's dependency graph, while its shape is the one it was built on
     if compensate is not None:
         folds = []
         for layer, which in removals.items():
             if layer not in known:
                 known[layer], graph = _find(model, layer, example_inputs, graph)
             folds += [(p, sorted({int(u) for u in which})) for p in known[layer].mask_points]
-        fold_means(model, folds, compensate)
-        release(graph)
-        graph = None  # a consumer may have been given a bias
+        fold_means(model, folds, compensate)  # biases given to consumers: the graph holds
     for layer, which in removals.items():
         idxs = sorted({int(u) for u in which})
         if not idxs:
