@@ -42,6 +42,7 @@ BENCHMARKS = {  # name -> title, in the order of the document
     "device_check": "12. The device check",
     "torchvision_families": "13. Every torchvision family through prune's defaults",
     "folder_memory": "14. Streaming an image folder",
+    "own_model": "15. Your own model, end to end",
     "demo": "The demo's wall time",
 }
 
@@ -170,6 +171,33 @@ def targets(results: Path) -> list[tuple[str, str, str]]:
                 "< 2.5 GB",
                 f"{f['peak_rss_mb'] / 1024:.2f} GB ({f['wall_s']:.0f} s)",
                 "met" if f["met"] else "missed",
+            )
+        )
+    if (o := load("own_model")) and not o["quick"]:
+        met = {True: "met", False: "missed"}
+        rows.append(
+            (
+                'prune on a user\'s own ResNet class, checkpoint and image folder: "before" '
+                "within a point of the user's own evaluation",
+                f"{o['before']['accuracy']:.4f} vs {o['user']['accuracy']:.4f} "
+                f"({o['user']['examples']:,} test images)",
+                met[o["met"]["before_matches_user"]],
+            )
+        )
+        rows.append(
+            (
+                "the same prune: MACs halved (<= 0.51 of them)",
+                f"{o['macs_ratio']:.3f}",
+                met[o["met"]["macs_halved"]],
+            )
+        )
+        exports = ", ".join(f"{k} {e['accuracy']:.4f}" for k, e in o["exports"].items())
+        rows.append(
+            (
+                'its exported program, ONNX and TorchScript files give "after" (within 0.005) '
+                "in a Python without shapprune",
+                f"after {o['after']['accuracy']:.4f}; {exports}",
+                met[all(o["met"][f"{k}_matches_after"] for k in o["exports"])],
             )
         )
     return rows

@@ -26,6 +26,7 @@ SCRIPTS = [
     "device_check",
     "torchvision_families",
     "folder_memory",
+    "own_model",
 ]
 
 
@@ -271,6 +272,23 @@ def _check_folder_memory(r: dict) -> None:
     assert r["quick"] and r["images"] == 200 and r["pixels"] == 224
     assert r["wall_s"] > 0 and r["peak_rss_mb"] > 0 and r["met"] == (r["peak_rss_mb"] < 2560)
     assert 0.4 <= r["macs_ratio"] <= 0.5  # prune met its target on the streamed folder
+
+
+def _check_own_model(r: dict) -> None:
+    assert r["quick"] and r["checkpoint_keys"] == ["epoch", "model_state_dict", "optimizer"]
+    n = r["images"]["test"]
+    assert n > 0 and r["user"]["examples"] == n and 0 <= r["user"]["accuracy"] <= 1
+    before, after = r["before"], r["after"]
+    assert before["params"] == r["user"]["params"]  # prune loaded the user's own model
+    assert r["macs_ratio"] == pytest.approx(after["macs"] / before["macs"])
+    assert r["macs_ratio"] <= 0.51 and r["met"]["macs_halved"]  # prune halved the MACs
+    assert isinstance(r["before_minus_user"], float)  # computed (90 images: not asserted)
+    assert r["before_minus_user"] == pytest.approx(before["accuracy"] - r["user"]["accuracy"])
+    assert set(r["exports"]) == {"exported-program", "onnx", "torchscript"}
+    for name, e in r["exports"].items():  # each file, without shapprune, gives "after"
+        assert e["examples"] == n and abs(e["accuracy"] - after["accuracy"]) <= 0.005, name
+        assert e["params"] in (None, after["params"])
+    assert r["all_met"] == all(r["met"].values())
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}
