@@ -27,6 +27,7 @@ SCRIPTS = [
     "torchvision_families",
     "folder_memory",
     "own_model",
+    "real_scale",
 ]
 
 
@@ -289,6 +290,17 @@ def _check_own_model(r: dict) -> None:
         assert e["examples"] == n and abs(e["accuracy"] - after["accuracy"]) <= 0.005, name
         assert e["params"] in (None, after["params"])
     assert r["all_met"] == all(r["met"].values())
+
+
+def _check_real_scale(r: dict) -> None:
+    (row,) = r["rows"]
+    assert r["quick"] and row["model"] == "mobilenet_v3_small" and row["pixels"] == 64
+    assert row["pass_s"] > 0 and row["passes"] == pytest.approx(row["prune_s"] / row["pass_s"])
+    assert row["macs_ratio"] <= 0.5 and row["peak_rss_mb"] > 0
+    assert {"scoring", "planning", "measuring"} <= set(row["stages"])
+    assert row["refine_evaluations"] <= row["refine_allowed"]
+    timed = r["budgeted"]
+    assert timed["budget_s"] == 20 and timed["whole_s"] >= timed["prune_s"] > 0
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}

@@ -291,6 +291,30 @@ def test_deterministic_batch_invariant_and_model_unchanged():
     np.testing.assert_allclose(first, one_batch, rtol=1e-5, atol=1e-6 * np.abs(one_batch).max())
 
 
+def test_the_batch_shrinks_to_the_memory_allowed(monkeypatch):
+    """memory_mb bounds one pass's activations: the batch is what fits (at least one
+    example), and the scores are those of larger batches."""
+    from shapprune.criteria import lrp
+    from shapprune.game.pruning_game import activation_bytes
+
+    model = build_model("vgg", image_size=16).eval()
+    x, y = _data((1, 16, 16), n=7)
+    per = lrp.LRP_MEMORY_FACTOR * activation_bytes(model, x[:1])
+    assert LRPCriterion()._batch(model, x) == 64  # the zoo's sizes fit in 2 GB
+    assert LRPCriterion(memory_mb=2.5 * per / 2**20)._batch(model, x) == 2
+    assert LRPCriterion(memory_mb=1e-6)._batch(model, x) == 1
+    sizes = []
+    real = lrp.relevance
+    monkeypatch.setattr(lrp, "relevance", lambda *a: sizes.append(a[-1]) or real(*a))
+    small = LRPCriterion(memory_mb=2.5 * per / 2**20).score(model, ["features.4"], (x, y))
+    whole = LRPCriterion().score(model, ["features.4"], (x, y))
+    assert sizes == [2, 64]
+    np.testing.assert_allclose(small["features.4"], whole["features.4"], rtol=1e-5,
+                               atol=1e-6 * np.abs(whole["features.4"]).max())  # fmt: skip
+    with pytest.raises(ValueError, match="memory_mb"):
+        LRPCriterion(memory_mb=0)
+
+
 def test_least_relevant_filters_matter_least():
     data = load_dataset("mnist5k")
     model = build_model("tinycnn")

@@ -1,6 +1,7 @@
 """Measuring a model: parameters and MACs counted by hand, accuracy and loss by hand."""
 
 import math
+import time
 
 import pytest
 import torch
@@ -71,3 +72,28 @@ def test_latency_restores_training_mode():
     model = _tiny(bias=False).train()
     assert latency(model, torch.randn(1, 1, 4, 4), repeats=2, warmup=1) > 0
     assert model.training
+
+
+class _Slow(torch.nn.Module):
+    """A forward pass that takes ``seconds``, counted."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds, self.calls = seconds, 0
+        self.layer = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        self.calls += 1
+        time.sleep(self.seconds)
+        return self.layer(x)
+
+
+def test_latency_stops_early_on_a_slow_model():
+    """Over ``max_seconds``: at least 3 passes timed, or fewer where each took over a third
+    of it; never all the repeats asked for."""
+    quick = _Slow(0.02)
+    assert latency(quick, torch.randn(1, 2), repeats=200, warmup=3, max_seconds=0.2) >= 0.02
+    assert 3 + 3 <= quick.calls < 20
+    slow = _Slow(0.1)
+    assert latency(slow, torch.randn(1, 2), repeats=20, warmup=3, max_seconds=0.15) >= 0.1
+    assert slow.calls == 2  # the warm-up is timed once it has taken half the limit

@@ -63,6 +63,23 @@ def test_network_game_with_compensation_equals_compensated_removal(name, shape):
     _assert_equals_compensated_removal(model, game, x, y, reference)
 
 
+def test_a_game_given_the_means_already_read_plays_as_one_given_the_inputs():
+    """prune reads the consumers' means once: a game given them (``consumer_means``)
+    values every coalition as a game that reads them from the same inputs does."""
+    model = randomise_norms(build_model("resnet20", in_channels=3, image_size=32, seed=1))
+    x, y = _data((3, 32, 32))
+    reference, _ = _data((3, 32, 32), n=9, seed=5)
+    read = NetworkGame(model, (x, y), metric="margin", compensate=reference)
+    points = [p for u in read.layer_units for p in u.mask_points]
+    means = consumer_means(model, points, reference)
+    given = NetworkGame(model, (x, y), metric="margin", compensate=means)
+    assert given.compensated
+    for seed in range(3):
+        keep, _ = _coalition(read, seed)
+        torch.testing.assert_close(given.logits(keep), read.logits(keep), atol=1e-5, rtol=1e-5)
+    _assert_equals_compensated_removal(model, given, x, y, reference)
+
+
 @pytest.mark.parametrize("cache", [True, False], ids=["cached", "hooks"])
 def test_one_layer_game_with_compensation_equals_removal_cached_or_not(cache):
     model = randomise_norms(build_model("vgg", in_channels=3, image_size=32, seed=0))

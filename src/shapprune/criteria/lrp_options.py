@@ -47,7 +47,10 @@ class LRPOptions:
     composite: str = option(
         "epsilon-plus-flat", f"LRP rules: {'|'.join(COMPOSITES)}, or a tune-lrp JSON file"
     )
-    batch_size: int = option(64, "examples per LRP pass (bounds memory)")
+    batch_size: int = option(64, "examples per LRP pass, at most (see memory_mb)")
+    memory_mb: float = option(
+        2048.0, "activation memory one LRP pass may hold; the batch shrinks to fit it"
+    )
     canonize: bool = option(True, "fit the model for LRP first (merged BatchNorm, explicit sums)")
     epsilon: float = option(1e-6, "stabiliser of the epsilon rule")
     gamma: float = option(0.25, "weight of positive contributions in the gamma rule")
@@ -56,5 +59,7 @@ class LRPOptions:
         check_composite(self.composite)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.memory_mb <= 0:
+            raise ValueError(f"memory_mb must be > 0, got {self.memory_mb}")
         if self.epsilon < 0 or self.gamma < 0:
             raise ValueError(f"epsilon and gamma must be >= 0, got {self.epsilon} and {self.gamma}")

@@ -97,21 +97,52 @@ def _swaps(
     for rank, (removed, _) in enumerate(beam):
         inside = np.array(removed)
         outside = np.setdiff1d(np.arange(n), inside)
-        cost = values[outside][None, :] - values[inside][:, None]  # (in R, outside R)
-        if groups is not None:
-            cost = np.where(groups[inside][:, None] == groups[outside][None, :], cost, np.inf)
-        order = np.argsort(cost, axis=None, kind="stable")
+        # a swap already tried or already found is skipped: this many cheapest suffice
+        wanted = limit + len(tried) + len(keys)
         found = 0
-        for a, b in zip(*np.unravel_index(order, cost.shape), strict=True):
-            if not np.isfinite(cost[a, b]):
-                break  # the rest cross groups
+        for a, b, cost in zip(*_cheapest(values, inside, outside, groups, wanted), strict=True):
             new = tuple(sorted((*(u for u in removed if u != inside[a]), int(outside[b]))))
             if new not in tried and new not in keys:
-                keys[new] = (float(cost[a, b]), rank, new)
+                keys[new] = (float(cost), rank, new)
                 found += 1
                 if found == limit:
                     break
     return sorted(keys, key=keys.__getitem__)[:limit]
+
+
+def _cheapest(
+    values: np.ndarray,
+    inside: np.ndarray,
+    outside: np.ndarray,
+    groups: np.ndarray | None,
+    m: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``m`` cheapest swaps (positions ``a`` in ``inside``, ``b`` in ``outside``, and
+    their costs ``values[outside[b]] - values[inside[a]]``), within groups where given, in
+    the order of a stable sort of the whole (inside x outside) cost matrix: by cost, then
+    by ``a``, then by ``b``. Found group by group and by partial selection: ResNet-50's
+    plans swap among 11,000 units (a 29-million-entry matrix sorted took 4 s a step)."""
+    width = len(outside)
+    labels = [None] if groups is None else np.unique(groups[inside])
+    costs, flats = [], []
+    for label in labels:
+        ia = np.arange(len(inside)) if label is None else np.flatnonzero(groups[inside] == label)
+        ob = np.arange(width) if label is None else np.flatnonzero(groups[outside] == label)
+        if not len(ia) or not len(ob):
+            continue
+        cost = (values[outside[ob]][None, :] - values[inside[ia]][:, None]).ravel()
+        flat = (ia[:, None] * width + ob[None, :]).ravel()
+        if len(cost) > m:  # the m smallest, and every tie of the m-th
+            keep = cost <= np.partition(cost, m - 1)[m - 1]
+            cost, flat = cost[keep], flat[keep]
+        costs.append(cost)
+        flats.append(flat)
+    if not costs:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0)
+    cost, flat = np.concatenate(costs), np.concatenate(flats)
+    order = np.lexsort((flat, cost))[:m]
+    return flat[order] // width, flat[order] % width, cost[order]
 
 
 def refine_search(

@@ -122,11 +122,19 @@ def compensation_matrix(consumer: nn.Module, mean: torch.Tensor) -> torch.Tensor
 
 
 def matrices(
-    model: nn.Module, points: Sequence[MaskPoint], x: torch.Tensor, batch_size: int = 256
+    model: nn.Module,
+    points: Sequence[MaskPoint],
+    x: torch.Tensor | Mapping[str, torch.Tensor],
+    batch_size: int = 256,
 ) -> dict[str, torch.Tensor]:
-    """Per consumer of ``points``, its compensation matrix from the means over ``x``."""
+    """Per consumer of ``points``, its compensation matrix from the means over ``x``, or
+    from ``x`` where it holds the means already (``consumer_means`` of this model: prune
+    reads them once for its plans, its removals and its refinement)."""
     modules = dict(model.named_modules())
-    means = consumer_means(model, points, x, batch_size)
+    if isinstance(x, Mapping):
+        means = {p.module: x[p.module] for p in points}
+    else:
+        means = consumer_means(model, points, x, batch_size)
     return {name: compensation_matrix(modules[name], mean) for name, mean in means.items()}
 
 

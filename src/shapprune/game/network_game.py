@@ -48,7 +48,7 @@ class NetworkGame(MaskedGame):
         cache: bool = True,
         decompose: bool = True,
         units: Mapping[str, Units] | None = None,
-        compensate: bool | torch.Tensor = False,
+        compensate: bool | torch.Tensor | Mapping[str, torch.Tensor] = False,
     ) -> None:
         if isinstance(layers, str):
             layers = [layers]

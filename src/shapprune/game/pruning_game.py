@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -106,7 +106,7 @@ class MaskedGame:
         batch_size: int,
         memory_mb: float,
         max_stack: int | None,
-        compensate: bool | torch.Tensor = False,
+        compensate: bool | torch.Tensor | Mapping[str, torch.Tensor] = False,
     ) -> None:
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
@@ -123,11 +123,16 @@ class MaskedGame:
         self.spec: Any = None  # the GameSpec it was built from (see from_spec), else None
         self._batch_size = batch_size
         if isinstance(compensate, torch.Tensor):
-            self._compensate_on: torch.Tensor | None = to_device(compensate, self.model)
+            self._compensate_on: Any = to_device(compensate, self.model)
+        elif isinstance(compensate, Mapping):  # the consumers' means, already read
+            self._compensate_on = {k: to_device(v, self.model) for k, v in compensate.items()}
         elif compensate is True or compensate is False:
             self._compensate_on = self.x if compensate else None
         else:
-            raise TypeError("compensate must be True, False, or the reference inputs (a tensor)")
+            raise TypeError(
+                "compensate must be True, False, the reference inputs (a tensor) or the "
+                "consumers' means on them (consumer_means)"
+            )
 
     @property
     def compensated(self) -> bool:
@@ -171,7 +176,7 @@ class MaskedGame:
         if self._split is not None:
             per_example = self._split.bytes_per_example
         else:
-            per_example = _activation_bytes(self.model, self.x[:1])
+            per_example = activation_bytes(self.model, self.x[:1])
         # one coalition's pass must fit the memory budget: fewer examples per pass if not
         self.batch_size = max(
             1, min(self._batch_size, len(self.x), int(self.memory_bytes // per_example))
@@ -323,7 +328,7 @@ class PruningGame(MaskedGame):
         cache: bool = True,
         decompose: bool = True,
         units: Units | None = None,
-        compensate: bool | torch.Tensor = False,
+        compensate: bool | torch.Tensor | Mapping[str, torch.Tensor] = False,
     ) -> None:
         if units is not None and units.layer != layer:
             raise ValueError(f"the units given are {units.layer!r}'s, not {layer!r}'s")
@@ -356,7 +361,7 @@ def _tensor(value) -> torch.Tensor:
     return value if isinstance(value, torch.Tensor) else torch.as_tensor(value, device="cpu")
 
 
-def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     """Bytes of all module outputs in one forward pass on ``x`` (one example)."""
     total = 0
 

@@ -175,7 +175,7 @@ def prune_model(
             with clock.stage("refining"):
                 plan.removals, plan.info["refinement"] = refine_plan(
                     current, plan.removals, scores, (ref.x, ref.y), evaluations, units=units,
-                    compensate=ref.x if fills else None, deadline=deadline,
+                    compensate=means if fills else None, deadline=deadline,
                 )  # fmt: skip
                 if plan.info["refinement"].get("swapped"):  # other units go: build that
                     fill = means if fills else None

@@ -39,7 +39,7 @@ def refine_plan(
     budget: int,
     *,
     units: Mapping[str, Units] | None = None,
-    compensate: torch.Tensor | None = None,
+    compensate: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
     metric: str = "loss",
     beam: int = 4,
     deadline: float | None = None,
@@ -48,7 +48,8 @@ def refine_plan(
     sets on ``data`` (the reference examples), each layer losing as many units as planned.
 
     ``compensate``: the reference inputs whose means removed units leave behind (as the
-    removal that follows will do), else None (zeroed). ``deadline`` (a
+    removal that follows will do), or those means already read (``consumer_means`` on
+    ``model``), else None (zeroed). ``deadline`` (a
     ``time.perf_counter()`` time): the search stops there (a time budget running out).
     Returns the removals and a record (value before and after, sets evaluated, units
     swapped, ``stopped: "time"`` where the deadline ended it).

@@ -1,0 +1,202 @@
+"""Real-size models at real speed: ``prune_model`` with ``shapprune prune``'s defaults on
+torchvision networks at 224 px, its wall time as a multiple of one forward pass of the
+reference examples measured in the same process, its stages, and its peak memory.
+
+Each model runs in its own subprocess (its peak resident memory is its own): torchvision's
+builder with random weights (seeded; these figures are about time, not accuracy) and 10
+classes, 60 reference examples (6 per class) and a test split of 60 random images, both
+in memory. One forward pass of the 60 reference examples is timed first (inference mode,
+the median of 3), then ``prune_model(model, data, target="macs=0.5", per_class=6)`` with
+every other argument at its default (LRP, scope auto, compensation auto, refinement), then
+the same with ``time_budget=90`` on ResNet-50: the budget's clock starts before the model
+is built, so building it counts.
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/real_scale.py`` (about 20 minutes on one
+thread); ``--models resnet50,vit_b_16`` for some; ``--quick``: MobileNet-V3-Small at 64 px
+with 20 reference examples (the suite's smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import RESULTS, machine
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("resnet50", "convnext_tiny", "vit_b_16", "efficientnet_b0", "mobilenet_v3_large")
+BUDGETED = "resnet50"
+BUDGET_S = 90.0
+GOAL_PASSES = 15
+CLASSES = 10
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one small model (smoke test)")
+    parser.add_argument("--models", default=",".join(MODELS), help="torchvision builders")
+    parser.add_argument("--out", type=Path, default=RESULTS / "real_scale.json")
+    parser.add_argument("--budget-run", choices=("yes", "no", "only"), default="yes",
+                        help=f"the run with a {BUDGET_S:.0f} s time budget on {BUDGETED}; "
+                        "only: that run alone, added to the rows stored in --out")  # fmt: skip
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # one model, in this process
+    parser.add_argument("--pixels", type=int, default=224, help=argparse.SUPPRESS)
+    parser.add_argument("--per-class", type=int, default=6, help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=float, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def child(name: str, pixels: int, per_class: int, budget: float | None) -> dict:
+    """Build ``name``, time one reference pass, prune with the defaults: the figures."""
+    from shapprune.pruning.budget import Clock
+
+    clock = Clock(budget)  # before anything is built: loading counts against a budget
+    import statistics
+
+    import torch
+    import torchvision
+
+    from shapprune.data import DatasetSplits, Split
+    from shapprune.pruning.compress import prune_model
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=CLASSES).eval()
+    g = torch.Generator().manual_seed(0)
+    n = per_class * CLASSES
+
+    def split() -> Split:
+        return Split(torch.randn(n, 3, pixels, pixels, generator=g), torch.arange(n) % CLASSES)
+
+    data = DatasetSplits(None, split(), split(), name="random", num_classes=CLASSES,
+                         in_channels=3, image_size=pixels)  # fmt: skip
+    built = clock.elapsed()
+    passes = []
+    with torch.inference_mode():
+        for _ in range(3):
+            start = time.perf_counter()
+            model(data.val.x)
+            passes.append(time.perf_counter() - start)
+    pass_s = statistics.median(passes)
+    start = time.perf_counter()
+    pruned, summary = prune_model(model, data, target="macs=0.5", per_class=per_class,
+                                  time_budget=clock if budget else None)  # fmt: skip
+    seconds = time.perf_counter() - start
+    refinement = [p.get("refinement", {}) for p in summary["plans"]]
+    return {
+        "model": name,
+        "pixels": pixels,
+        "reference_examples": n,
+        "params": summary["before"]["params"],
+        "macs": summary["before"]["macs"],
+        "pass_s": pass_s,
+        "build_s": built,
+        "prune_s": seconds,
+        "passes": seconds / pass_s,
+        "budget_s": budget,
+        "whole_s": clock.elapsed(),  # building, timing the pass and pruning
+        "stages": summary["stages"],
+        "macs_ratio": summary["after"]["macs"] / summary["before"]["macs"],
+        "refine_evaluations": sum(r.get("sets_evaluated", 0) for r in refinement),
+        "refine_allowed": sum(r.get("evaluations_allowed", 0) for r in refinement),
+        "scope": (summary["plans"][0].get("scope") or {}).get("chosen"),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB
+    }
+
+
+def run_child(name: str, pixels: int, per_class: int, budget: float | None) -> dict:
+    """One model in a subprocess: its figures and its peak resident memory."""
+    out = RESULTS / f".real_scale_{name}_{os.getpid()}.json"
+    command = [sys.executable, __file__, "--child", name, "--pixels", str(pixels),
+               "--per-class", str(per_class), "--out", str(out)]  # fmt: skip
+    if budget:
+        command += ["--budget", str(budget)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(out.read_text())
+    out.unlink()
+    result["process_s"] = wall  # the interpreter's start and imports included
+    return result
+
+
+def main() -> None:
+    args = _arguments()
+    if args.child:
+        result = child(args.child, args.pixels, args.per_class, args.budget)
+        args.out.write_text(json.dumps(result))
+        return
+    models = ["mobilenet_v3_small"] if args.quick else args.models.split(",")
+    pixels, per_class = (64, 2) if args.quick else (224, 6)
+    rows = []
+    if args.budget_run == "only":
+        rows = json.loads(args.out.read_text())["rows"]
+    else:
+        for name in models:
+            rows.append(run_child(name, pixels, per_class, None))
+            print(f"{name}: {rows[-1]['prune_s']:.0f} s", file=sys.stderr, flush=True)
+    budgeted = models[0] if args.quick else BUDGETED
+    timed = None
+    if args.budget_run != "no":
+        timed = run_child(budgeted, pixels, per_class, 20.0 if args.quick else BUDGET_S)
+    result = {
+        "machine": machine(),
+        "quick": args.quick,
+        "omp_threads": os.environ.get("OMP_NUM_THREADS", "1"),
+        "goal_passes": GOAL_PASSES,
+        "rows": rows,
+        "budgeted": timed,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    report(result)
+
+
+def report(result: dict) -> None:
+    """The Markdown tables."""
+    rows = result["rows"]
+    px, n = rows[0]["pixels"], rows[0]["reference_examples"]
+    print(f"#### prune's defaults to -50% MACs at {px} px, {n} reference examples\n")
+    print(
+        "| model | params | MACs | one reference pass | prune | in passes | scoring | "
+        "planning | refining (evaluations) | measuring | peak RSS | MACs after | goal met |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        st = r["stages"]
+        met = "yes" if r["passes"] <= result["goal_passes"] else "no"
+        print(f"| {r['model']} | {r['params'] / 1e6:.1f} M | {r['macs'] / 1e9:.2f} G "
+              f"| {r['pass_s']:.2f} s | {r['prune_s']:.0f} s | {r['passes']:.1f} "
+              f"| {st.get('scoring', 0):.0f} s | {st.get('planning', 0):.0f} s "
+              f"| {st.get('refining', 0):.0f} s ({r['refine_evaluations']}) "
+              f"| {st.get('measuring', 0):.0f} s | {r['peak_rss_mb']:,.0f} MB "
+              f"| {r['macs_ratio']:.3f} | {met} |")  # fmt: skip
+    timed = result.get("budgeted")
+    if timed:
+        st = ", ".join(f"{k} {v:.0f} s" for k, v in timed["stages"].items())
+        met = "yes" if timed["whole_s"] <= timed["budget_s"] * 1.1 else "no"
+        print(
+            f"\nWith `time_budget={timed['budget_s']:.0f}` on {timed['model']}: "
+            f"{timed['whole_s']:.0f} s from before building the model to the end "
+            f"(goal: within {timed['budget_s'] * 1.1:.0f} s: {met}); {st}; "
+            f"{timed['refine_evaluations']} refinement evaluations of "
+            f"{timed['refine_allowed']} allowed; MACs after {timed['macs_ratio']:.3f}."
+        )
+    print(
+        f"\nGoal: prune within {result['goal_passes']} reference passes' worth of time. "
+        f"Random weights; {result['omp_threads']} thread(s); peak RSS of each model's "
+        "own process."
+    )
+
+
+if __name__ == "__main__":
+    main()
