@@ -12,8 +12,11 @@ from helpers import USER_MODEL_CODE, run_cli
 from shapprune.pruning.budget import (
     MEASURE_MARGIN,
     REFINE_MACS,
+    SCORE_PLAN_PASSES,
     Clock,
+    measure_seconds,
     parse_duration,
+    reference_per_class,
     refine_evaluations,
 )
 
@@ -69,6 +72,24 @@ def test_with_a_limit_refinement_gets_the_time_left_less_measuring():
     assert refine_evaluations(1000, late, pass_macs=1.0, pass_s=0.5)[0] == 0
     with pytest.raises(ValueError, match="seconds of one reference pass"):
         refine_evaluations(10, clock, pass_macs=1.0)
+
+
+def test_a_short_budget_draws_fewer_reference_examples():
+    """Scoring and planning cost about SCORE_PLAN_PASSES passes of the reference examples:
+    where the time left after measuring cannot hold them, fewer per class, at least one."""
+    assert reference_per_class(25, 10, Clock(), example_s=5.0, measure_s=1e6) == (25, "")
+    clock = Clock(limit=100.0, start=time.perf_counter() - 40)  # 60 s left
+    measure_s = measure_seconds(test_examples=100, example_s=0.02)  # the batch of 64: slow
+    assert measure_s == pytest.approx(1.5 * 100 * 0.02 + 2 * 0.46 + 1.5 * (2.0 + 64 * 0.02))
+    fast = measure_seconds(test_examples=100, example_s=1e-5)  # every pass repeated
+    assert fast == pytest.approx(1.5 * 100 * 1e-5 + 2 * 23e-5 + 1.5 * 13 * 64e-5)
+    left = 60 - MEASURE_MARGIN * measure_s
+    fits = int(left // (SCORE_PLAN_PASSES * 0.05 * 10))
+    n, why = reference_per_class(25, 10, clock, example_s=0.05, measure_s=measure_s)
+    assert fits - 1 <= n <= fits < 25 and "instead of 25" in why and "\n" not in why
+    assert reference_per_class(3, 10, clock, example_s=0.05, measure_s=measure_s) == (3, "")
+    n, why = reference_per_class(25, 10, clock, example_s=10.0, measure_s=measure_s)
+    assert n == 1 and "too short" in why
 
 
 def test_prune_keeps_a_short_budget_and_records_its_stages(tmp_path, monkeypatch, capsys):

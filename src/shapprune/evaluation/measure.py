@@ -19,7 +19,12 @@ from shapprune.data import BATCH_SIZE, Split, batches, examples, known_size
 from shapprune.devices import device_of, to_device
 from shapprune.progress import staged_progress
 
-__all__ = ["count_macs", "count_params", "device_of", "evaluate", "latency", "measure"]
+__all__ = [
+    "LATENCY_S", "count_macs", "count_params", "device_of", "evaluate", "latency", "measure",
+]  # fmt: skip
+
+LATENCY_S = 2.0
+"""Seconds the latency of one batch size is timed for, at most, unless one pass is slower."""
 
 
 @torch.inference_mode()
@@ -88,7 +93,7 @@ def latency(
     example: torch.Tensor,
     repeats: int = 20,
     warmup: int = 3,
-    max_seconds: float = 2.0,
+    max_seconds: float = LATENCY_S,
 ) -> float:
     """Median wall time in seconds of one forward pass on ``example`` (inference mode, on the
     model's device; CUDA is synchronised around each pass). Passes stop early once

@@ -1,11 +1,13 @@
 """How long ``prune`` may take: a duration read from text, the clock the run keeps, and the
 cost model (in forward passes of the reference examples) that shares the time among stages.
 
-Scoring and planning must run whatever they cost; refinement is the stage whose length is
-chosen (its evaluations of whole removal sets are each about one forward pass of the
-reference examples), and measuring the result at the end is reserved for. So the budget
-buys refinement evaluations: the time left after scoring and planning, less the measuring
-reserved, divided by what one evaluation costs (timed on this machine). Without a budget,
+Measuring the result at the end is reserved for first. Scoring and planning cost about
+:data:`SCORE_PLAN_PASSES` forward passes of the reference examples: where the budget
+cannot hold them, fewer reference examples are drawn (``reference_per_class``).
+Refinement is the stage whose length is chosen last (its evaluations of whole removal
+sets are each about one forward pass of the reference examples): the time left after
+scoring and planning, less the measuring reserved, divided by what one evaluation costs
+(timed on this machine). Without a budget,
 refinement is held to :data:`REFINE_MACS` multiply-accumulates of reference forward
 passes, counted, not timed, so that a run is the same on every machine: the 300
 evaluations of the default on the zoo's models, about 10 for a ResNet-50 at 224 px with 60
@@ -24,11 +26,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from shapprune.evaluation.measure import LATENCY_S
+
 __all__ = [
     "REFINE_MACS",
     "Clock",
     "forward_seconds",
     "parse_duration",
+    "measure_seconds",
+    "reference_per_class",
     "refine_evaluations",
 ]
 
@@ -40,6 +46,12 @@ of 250 examples of the zoo's largest model (ResNet-20, 31 MMACs) fit; about 20 s
 MEASURE_MARGIN = 1.5
 """Measuring is reserved for at this multiple of its estimate (latency repeats, loading)."""
 
+SCORE_PLAN_PASSES = 10.0
+"""Scoring and planning with prune's defaults, in forward passes of the reference examples:
+LRP about 5 (a forward pass and a backward pass through its rules), planning both scopes
+about 4 (the consumers' means; each scope's removal evaluated zeroed and compensated; the
+cost measures), and a margin (ResNet-50 at 224 px, 60 examples, one core: 50 s and 45 s
+at 10.4 s a pass). Cautious for a cheaper criterion (weight norms cost none)."""
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -100,11 +112,43 @@ def forward_seconds(model: nn.Module, x: torch.Tensor, batch_size: int = 512) ->
     model.eval()
     try:
         begin = time.perf_counter()
-        for i in range(0, len(x), batch_size):
-            model(x[i : i + batch_size])
+        with torch.inference_mode():
+            for i in range(0, len(x), batch_size):
+                model(x[i : i + batch_size])
         return time.perf_counter() - begin
     finally:
         model.train(was)
+
+
+def measure_seconds(test_examples: int, example_s: float, latency_batch: int = 64) -> float:
+    """What measuring before and after costs (the pruned model counted at half the
+    original): the test split; batch-1 latency (23 passes, at most ``LATENCY_S``); the
+    latency batch (13 passes, or until ``LATENCY_S`` is spent and one more)."""
+    batch_s = latency_batch * example_s
+    ones = 2 * min(LATENCY_S, 23 * example_s)
+    return 1.5 * test_examples * example_s + ones + 1.5 * min(13 * batch_s, LATENCY_S + batch_s)
+
+
+def reference_per_class(
+    asked: int, classes: int, clock: Clock, *, example_s: float, measure_s: float
+) -> tuple[int, str]:
+    """Reference examples per class that let scoring and planning (about
+    :data:`SCORE_PLAN_PASSES` passes of them, ``example_s`` seconds per example) fit in
+    the time left less measuring (``measure_s``, reserved at :data:`MEASURE_MARGIN`): the
+    ``asked`` number, fewer where they do not fit, at least 1; and why (empty: asked)."""
+    if clock.limit is None:
+        return asked, ""
+    seconds = clock.left() - MEASURE_MARGIN * measure_s
+    fits = int(seconds // (SCORE_PLAN_PASSES * max(example_s, 1e-9) * max(classes, 1)))
+    if fits >= asked:
+        return asked, ""
+    n = max(1, fits)
+    return n, (
+        f"{n} reference examples per class instead of {asked}: scoring and planning take "
+        f"about {SCORE_PLAN_PASSES:.0f} passes of them ({example_s:.3f} s per example) and "
+        f"the budget leaves {max(seconds, 0):.0f} s after measuring"
+        + ("; the budget is too short even for this" if fits < 1 else "")
+    )
 
 
 def refine_evaluations(

@@ -23,7 +23,9 @@ from shapprune.pruning.budget import (
     MEASURE_MARGIN,
     Clock,
     forward_seconds,
+    measure_seconds,
     parse_duration,
+    reference_per_class,
     refine_evaluations,
 )
 from shapprune.pruning.defaults import PRUNE_DEFAULTS, resolve_cost
@@ -133,15 +135,24 @@ def prune_model(
     if finetune_epochs > 0 and data.train is None:
         raise ValueError("fine-tuning needs a training split: give data with one (train=...)")
     example = examples(data.val, 2)
+    pass_s, measure_s = None, 0.0
+    if clock.limit is not None:  # a pass per example, timed: what every stage is counted in
+        probe = examples(data.val, 8)
+        example_s = forward_seconds(model, probe.to(device_of(model))) / len(probe)
+        measure_s = measure_seconds(split_size(data.test), example_s)
+        per_class, why = reference_per_class(per_class, data.num_classes, clock,
+                                             example_s=example_s, measure_s=measure_s)  # fmt: skip
+        if why:
+            say(f"time budget: {why}")
     ref = reference_set(data.val, per_class=per_class, seed=seed, classes=data.classes)
     graph = build_graph(model, example)  # one per model pruned: copies are made with it
     units = select_layers(model, example, layers, graph)  # found once per model, passed on
     chosen = list(units)
     pass_macs = count_macs(model, example) * len(ref)  # one reference pass: what refining costs
-    pass_s = forward_seconds(model, ref.x.to(device_of(model))) if clock.limit else None
-    measure_passes = 2 * (split_size(data.test) + 64 * 4) / len(ref)  # before, after, latency
     if clock.limit is not None:
-        say(_budget_plan(clock, pass_s, len(ref), measure_passes, refine, steps))
+        pass_s = example_s * len(ref)
+        say(_budget_plan(clock, pass_s, len(ref), measure_s / pass_s, refine, steps))
+    measure_passes = measure_s / pass_s if pass_s else 0.0
     start = time.perf_counter()
     current, plans = model, []
     for step in range(1, steps + 1):
