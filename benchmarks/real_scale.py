@@ -45,6 +45,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--budget-run", choices=("yes", "no", "only"), default="yes",
                         help=f"the run with a {BUDGET_S:.0f} s time budget on {BUDGETED}; "
                         "only: that run alone, added to the rows stored in --out")  # fmt: skip
+    parser.add_argument("--game", choices=("yes", "no", "only"), default="yes",
+                        help=f"the network-wide game's evaluation rate on {BUDGETED}; only: "
+                        "that alone, added to the results stored in --out")  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)  # one model, in this process
     parser.add_argument("--pixels", type=int, default=224, help=argparse.SUPPRESS)
     parser.add_argument("--per-class", type=int, default=6, help=argparse.SUPPRESS)
@@ -109,6 +112,56 @@ def child(name: str, pixels: int, per_class: int, budget: float | None) -> dict:
     }
 
 
+def game_rate(name: str, pixels: int, per_class: int, coalitions: int) -> dict:
+    """The network-wide game over every prunable layer of ``name`` (Neuron Shapley's game,
+    ``network-shapley``'s), on the reference examples: seconds per evaluation of random
+    coalitions (each keeps a random half of every layer's units), and what each estimator's
+    default budget at that many players would take at that rate."""
+    import torch
+    import torchvision
+
+    from shapprune.estimators.registry import ESTIMATORS, default_budget
+    from shapprune.game.network_game import NetworkGame
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=CLASSES).eval()
+    n = per_class * CLASSES
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 3, pixels, pixels, generator=g), torch.arange(n) % CLASSES
+    start = time.perf_counter()
+    game = NetworkGame(model, (x, y), metric="loss")
+    built = time.perf_counter() - start
+    times = []
+    for _ in range(coalitions):
+        masks = torch.rand(1, game.n_players, generator=g) > 0.5
+        begin = time.perf_counter()
+        game.value(masks)
+        times.append(time.perf_counter() - begin)
+    per_eval = sorted(times)[len(times) // 2]
+    budgets = {}
+    for method in ESTIMATORS:
+        try:
+            budget = default_budget(method, game.n_players)
+        except (TypeError, ValueError):  # a method that needs options it has no default for
+            continue
+        if budget < 10**15:  # exact: every coalition, 2^n (said in the report)
+            budgets[method] = budget
+    return {
+        "model": name,
+        "players": game.n_players,
+        "layers": len(game.layer_units),
+        "filters": sum(
+            m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+        ),  # fmt: skip
+        "examples": n,
+        "cached": game.cached,
+        "build_s": built,
+        "eval_s": per_eval,
+        "evals_per_s": 1 / per_eval,
+        "default_budgets": budgets,
+    }
+
+
 def run_child(name: str, pixels: int, per_class: int, budget: float | None) -> dict:
     """One model in a subprocess: its figures and its peak resident memory."""
     out = RESULTS / f".real_scale_{name}_{os.getpid()}.json"
@@ -131,23 +184,31 @@ def run_child(name: str, pixels: int, per_class: int, budget: float | None) -> d
 
 def main() -> None:
     args = _arguments()
+    if args.child and args.child.startswith("game:"):
+        coalitions = 2 if args.quick else 5
+        result = game_rate(args.child[5:], args.pixels, args.per_class, coalitions)
+        args.out.write_text(json.dumps(result))
+        return
     if args.child:
         result = child(args.child, args.pixels, args.per_class, args.budget)
         args.out.write_text(json.dumps(result))
         return
     models = ["mobilenet_v3_small"] if args.quick else args.models.split(",")
     pixels, per_class = (64, 2) if args.quick else (224, 6)
-    rows = []
-    if args.budget_run == "only":
-        rows = json.loads(args.out.read_text())["rows"]
+    rows, stored = [], {}
+    if "only" in (args.budget_run, args.game):
+        stored = json.loads(args.out.read_text())
+        rows = stored["rows"]
     else:
         for name in models:
             rows.append(run_child(name, pixels, per_class, None))
             print(f"{name}: {rows[-1]['prune_s']:.0f} s", file=sys.stderr, flush=True)
     budgeted = models[0] if args.quick else BUDGETED
-    timed = None
-    if args.budget_run != "no":
+    timed, game = stored.get("budgeted"), stored.get("game")
+    if args.budget_run not in ("no",) and args.game != "only":
         timed = run_child(budgeted, pixels, per_class, 20.0 if args.quick else BUDGET_S)
+    if args.game != "no" and args.budget_run != "only":
+        game = run_child(f"game:{budgeted}", pixels, per_class, None)
     result = {
         "machine": machine(),
         "quick": args.quick,
@@ -155,6 +216,7 @@ def main() -> None:
         "goal_passes": GOAL_PASSES,
         "rows": rows,
         "budgeted": timed,
+        "game": game,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
@@ -191,6 +253,25 @@ def report(result: dict) -> None:
             f"{timed['refine_evaluations']} refinement evaluations of "
             f"{timed['refine_allowed']} allowed; MACs after {timed['macs_ratio']:.3f}."
         )
+    game = result.get("game")
+    if game:
+        print(
+            f"\n#### The network-wide game on {game['model']}: {game['players']:,} players "
+            f"({game['layers']} layers; {game['filters']:,} convolution filters), "
+            f"{game['examples']} examples\n"
+        )
+        print(
+            f"Built in {game['build_s']:.0f} s (prefix cache: {game['cached']}); one "
+            f"evaluation of a random coalition takes {game['eval_s']:.2f} s "
+            f"({game['evals_per_s']:.3f} per second). Each estimator's default budget at "
+            "that many players, at that rate (one process; workers divide it):\n"
+        )
+        print("| estimator | default budget (evaluations) | hours, 1 process | 8 workers |")
+        print("|---|---|---|---|")
+        for method, budget in sorted(game["default_budgets"].items(), key=lambda kv: kv[1]):
+            hours = budget * game["eval_s"] / 3600
+            print(f"| {method} | {budget:,} | {hours:,.1f} | {hours / 8:,.1f} |")
+        print(f"| exact | 2^{game['players']:,} | - | - |")
     print(
         f"\nGoal: prune within {result['goal_passes']} reference passes' worth of time. "
         f"Random weights; {result['omp_threads']} thread(s); peak RSS of each model's "

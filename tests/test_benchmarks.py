@@ -301,6 +301,9 @@ def _check_real_scale(r: dict) -> None:
     assert row["refine_evaluations"] <= row["refine_allowed"]
     timed = r["budgeted"]
     assert timed["budget_s"] == 20 and timed["whole_s"] >= timed["prune_s"] > 0
+    game = r["game"]
+    assert game["players"] > 0 and game["eval_s"] > 0 and game["cached"]
+    assert game["default_budgets"]["loo"] == game["players"] + 1
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}
