@@ -158,3 +158,22 @@ def write_images(
             pixels = rng.integers(0, 120, size=shape) + 60 * c
             Image.fromarray(pixels.astype(np.uint8), mode).save(folder / name / f"{i}.png")
     return folder
+
+
+def separable_splits(n: int = 96, seed: int = 0):
+    """Linearly separable 2-class data (the class is the sign of the mean pixel), 1 x 16 x
+    16: the same split for train, val and test."""
+    from shapprune.data import DatasetSplits, Split
+
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.randn(n, 1, 16, 16, generator=g) * 0.5 + (y.float() * 2 - 1)[:, None, None, None]
+    s = Split(x, y)
+    return DatasetSplits(s, s, s, name="toy", num_classes=2, in_channels=1, image_size=16)
+
+
+def tiny_vgg(seed: int = 0) -> nn.Module:
+    """A one-conv VGG for ``separable_splits``."""
+    from shapprune.zoo.models import build_model
+
+    return build_model("vgg", in_channels=1, image_size=16, num_classes=2, cfg=[4, "M"], seed=seed)

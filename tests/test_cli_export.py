@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime")
 FILES = {"exported-program": "m.pt2", "onnx": "m.onnx", "torchscript": "m.ts"}
 
 # Run by a bare interpreter: no path that holds shapprune (an editable install's included)
-WITHOUT_SHAPPRUNE = textwrap.dedent(
+NO_SHAPPRUNE = textwrap.dedent(
     """
     import os, sys
     sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "shapprune"))]
@@ -30,6 +30,10 @@ WITHOUT_SHAPPRUNE = textwrap.dedent(
         pass
     else:
         raise SystemExit("shapprune is importable: " + shapprune.__file__)
+    """
+)
+WITHOUT_SHAPPRUNE = NO_SHAPPRUNE + textwrap.dedent(
+    """
     import numpy, onnxruntime, torch
     x = torch.load("x.pt", weights_only=True)
     want = torch.load("y.pt", weights_only=True)
@@ -116,17 +120,8 @@ def test_an_export_that_differs_is_an_error(tmp_path, monkeypatch):
 
 
 # A bare interpreter again: the hf folder through from_pretrained, and nothing of shapprune
-FROM_PRETRAINED = textwrap.dedent(
+FROM_PRETRAINED = NO_SHAPPRUNE + textwrap.dedent(
     """
-    import os, sys
-    sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "shapprune"))]
-    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f)]
-    try:
-        import shapprune
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("shapprune is importable: " + shapprune.__file__)
     import torch, transformers
     model = transformers.AutoModelForImageClassification.from_pretrained(sys.argv[1])
     processor = transformers.AutoImageProcessor.from_pretrained(sys.argv[1])

@@ -5,32 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from helpers import separable_splits, tiny_vgg
 from torch.utils.data import TensorDataset
 
 from shapprune import training as train_mod
-from shapprune.data import DatasetSplits, Split
+from shapprune.data import DatasetSplits
 from shapprune.evaluation.measure import evaluate
 from shapprune.training import train_model
-from shapprune.zoo.models import build_model
-
-
-def _toy_data(n: int = 96, seed: int = 0) -> DatasetSplits:
-    """Linearly separable 2-class data: the class is the sign of the mean pixel."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 2
-    x = torch.randn(n, 1, 16, 16, generator=g) * 0.5 + (y.float() * 2 - 1)[:, None, None, None]
-    s = Split(x, y)
-    return DatasetSplits(s, s, s, name="toy", num_classes=2, in_channels=1, image_size=16)
-
-
-def _tiny_model(seed: int = 0) -> nn.Module:
-    return build_model("vgg", in_channels=1, image_size=16, num_classes=2, cfg=[4, "M"], seed=seed)
 
 
 def test_train_model_learns_and_is_seeded() -> None:
-    data = _toy_data()
-    m1, m2 = _tiny_model(), _tiny_model()
+    data = separable_splits()
+    m1, m2 = tiny_vgg(), tiny_vgg()
     before = evaluate(m1, data.test)
     r1 = train_model(m1, data, epochs=3, lr=1e-2, batch_size=16, seed=1, progress=False)
     r2 = train_model(m2, data, epochs=3, lr=1e-2, batch_size=16, seed=1, progress=False)
@@ -49,18 +35,18 @@ def test_train_model_learns_and_is_seeded() -> None:
         torch.equal(a, b)
         for a, b in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True)
     )
-    m3 = _tiny_model()
+    m3 = tiny_vgg()
     train_model(m3, data, epochs=3, lr=1e-2, batch_size=16, seed=2, progress=False)
     assert not torch.equal(m3.classifier[0].weight, m1.classifier[0].weight)
 
 
 def test_train_model_restores_global_rng_and_accepts_options() -> None:
-    data = _toy_data(n=40)
+    data = separable_splits(n=40)
     torch.manual_seed(7)
     expected = torch.rand(2)
     torch.manual_seed(7)
     train_model(
-        _tiny_model(),
+        tiny_vgg(),
         data,
         epochs=1,
         lr=1e-2,
@@ -72,9 +58,9 @@ def test_train_model_restores_global_rng_and_accepts_options() -> None:
     )
     assert torch.equal(torch.rand(2), expected)
     with pytest.raises(ValueError, match="unknown augmentation 'rotate'"):
-        train_model(_tiny_model(), data, epochs=1, lr=1e-2, augment=["rotate"], progress=False)
+        train_model(tiny_vgg(), data, epochs=1, lr=1e-2, augment=["rotate"], progress=False)
     with pytest.raises(ValueError, match="unknown optimizer"):
-        train_model(_tiny_model(), data, epochs=1, lr=1e-2, optimizer="lbfgs", progress=False)
+        train_model(tiny_vgg(), data, epochs=1, lr=1e-2, optimizer="lbfgs", progress=False)
 
 
 def test_augment_crop_shifts_within_padding() -> None:
@@ -99,13 +85,13 @@ def _shift(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 def test_training_streamed_from_a_dataset_follows_the_tensors_order() -> None:
     """A Dataset (an image folder, say) is read batch by batch in the seeded order the
     tensors are indexed in: the same updates, up to float32's batch-shape noise."""
-    data = _toy_data(n=45)
+    data = separable_splits(n=45)
     streamed = DatasetSplits(
         TensorDataset(data.train.x, data.train.y), TensorDataset(data.val.x, data.val.y),
         TensorDataset(data.test.x, data.test.y), name="toy", num_classes=2, in_channels=1,
         image_size=16,
     )  # fmt: skip
-    m1, m2 = _tiny_model(), _tiny_model()
+    m1, m2 = tiny_vgg(), tiny_vgg()
     options = {"epochs": 2, "lr": 1e-2, "batch_size": 8, "seed": 3, "progress": False,
                "augment": ["crop:1", "flip"]}  # fmt: skip
     r1 = train_model(m1, data, **options)

@@ -7,26 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import separable_splits, tiny_vgg
 from torch import nn
 
 from shapprune.evaluation.measure import evaluate
 from shapprune.zoo import training as train_mod
 from shapprune.zoo.cache import cache_dir, pretrained
-from shapprune.zoo.data import DatasetSplits, Split
-from shapprune.zoo.models import build_model
-
-
-def _toy_data(n: int = 96, seed: int = 0) -> DatasetSplits:
-    """Linearly separable 2-class data: the class is the sign of the mean pixel."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 2
-    x = torch.randn(n, 1, 16, 16, generator=g) * 0.5 + (y.float() * 2 - 1)[:, None, None, None]
-    s = Split(x, y)
-    return DatasetSplits(s, s, s, name="toy", num_classes=2, in_channels=1, image_size=16)
-
-
-def _tiny_model(seed: int = 0) -> nn.Module:
-    return build_model("vgg", in_channels=1, image_size=16, num_classes=2, cfg=[4, "M"], seed=seed)
+from shapprune.zoo.data import DatasetSplits
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +23,8 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_evaluate_restores_mode_and_counts() -> None:
-    data = _toy_data(n=10)
-    model = _tiny_model().train()
+    data = separable_splits(n=10)
+    model = tiny_vgg().train()
     out = evaluate(model, data.test, batch_size=3)
     assert model.training
     assert 0.0 <= out["accuracy"] <= 1.0 and out["loss"] > 0 and out["n"] == 10
@@ -68,7 +55,7 @@ def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 def test_pretrained_trains_once_then_loads_from_cache(
     monkeypatch: pytest.MonkeyPatch, _isolated_cache: Path
 ) -> None:
-    data = _toy_data(n=32)
+    data = separable_splits(n=32)
     data = DatasetSplits(
         data.train, data.val, data.test, "toy", num_classes=2, in_channels=1, image_size=16
     )
