@@ -72,7 +72,12 @@ def test_masked_equals_physically_pruned(build, layers, shape):
     assert sum(p.numel() for p in masked.parameters()) == sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         torch.testing.assert_close(masked(x), removed(x), atol=1e-4, rtol=1e-4)
-    assert [step["layer"] for step in history(removed)] == layers
+    from shapprune.game.units import is_attention
+
+    # in the order given, attention heads last (a swapped attention leaves the graph behind)
+    heads = [layer for layer in layers if is_attention(model.get_submodule(layer))]
+    expected = [layer for layer in layers if layer not in heads] + heads
+    assert [step["layer"] for step in history(removed)] == expected
 
 
 def test_heads_are_removed_and_num_heads_updated():
@@ -244,3 +249,50 @@ def test_a_copy_made_with_the_models_graph_prunes_as_a_fresh_graph_does(name):
     layers = {m for m in graph.module2node if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)}
     assert layers and layers <= mine  # the original's layers, not a copy's
     assert prunable_layers(model, x[:2], graph).keys() == units.keys()  # still the model's
+
+
+def _hf_vit():
+    import tempfile
+
+    from helpers import save_tiny_hf_vit
+
+    from shapprune.sources.models import LogitsOf
+
+    with tempfile.TemporaryDirectory() as folder:
+        vit = save_tiny_hf_vit(folder, image_size=32, patch_size=8, num_channels=3,
+                               num_hidden_layers=2, num_attention_heads=4)  # fmt: skip
+    return LogitsOf(vit)
+
+
+ATTENTION_CASES = {
+    "zoo-vit": (lambda: build_model("vit", seed=0), (1, 28, 28)),
+    "tv-vit": (
+        lambda: torchvision.models.VisionTransformer(32, 8, 2, 4, 32, 64, num_classes=10),
+        (3, 32, 32),
+    ),  # fmt: skip
+    "hf-vit": (_hf_vit, (3, 32, 32)),
+}
+
+
+@pytest.mark.parametrize("name", ATTENTION_CASES)
+def test_heads_and_neurons_in_one_call_as_layer_by_layer(name):
+    """One call removing heads and MLP neurons of every block (heads last, one graph kept
+    across layers where it still holds) builds the model that one call per layer (a graph
+    each) builds."""
+    from shapprune.pruning.plan import prunable_layers
+
+    make, shape = ATTENTION_CASES[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1))
+    units = prunable_layers(model, x[:2])
+    removals = {layer: list(range(0, u.n_players, 2)) for layer, u in units.items()}
+    assert {u.kind for u in units.values()} >= {"heads"} and len(removals) >= 4
+    once = apply_removals(model, removals, x[:2])
+    step = model
+    for layer, idxs in removals.items():
+        step = apply_removals(step, {layer: idxs}, x[:2])
+    assert {k: v.shape for k, v in once.state_dict().items()} == {
+        k: v.shape for k, v in step.state_dict().items()}  # fmt: skip
+    with torch.no_grad():
+        torch.testing.assert_close(once(x), step(x), rtol=0, atol=0)
