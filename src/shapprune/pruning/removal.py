@@ -188,8 +188,7 @@ def _remove(
         return graph  # layers of this module alone, cut as the graph would: it still holds
     dg = graph or build_graph(model, example)
     if kind == "heads":
-        _remove_heads(dg, module, idxs)
-        if _follows_widths(dg):  # the fused projection was cut through the graph
+        if _remove_heads(dg, module, idxs):  # the fused projection was cut through the graph
             return dg
         release(dg)
         return None
@@ -198,8 +197,7 @@ def _remove(
     if prune_players(dg, module, n, layer, idxs):  # groups of a grouped conv, if any
         release(dg)
         return None
-    dg.get_pruning_group(module, out_channel_pruner(module), idxs=idxs).prune()
-    if _follows_widths(dg):
+    if _prune_group(dg.get_pruning_group(module, out_channel_pruner(module), idxs=idxs)):
         return dg
     release(dg)
     return None
@@ -210,19 +208,24 @@ def _remove(
 _OFFSET_OPS = ("CONCAT", "SPLIT", "UNBIND", "SLICE", "EXPAND")
 
 
-def _follows_widths(dg: tp.DependencyGraph) -> bool:
-    """Whether ``dg`` still describes its model after one of its groups was pruned: yes
-    unless it holds a concatenation, split or slice (their offsets are from tracing)."""
+def _prune_group(group) -> bool:
+    """Prune a group of torch-pruning's graph; return whether the graph still describes its
+    model: yes unless the group went through a concatenation, split or slice (their
+    offsets were read at tracing). One the group did not reach kept its inputs' widths: a
+    ViT's class-token concatenation and slice are never reached by its neurons' groups."""
     kinds = {getattr(tp.ops.OPTYPE, name, None) for name in _OFFSET_OPS} - {None}
-    return all(node.type not in kinds for node in dg.module2node.values())
+    reached = {dep.target.type for dep, _ in group} | {dep.source.type for dep, _ in group}
+    group.prune()
+    return not (reached & kinds)
 
 
-def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> None:
+def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> bool:
+    """Cut ``heads`` of ``attn``; return whether ``dg`` still describes the model."""
     qkv = getattr(attn, "qkv", None)
     apart = separate_projections(attn)
     if apart is not None and not isinstance(qkv, nn.Linear):
         _remove_separate_heads(attn, apart, heads)
-        return
+        return True
     if not isinstance(qkv, nn.Linear):
         raise NotImplementedError(
             f"physical head removal needs a fused 'qkv' projection or separate q/k/v ones; "
@@ -233,13 +236,14 @@ def _remove_heads(dg: tp.DependencyGraph, attn: nn.Module, heads: list[int]) -> 
     head_dim = width // n_heads
     rows = head_rows(heads, head_dim, parts=3, width=width)
     table = getattr(attn, "relative_position_bias_table", None)  # timm's Swin: (pairs, heads)
-    dg.get_pruning_group(qkv, out_channel_pruner(qkv), idxs=rows).prune()
+    holds = _prune_group(dg.get_pruning_group(qkv, out_channel_pruner(qkv), idxs=rows))
     if isinstance(table, torch.Tensor):  # torch-pruning maps rows onto its heads wrongly
         kept = [h for h in range(n_heads) if h not in set(heads)]
         attn.relative_position_bias_table = nn.Parameter(table.detach()[..., kept])
     attn.num_heads = n_heads - len(heads)
     if hasattr(attn, "attn_dim"):  # timm keeps the concatenated heads' width
         attn.attn_dim = attn.num_heads * head_dim
+    return holds
 
 
 def _remove_separate_heads(attn: nn.Module, qkv: tuple[nn.Linear, ...], heads: list[int]) -> None:
