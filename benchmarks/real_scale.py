@@ -9,10 +9,13 @@ in memory. One forward pass of the 60 reference examples is timed first (inferen
 the median of 3), then ``prune_model(model, data, target="macs=0.5", per_class=6)`` with
 every other argument at its default (LRP, scope auto, compensation auto, refinement), then
 the same with ``time_budget=90`` on ResNet-50: the budget's clock starts before the model
-is built, so building it counts.
+is built, so building it counts. Then ResNet-50 and ViT-B/16 once more in float32 and with
+``precision="bfloat16"`` (the removals' evaluations under autocast), one after the other in
+the same run: the seconds of both are comparable, those of the first table only roughly.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/real_scale.py`` (about 20 minutes on one
-thread); ``--models resnet50,vit_b_16`` for some; ``--quick``: MobileNet-V3-Small at 64 px
+thread); ``--models resnet50,vit_b_16`` for some; ``--precision-run only``: the precision
+comparison alone, added to the results stored in ``--out``; ``--quick``: MobileNet-V3-Small at 64 px
 with 20 reference examples (the suite's smoke test).
 """
 
@@ -32,6 +35,8 @@ from common import RESULTS, machine
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("resnet50", "convnext_tiny", "vit_b_16", "efficientnet_b0", "mobilenet_v3_large")
 BUDGETED = "resnet50"
+PRECISION_MODELS = ("resnet50", "vit_b_16")
+LOW = "bfloat16"
 BUDGET_S = 90.0
 GOAL_PASSES = 15
 CLASSES = 10
@@ -48,14 +53,20 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--game", choices=("yes", "no", "only"), default="yes",
                         help=f"the network-wide game's evaluation rate on {BUDGETED}; only: "
                         "that alone, added to the results stored in --out")  # fmt: skip
+    parser.add_argument("--precision-run", choices=("yes", "no", "only"), default="yes",
+                        help=f"{', '.join(PRECISION_MODELS)} in float32 and in {LOW}; only: "
+                        "that alone, added to the results stored in --out")  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)  # one model, in this process
     parser.add_argument("--pixels", type=int, default=224, help=argparse.SUPPRESS)
     parser.add_argument("--per-class", type=int, default=6, help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
-def child(name: str, pixels: int, per_class: int, budget: float | None) -> dict:
+def child(
+    name: str, pixels: int, per_class: int, budget: float | None, precision: str = "float32"
+) -> dict:
     """Build ``name``, time one reference pass, prune with the defaults: the figures."""
     from shapprune.pruning.budget import Clock
 
@@ -88,11 +99,13 @@ def child(name: str, pixels: int, per_class: int, budget: float | None) -> dict:
     pass_s = statistics.median(passes)
     start = time.perf_counter()
     pruned, summary = prune_model(model, data, target="macs=0.5", per_class=per_class,
-                                  time_budget=clock if budget else None)  # fmt: skip
+                                  time_budget=clock if budget else None,
+                                  precision=precision)  # fmt: skip
     seconds = time.perf_counter() - start
     refinement = [p.get("refinement", {}) for p in summary["plans"]]
     return {
         "model": name,
+        "precision": precision,
         "pixels": pixels,
         "reference_examples": n,
         "params": summary["before"]["params"],
@@ -107,6 +120,7 @@ def child(name: str, pixels: int, per_class: int, budget: float | None) -> dict:
         "macs_ratio": summary["after"]["macs"] / summary["before"]["macs"],
         "refine_evaluations": sum(r.get("sets_evaluated", 0) for r in refinement),
         "refine_allowed": sum(r.get("evaluations_allowed", 0) for r in refinement),
+        "refine_value": refinement[-1].get("value") if refinement else None,
         "scope": (summary["plans"][0].get("scope") or {}).get("chosen"),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB
     }
@@ -162,13 +176,16 @@ def game_rate(name: str, pixels: int, per_class: int, coalitions: int) -> dict:
     }
 
 
-def run_child(name: str, pixels: int, per_class: int, budget: float | None) -> dict:
+def run_child(
+    name: str, pixels: int, per_class: int, budget: float | None, precision: str = "float32"
+) -> dict:
     """One model in a subprocess: its figures and its peak resident memory."""
     out = RESULTS / f".real_scale_{name}_{os.getpid()}.json"
     command = [sys.executable, __file__, "--child", name, "--pixels", str(pixels),
                "--per-class", str(per_class), "--out", str(out)]  # fmt: skip
     if budget:
         command += ["--budget", str(budget)]
+    command += ["--precision", precision]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     env.setdefault("OMP_NUM_THREADS", "1")
     start = time.perf_counter()
@@ -190,13 +207,13 @@ def main() -> None:
         args.out.write_text(json.dumps(result))
         return
     if args.child:
-        result = child(args.child, args.pixels, args.per_class, args.budget)
+        result = child(args.child, args.pixels, args.per_class, args.budget, args.precision)
         args.out.write_text(json.dumps(result))
         return
     models = ["mobilenet_v3_small"] if args.quick else args.models.split(",")
     pixels, per_class = (64, 2) if args.quick else (224, 6)
     rows, stored = [], {}
-    if "only" in (args.budget_run, args.game):
+    if "only" in (args.budget_run, args.game, args.precision_run):
         stored = json.loads(args.out.read_text())
         rows = stored["rows"]
     else:
@@ -205,10 +222,18 @@ def main() -> None:
             print(f"{name}: {rows[-1]['prune_s']:.0f} s", file=sys.stderr, flush=True)
     budgeted = models[0] if args.quick else BUDGETED
     timed, game = stored.get("budgeted"), stored.get("game")
-    if args.budget_run not in ("no",) and args.game != "only":
+    precision = stored.get("precision")
+    alone = {name for name in ("budget_run", "game", "precision_run")
+             if getattr(args, name) == "only"}  # fmt: skip
+    if args.budget_run != "no" and alone <= {"budget_run"}:
         timed = run_child(budgeted, pixels, per_class, 20.0 if args.quick else BUDGET_S)
-    if args.game != "no" and args.budget_run != "only":
+    if args.game != "no" and alone <= {"game"}:
         game = run_child(f"game:{budgeted}", pixels, per_class, None)
+    if args.precision_run != "no" and alone <= {"precision_run"}:
+        precision = [
+            {p: run_child(name, pixels, per_class, None, p) for p in ("float32", LOW)}
+            for name in (models[:1] if args.quick else PRECISION_MODELS)
+        ]
     result = {
         "machine": machine(),
         "quick": args.quick,
@@ -217,6 +242,7 @@ def main() -> None:
         "rows": rows,
         "budgeted": timed,
         "game": game,
+        "precision": precision,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
@@ -253,6 +279,8 @@ def report(result: dict) -> None:
             f"{timed['refine_evaluations']} refinement evaluations of "
             f"{timed['refine_allowed']} allowed; MACs after {timed['macs_ratio']:.3f}."
         )
+    if result.get("precision"):
+        _precision_report(result["precision"])
     game = result.get("game")
     if game:
         print(
@@ -276,6 +304,31 @@ def report(result: dict) -> None:
         f"\nGoal: prune within {result['goal_passes']} reference passes' worth of time. "
         f"Random weights; {result['omp_threads']} thread(s); peak RSS of each model's "
         "own process."
+    )
+
+
+def _precision_report(pairs: list[dict]) -> None:
+    """float32 against bfloat16 autocast, the same models one after the other."""
+    print(f'\n#### The removals\' evaluations in {LOW} (`precision="{LOW}"`)\n')
+    print("| model | precision | prune | in passes | planning | refining (evaluations) "
+          "| MACs after | refinement's value, as evaluated |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for pair in pairs:
+        for p, r in pair.items():
+            st = r["stages"]
+            value = r.get("refine_value")
+            print(f"| {r['model']} | {p} | {r['prune_s']:.0f} s | {r['passes']:.1f} "
+                  f"| {st.get('planning', 0):.0f} s "
+                  f"| {st.get('refining', 0):.0f} s ({r['refine_evaluations']}) "
+                  f"| {r['macs_ratio']:.3f} "
+                  f"| {'-' if value is None else f'{value:.4f}'} |")  # fmt: skip
+    speedups = ", ".join(
+        f"{pair['float32']['model']} {pair['float32']['prune_s'] / pair[LOW]['prune_s']:.2f}x"
+        for pair in pairs
+    )
+    print(
+        f"\nWhole prune, float32 over {LOW}: {speedups}; scoring and measuring stay "
+        "float32 in both."
     )
 
 

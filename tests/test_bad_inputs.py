@@ -104,6 +104,11 @@ CASES = {
     "beam-width-float": (["oracle", "--beam-width", "1.5"], "Invalid value for '--beam-width'"),
     "demo-budget-word": (["demo", "--budget", "x"], "Invalid value for '--budget'"),
     "compare-no-config": (["compare"], "Missing option '--config'"),
+    "precision-unknown": (["prune", "--precision", "fp8"], "precision must be one of"),
+    "precision-float16-on-cpu": (
+        ["prune", "--device", "cpu", "--precision", "float16"],
+        "float16 autocast needs a CUDA device",
+    ),
     # usage
     "unknown-option": (["rank", "--bogus"], "No such option: --bogus"),
     "unknown-command": (["rnak"], "No such command 'rnak'"),

@@ -304,6 +304,13 @@ def _check_real_scale(r: dict) -> None:
     game = r["game"]
     assert game["players"] > 0 and game["eval_s"] > 0 and game["cached"]
     assert game["default_budgets"]["loo"] == game["players"] + 1
+    (pair,) = r["precision"]  # the same model in float32 and under bfloat16 autocast
+    assert {p: row["precision"] for p, row in pair.items()} == {
+        "float32": "float32",
+        "bfloat16": "bfloat16",
+    }
+    assert pair["float32"]["model"] == pair["bfloat16"]["model"] == row["model"]
+    assert all(abs(x["macs_ratio"] - 0.5) <= 0.02 for x in pair.values())
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}

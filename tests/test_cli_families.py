@@ -10,6 +10,7 @@ the values themselves are tested below the CLI). Budgets are the smallest that r
 import json
 
 import pytest
+import torch
 import yaml
 from helpers import randomise_norms, run_cli
 
@@ -83,18 +84,21 @@ def test_prune_with_a_shapley_criterion(family, checkpoints, tmp_path, monkeypat
     assert sum(p.numel() for p in model.parameters()) == summary["after"]["params"]
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_prune_with_its_defaults(family, checkpoints, tmp_path, monkeypatch, capsys):
+def test_prune_with_its_defaults(family, precision, checkpoints, tmp_path, monkeypatch, capsys):
     """The default criterion (LRP), scope and compensation chosen on the reference loss; a
-    short refinement."""
+    short refinement; in float32 and with the removals evaluated under bfloat16 autocast."""
     out = tmp_path / "pruned"
     code, _, err = run_cli(
         monkeypatch, capsys, "prune", "--model", checkpoints[family], "--refine", "4",
-        "--per-class", "2", "--out", out,
+        "--per-class", "2", "--precision", precision, "--out", out,
     )  # fmt: skip
     _ok(code, err)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["criterion"] == "lrp"
+    assert summary["criterion"] == "lrp" and summary["precision"] == precision
+    model, _ = load_checkpoint(out / "model")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert summary["after"]["macs"] <= 0.5 * summary["before"]["macs"] * 1.05
 
 

@@ -16,7 +16,13 @@ from helpers import randomise_norms
 from torch import nn
 
 from shapprune.criteria.registry import get_criterion
-from shapprune.devices import as_float64, available_devices, resolve_device
+from shapprune.devices import (
+    as_float64,
+    autocast,
+    available_devices,
+    check_precision,
+    resolve_device,
+)
 from shapprune.evaluation.measure import count_macs, evaluate
 from shapprune.game.network_game import NetworkGame
 from shapprune.game.pruning_game import PruningGame
@@ -305,3 +311,64 @@ def test_the_whole_pruning_job_creates_no_tensor_off_device(mnist5k):
     assert repeat["removed"] == summary["removed"] and sum(summary["removed"].values()) > 0
     assert repeat["after"]["macs"] == summary["after"]["macs"] < summary["before"]["macs"]
     assert torch.equal(again(small.test.x), pruned(small.test.x))
+
+
+# --- precision: evaluations under autocast ------------------------------------------------
+
+AUTOCASTS = [(d, p) for d in DEVICES for p in ("bfloat16", "float16")
+             if p == "bfloat16" and d in ("cpu", "cuda") or d == "cuda"]  # fmt: skip
+
+
+def test_a_precision_the_device_cannot_autocast_to_is_refused_by_name():
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, float16"):
+        check_precision("fp8", "cpu")
+    with pytest.raises(ValueError, match="float16 autocast needs a CUDA device.*use bfloat16"):
+        check_precision("float16", "cpu")
+    check_precision("float32", "cpu")  # nothing to refuse
+    with autocast("float32", "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast("bfloat16", "cpu"):
+        assert torch.is_autocast_enabled("cpu")
+        # no cache of 16-bit weights: it would hold one per model copy until the block ends
+        assert not torch.is_autocast_cache_enabled()
+
+
+@pytest.mark.parametrize(("device", "precision"), AUTOCASTS)
+@pytest.mark.parametrize("name", ["lenet5", "vgg", "resnet20", "vit"])
+def test_network_game_values_in_16_bits_stay_near_float32(name, device, precision):
+    """The network game over every layer, built and evaluated under autocast: its values
+    differ from float32's by rounding only, and order the coalitions nearly alike."""
+    model = randomise_norms(build_model(name, seed=0)).to(device)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 1, 28, 28, generator=g), torch.arange(32) % 10
+    exact = NetworkGame(model, (x, y))
+    masks = torch.rand(16, exact.n_players, generator=g) > 0.3
+    masks[0] = True
+    expected = exact.value(masks)
+    with autocast(precision, device):
+        rounded = NetworkGame(model, (x, y)).value(masks)
+    assert rounded.dtype == torch.float64
+    assert (rounded != expected).any()  # computed in 16 bits, not float32 again
+    assert (rounded - expected).abs().max() <= 0.01 * max(1.0, float(expected.abs().max()))
+    rho = np.corrcoef(rounded.argsort().argsort(), expected.argsort().argsort())[0, 1]
+    assert rho > 0.9, rho
+
+
+@pytest.mark.parametrize(("device", "precision"), AUTOCASTS)
+def test_prune_model_in_16_bits_meets_the_target_with_a_float32_model(device, precision):
+    model = randomise_norms(build_model("resnet20", seed=0)).to(device)
+    g = torch.Generator().manual_seed(1)
+
+    def split(n: int) -> Split:
+        return Split(torch.randn(n, 1, 28, 28, generator=g), torch.arange(n) % 10)
+
+    data = DatasetSplits(None, split(20), split(20), name="random", num_classes=10,
+                         in_channels=1, image_size=28)  # fmt: skip
+    pruned, summary = prune_model(model, data, target="macs=0.5", per_class=2, refine=4,
+                                  precision=precision)  # fmt: skip
+    assert summary["precision"] == precision
+    assert summary["after"]["macs"] <= 0.5 * summary["before"]["macs"] * 1.05
+    assert {p.dtype for p in pruned.parameters()} == {torch.float32}
+    assert summary["plans"][0]["refinement"]["sets_evaluated"] >= 2
+    with pytest.raises(ValueError, match="precision must be one of"):
+        prune_model(model, data, precision="half")

@@ -7,10 +7,25 @@ has no float64, so there the values move to the CPU first).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
-__all__ = ["as_float64", "available_devices", "device_of", "resolve_device", "to_device"]
+__all__ = [
+    "PRECISIONS",
+    "as_float64",
+    "autocast",
+    "available_devices",
+    "check_precision",
+    "device_of",
+    "resolve_device",
+    "to_device",
+]
+
+PRECISIONS = ("float32", "bfloat16", "float16")
+"""What forward passes may compute in: float32 (exact), or a 16-bit autocast."""
 
 
 def available_devices() -> list[str]:
@@ -67,3 +82,33 @@ def as_float64(t: torch.Tensor) -> torch.Tensor:
     if t.device.type == "mps":
         t = t.cpu()
     return t.double()
+
+
+def check_precision(precision: str, device: torch.device | str) -> None:
+    """Refuse a precision this device cannot autocast to, before any work: float16 only
+    on CUDA (a CPU autocasts to bfloat16 only, and silently falls back otherwise)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    kind = torch.device(device).type
+    if precision == "float16" and kind != "cuda":
+        raise ValueError(f"float16 autocast needs a CUDA device, not {kind}; use bfloat16 here")
+    if precision == "bfloat16" and kind not in ("cuda", "cpu"):
+        raise ValueError(f"bfloat16 autocast is not available on {kind}; use float32 there")
+
+
+@contextlib.contextmanager
+def autocast(precision: str, device: torch.device | str) -> Iterator[None]:
+    """Forward passes within run in ``precision`` on ``device`` (torch's autocast: matrix
+    products and convolutions in 16 bits, reductions and losses in float32); "float32":
+    nothing changes. The parameters stay float32: only activations are rounded.
+
+    Autocast's cache of 16-bit weight copies is off: it would keep one for every model
+    copy the block makes (each plan's bisection prunes copies) until the block ends
+    (ViT-B/16's planning: killed at 19 GB)."""
+    check_precision(precision, device)
+    if precision == "float32":
+        yield
+        return
+    kind, dtype = torch.device(device).type, getattr(torch, precision)
+    with torch.autocast(kind, dtype=dtype, cache_enabled=False):
+        yield

@@ -47,7 +47,7 @@ from shapprune.commands.app import (
 )
 from shapprune.commands.progress import status_progress
 from shapprune.criteria.registry import CRITERIA, get_criterion
-from shapprune.devices import resolve_device
+from shapprune.devices import check_precision, resolve_device
 from shapprune.jobs import evaluating, executor_options
 from shapprune.options import declared, parse_options
 from shapprune.outputs import check_output
@@ -211,6 +211,7 @@ def prune(
             "refinement gets what scoring and planning leave; default: none",
         ),
     ] = None,
+    precision: Annotated[str, _option(RUN_PANEL, "precision")] = PRUNE_DEFAULTS.precision,
     device: DeviceOpt = "auto",
     executor: ExecutorOpt = "serial",
     workers: WorkersOpt = 1,
@@ -237,6 +238,7 @@ def prune(
     source = model_source(model_arg, weights, trust_pickle)
     loading = data_options(image_size, resize, mean, std, classes, batch_size, loader_workers)
     where = resolve_device(device)
+    check_precision(precision, where)
     check_output(out, folder=True)
     resume = out / f"scores.{CHECKPOINT}"
     if out.exists() and any(p != resume for p in out.iterdir()) and not force:
@@ -287,6 +289,7 @@ def prune(
             cost=chosen_cost,
             refine=refine,
             time_budget=clock,
+            precision=precision,
             report=status.update,
         )
     out.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ def _evaluate(
     total_loss, correct, n = 0.0, 0, 0
     for x, y in batches(split, batch_size, workers):
         x, y = x.to(device), y.to(device)
-        logits = model(x)
+        logits = model(x).float()  # an autocast pass's 16-bit logits: the loss in float32
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(dim=1) == y).sum().item())
         n += len(y)

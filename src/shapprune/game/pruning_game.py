@@ -41,10 +41,13 @@ TABLE_BATCH = 32  # ... unless that leaves fewer examples than this per pass
 def metric_sums(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
     """Sum over examples of the metric, per coalition: logits (m, B, K), y (B,) -> (m,).
 
-    Per-example terms are computed in the logits' precision (the loss by a max-shifted
-    log-sum-exp, which is accurate in float32) and summed in float64. With a handful of
-    classes this is several times faster than ``torch.logsumexp`` over the last dimension.
+    Per-example terms are computed in float32 at least (16-bit logits of an autocast pass
+    are widened: their log-sum-exp would lose digits) by a max-shifted log-sum-exp, and
+    summed in float64. With a handful of classes this is several times faster than
+    ``torch.logsumexp`` over the last dimension.
     """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     m, batch, k = logits.shape
     flat = logits.reshape(m * batch, k)
     index = y.repeat(m).view(-1, 1)

@@ -14,7 +14,7 @@ from torch import nn
 
 from shapprune.criteria.registry import get_criterion
 from shapprune.data import DatasetSplits, as_splits, examples, reference_set, split_size
-from shapprune.devices import device_of
+from shapprune.devices import autocast, check_precision, device_of
 from shapprune.evaluation.measure import count_macs, evaluate, measure
 from shapprune.game.compensation import consumer_means
 from shapprune.game.coupling import release
@@ -73,6 +73,7 @@ def prune_model(
     cost: str | None = PRUNE_DEFAULTS.cost,
     refine: int = PRUNE_DEFAULTS.refine,
     time_budget: float | str | Clock | None = None,
+    precision: str = PRUNE_DEFAULTS.precision,
     report: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Prune ``model`` by ``criterion`` until ``target`` is met; return the pruned model and
@@ -111,6 +112,9 @@ def prune_model(
     (a command starts one before it loads the model, so that loading counts): scoring and
     planning run as they must, measuring is reserved for, and refinement gets the rest and
     stops when it is spent. The summary's ``stages`` holds each stage's seconds.
+    ``precision``: "bfloat16" or "float16" (CUDA) run the evaluations of removals (the
+    compensation and scope choices, refinement) under autocast; scoring and the measured
+    accuracies stay float32 (``shapprune.devices.autocast``).
     """
     if criterion is None or isinstance(criterion, str):
         criterion = get_criterion(criterion or PRUNE_DEFAULTS.criterion)
@@ -127,6 +131,7 @@ def prune_model(
         raise ValueError(f"refine is a number of evaluations, >= 0; got {refine}")
     if mode == "mask" and steps > 1:
         raise ValueError("iterative pruning (steps > 1) needs mode='remove'")
+    check_precision(precision, device_of(model))
     say = report or (lambda _msg: None)
     clock = _clock(time_budget)
     normalisation = normalisation or getattr(criterion, "normalisation", "l1")
@@ -164,7 +169,7 @@ def prune_model(
 
         with _cut(criterion, step_target, fraction), clock.stage("scoring"):
             scores = criterion.score(current, chosen, (ref.x, ref.y), seed=seed)
-        with clock.stage("planning"):
+        with clock.stage("planning"), autocast(precision, device_of(current)):
             plan, fills, built, means = _best_plan(
                 current, scores, step_target, example, global_, normalisation, model, units,
                 cost, mode, compensate, ref, say, f"step {step}/{steps}", graph,
@@ -183,7 +188,7 @@ def prune_model(
             deadline = None
             if clock.limit is not None:  # evaluations slower than one pass: stop in time
                 deadline = time.perf_counter() + 1.25 * evaluations * pass_s
-            with clock.stage("refining"):
+            with clock.stage("refining"), autocast(precision, device_of(current)):
                 plan.removals, plan.info["refinement"] = refine_plan(
                     current, plan.removals, scores, (ref.x, ref.y), evaluations, units=units,
                     compensate=means if fills else None, deadline=deadline,
@@ -220,6 +225,7 @@ def prune_model(
         "compensate": compensate,
         "cost": cost,
         "refine": refine,
+        "precision": precision,
         "reference_examples": len(ref),
         "finetune_epochs": finetune_epochs,
         "seconds_scoring_and_planning": score_seconds,

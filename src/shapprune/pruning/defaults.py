@@ -45,6 +45,12 @@ class PruneDefaults:
     steps: int = option(1, "iterative pruning in this many steps, scored anew before each")
     mode: str = option("remove", "remove units physically, or mask them (zeroed, same shape)")
     seed: int = option(0, "draws the reference examples and any random choice")
+    precision: str = option(
+        "float32",
+        "what the evaluations of removals (the plans compared, refinement) compute in: "
+        "float32, or bfloat16 / float16 autocast (faster, values rounded; scoring and "
+        "the measured accuracies stay float32)",
+    )
 
 
 PRUNE_DEFAULTS = PruneDefaults()
