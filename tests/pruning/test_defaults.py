@@ -33,7 +33,9 @@ def test_the_command_passes_the_library_defaults(tmp_path, monkeypatch):
         cli.main()
     assert seen["criterion"].name == PRUNE_DEFAULTS.criterion
     assert seen["target"] == Target.parse(PRUNE_DEFAULTS.target)
-    for name in ("global_", "compensate", "refine", "per_class", "steps", "mode", "seed"):
+    names = ("global_", "compensate", "refine", "per_class", "steps", "mode", "seed",
+             "precision", "recalibrate")  # fmt: skip
+    for name in names:
         assert seen[name] == library[name] == getattr(PRUNE_DEFAULTS, name), name
     # the command resolves "auto" to the target's kind, as the library does
     assert seen["cost"] == resolve_cost(library["cost"], library["global_"], "macs") == "macs"

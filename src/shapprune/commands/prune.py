@@ -173,6 +173,7 @@ def prune(
             f"reference examples); default {_yes_no(PRUNE_DEFAULTS.compensate)}",
         ),
     ] = None,
+    recalibrate: Annotated[bool, _option(TARGET_PANEL, "recalibrate")] = PRUNE_DEFAULTS.recalibrate,
     steps: Annotated[int, _option(TARGET_PANEL, "steps")] = PRUNE_DEFAULTS.steps,
     mode: Annotated[str, _option(TARGET_PANEL, "mode")] = PRUNE_DEFAULTS.mode,
     finetune_epochs: Annotated[
@@ -255,7 +256,8 @@ def prune(
                 "global": global_, "normalisation": normalisation, "steps": steps,
                 "mode": mode, "per_class": per_class, "seed": seed, "root": root,
                 "cost": cost, "compensate": compensate, "refine": refine,
-                "source": source, "preprocessing": loading["preprocessing"],
+                "recalibrate": recalibrate, "source": source,
+                "preprocessing": loading["preprocessing"],
                 "classes": loading["classes"]}  # fmt: skip
     check_data_source(data)  # before the model: a zoo model would train on it
     with clock.stage("loading"):
@@ -290,6 +292,7 @@ def prune(
             refine=refine,
             time_budget=clock,
             precision=precision,
+            recalibrate=recalibrate,
             report=status.update,
         )
     out.mkdir(parents=True, exist_ok=True)

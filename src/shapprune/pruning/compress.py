@@ -30,6 +30,7 @@ from shapprune.pruning.budget import (
 )
 from shapprune.pruning.defaults import PRUNE_DEFAULTS, resolve_cost
 from shapprune.pruning.plan import Plan, Target, make_plan, prunable_layers
+from shapprune.pruning.recalibration import recalibrate_batchnorm
 from shapprune.pruning.refinement import refine_plan
 from shapprune.pruning.removal import apply_removals, history
 from shapprune.training import train_model
@@ -74,6 +75,7 @@ def prune_model(
     refine: int = PRUNE_DEFAULTS.refine,
     time_budget: float | str | Clock | None = None,
     precision: str = PRUNE_DEFAULTS.precision,
+    recalibrate: bool = PRUNE_DEFAULTS.recalibrate,
     report: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Prune ``model`` by ``criterion`` until ``target`` is met; return the pruned model and
@@ -115,6 +117,10 @@ def prune_model(
     ``precision``: "bfloat16" or "float16" (CUDA) run the evaluations of removals (the
     compensation and scope choices, refinement) under autocast; scoring and the measured
     accuracies stay float32 (``shapprune.devices.autocast``).
+    ``recalibrate``: every removal built (the ones compared and the one kept) has its
+    BatchNorm layers' running statistics re-estimated on the reference examples
+    (``shapprune.pruning.recalibration``); refinement's evaluations, on masked copies,
+    keep the original statistics.
     """
     if criterion is None or isinstance(criterion, str):
         criterion = get_criterion(criterion or PRUNE_DEFAULTS.criterion)
@@ -172,7 +178,7 @@ def prune_model(
         with clock.stage("planning"), autocast(precision, device_of(current)):
             plan, fills, built, means = _best_plan(
                 current, scores, step_target, example, global_, normalisation, model, units,
-                cost, mode, compensate, ref, say, f"step {step}/{steps}", graph,
+                cost, mode, compensate, ref, say, f"step {step}/{steps}", graph, recalibrate,
             )  # fmt: skip
         evaluations, why = refine_evaluations(
             refine, clock, pass_macs=pass_macs, pass_s=pass_s,
@@ -197,6 +203,7 @@ def prune_model(
                     fill = means if fills else None
                     built = apply_removals(current, plan.removals, example, mode=mode,
                                            units=units, compensate=fill, graph=graph)  # fmt: skip
+                    _recalibrated(built, ref, recalibrate)
             plan.info["refinement"]["evaluations_allowed"] = evaluations
         current = built
         release(graph)  # the pruned model's graph, if another step needs one, is its own
@@ -226,6 +233,7 @@ def prune_model(
         "cost": cost,
         "refine": refine,
         "precision": precision,
+        "recalibrate": recalibrate,
         "reference_examples": len(ref),
         "finetune_epochs": finetune_epochs,
         "seconds_scoring_and_planning": score_seconds,
@@ -280,6 +288,7 @@ def _best_plan(
     say: Callable[[str], None],
     where: str,
     graph: tp.DependencyGraph | None = None,
+    recalibrate: bool = False,
 ) -> tuple[Plan, bool, nn.Module, Any]:
     """(plan, whether its removal compensates, the removal built, the consumers' means) for
     this step: with scope "auto", both scopes are planned and built and the one whose
@@ -294,7 +303,7 @@ def _best_plan(
     scopes = (True, False) if global_ == "auto" else (bool(global_),)
     built_plans = [
         _plan_and_build(model, scores, target, example, scope, normalisation, baseline,
-                        units, cost, mode, compensate, means, ref, graph)
+                        units, cost, mode, compensate, means, ref, graph, recalibrate)
         for scope in scopes
     ]  # fmt: skip
     plan, fills, built, _ = built_plans[0]
@@ -343,6 +352,7 @@ def _plan_and_build(
     means,
     ref,
     graph: tp.DependencyGraph | None = None,
+    recalibrate: bool = False,
 ) -> tuple[Plan, bool, nn.Module, float | None]:
     """(plan, whether its removal compensates, the removal built, its loss on ``ref`` where
     already measured) for one scope: the plan is bisected on copies removed as
@@ -363,28 +373,47 @@ def _plan_and_build(
                      cost=cost if global_ else None)  # fmt: skip
     if compensate == "auto":
         fills, built, loss = _better_removal(
-            model, plan.removals, example, mode, units, ref, means, graph
+            model, plan.removals, example, mode, units, ref, means, graph, recalibrate
         )
         plan.info["compensated"] = fills
         return plan, fills, built, loss
     built = apply_removals(model, plan.removals, example, mode=mode, units=units,
                            compensate=means if compensate else None, graph=graph)  # fmt: skip
-    return plan, compensate, built, None
+    return plan, compensate, _recalibrated(built, ref, recalibrate), None
 
 
 def _better_removal(
-    model: nn.Module, removals: dict, example, mode: str, units, ref, means, graph=None
+    model: nn.Module,
+    removals: dict,
+    example,
+    mode: str,
+    units,
+    ref,
+    means,
+    graph=None,
+    recalibrate: bool = False,
 ) -> tuple[bool, nn.Module, float]:
     """Whether the removal compensated (by ``means``, the consumers' on ``model``) has a
     lower loss on the reference examples (never the test split) than the removal zeroed,
-    that better removal (kept: no rebuild) and its loss."""
+    that better removal (kept: no rebuild) and its loss (both recalibrated first where
+    ``recalibrate``: compared as they would be kept)."""  # fmt: skip
     zeroed = apply_removals(model, removals, example, mode=mode, units=units, graph=graph)
     filled = apply_removals(model, removals, example, mode=mode, units=units, compensate=means,
                             graph=graph)  # fmt: skip
+    _recalibrated(zeroed, ref, recalibrate)
+    _recalibrated(filled, ref, recalibrate)
     losses = evaluate(filled, ref)["loss"], evaluate(zeroed, ref)["loss"]
     if losses[0] < losses[1]:
         return True, filled, losses[0]
     return False, zeroed, losses[1]
+
+
+def _recalibrated(model: nn.Module, ref, recalibrate: bool) -> nn.Module:
+    """``model`` with its BatchNorm statistics re-estimated on the reference inputs, where
+    ``recalibrate`` (in place: every removal is a copy of its own)."""
+    if recalibrate:
+        recalibrate_batchnorm(model, ref.x)
+    return model
 
 
 @contextmanager

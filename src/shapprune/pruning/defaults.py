@@ -45,6 +45,11 @@ class PruneDefaults:
     steps: int = option(1, "iterative pruning in this many steps, scored anew before each")
     mode: str = option("remove", "remove units physically, or mask them (zeroed, same shape)")
     seed: int = option(0, "draws the reference examples and any random choice")
+    recalibrate: bool = option(
+        True,
+        "re-estimate BatchNorm's running statistics on the reference examples after each "
+        "removal (no labels used): a removal changes what every later BatchNorm sees",
+    )
     precision: str = option(
         "float32",
         "what the evaluations of removals (the plans compared, refinement) compute in: "
