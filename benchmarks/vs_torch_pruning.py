@@ -197,40 +197,54 @@ def prune_torch_pruning(
     example: torch.Tensor,
     seed: int,
     units: dict[str, Units],
+    *,
+    slack: float = 0.0,
+    reductions: dict[float, float] | None = None,
 ) -> nn.Module:
     """MetaPruner with ``method``'s importance, its ratio bisected (as shapprune's
     ``make_plan`` bisects its amount) to the smallest one that meets the MACs target;
-    ``units``: the model's prunable layers (``prunable_layers``, found once per model)."""
+    ``units``: the model's prunable layers (``prunable_layers``, found once per model).
+    ``slack``: the bisection also stops once the cut is within ``target + slack`` (0: only
+    when the ratio's bracket is 1e-4 wide). ``reductions``: ratio -> MACs removed, filled and
+    read (a failure: -1), shared by calls on the same model, method and seed (the targets)."""
     heads = [name for name, u in units.items() if u.kind == "heads"]
     ignored = _ignored_layers(model, units)
     original = count_macs(model, example)
-    cache: dict[float, tuple[float, nn.Module | None]] = {}
+    seen = {} if reductions is None else reductions
+    kept: dict[float, nn.Module] = {}  # the pruned copies that met the target
 
-    def attempt(ratio: float) -> tuple[float, nn.Module | None]:
-        if ratio not in cache:
-            cache[ratio] = _tp_prune(
+    def reached(ratio: float) -> float:
+        if ratio not in seen or (seen[ratio] >= target and ratio not in kept):
+            seen[ratio], pruned = _tp_prune(
                 model, method, grads, ratio, example, ignored, seed, original, heads
             )
-        return cache[ratio]
+            if seen[ratio] >= target:
+                kept[ratio] = pruned
+        return seen[ratio]
+
+    def meets(ratio: float) -> bool:  # only a cut that meets the target is built (kept)
+        return (seen[ratio] if ratio in seen else reached(ratio)) >= target
 
     # global pruning is not monotone in the ratio (a layer it would empty is left whole):
     # bracket the target on a grid first, then bisect inside the first bracket that meets it
     grid = [0.1 * i for i in range(1, 10)] + [0.95]
-    hi = next((r for r in grid if attempt(r)[0] >= target), None)
+    hi = next((r for r in grid if meets(r)), None)
     if hi is None:
-        best = max(attempt(r)[0] for r in grid)
+        best = max(seen[r] for r in grid)
         raise ValueError(f"no pruning ratio up to 0.95 removes {target:.0%} of the MACs "
                          f"(at most {best:.1%})")  # fmt: skip
     lo = max([0.0] + [r for r in grid if r < hi])  # reduction(lo) < target <= reduction(hi)
     for _ in range(14):
-        if hi - lo < 1e-4:
+        if hi - lo < 1e-4 or (slack and seen[hi] <= target + slack):
             break
         mid = (lo + hi) / 2
-        if attempt(mid)[0] >= target:
+        if meets(mid):
+            kept.pop(hi, None)  # not the answer any more: its copy freed
             hi = mid
         else:
             lo = mid
-    return attempt(hi)[1]
+    reached(hi)  # built now if only its reduction was known
+    return kept[hi]
 
 
 def _tp_prune(
@@ -269,12 +283,15 @@ def _tp_prune(
         )
         try:
             pruner.step()
+            for a in attention:  # the attention's forward reshapes by its number of heads
+                a.num_heads = pruner.num_heads[a.qkv]
+                if hasattr(a, "attn_dim"):  # timm: the concatenated heads' width too
+                    a.attn_dim = a.num_heads * (a.qkv.out_features // 3 // a.num_heads)
+            pruned.zero_grad(set_to_none=True)
+            # a failure may only show in the forward pass (e.g. every head of a layer gone)
+            return 1 - count_macs(pruned, example) / original, pruned
         except Exception:  # e.g. a layer emptied by the global ranking
             return -1.0, None
-    for a in attention:  # the attention's forward reshapes by its number of heads
-        a.num_heads = pruner.num_heads[a.qkv]
-    pruned.zero_grad(set_to_none=True)
-    return 1 - count_macs(pruned, example) / original, pruned
 
 
 def _ignored_layers(model: nn.Module, prunable: dict[str, Units]) -> list[str]:
@@ -326,23 +343,33 @@ def prune_shapprune(
     seed: int,
 ) -> tuple[nn.Module, float]:
     """shapprune's own pipeline; (pruned model, seconds scoring + planning + removal)."""
+    pruned, seconds, _ = shapprune_pipeline(
+        model, criterion, data, target, seed,
+        global_=method.global_, cost=method.cost, refine=method.refine,
+    )  # fmt: skip
+    return pruned, seconds
+
+
+def shapprune_pipeline(
+    model: nn.Module,
+    criterion: ScoredOnce,
+    data: DatasetSplits,
+    target: float,
+    seed: int,
+    **options,
+) -> tuple[nn.Module, float, dict]:
+    """``prune_model`` at a MACs target on ``PER_CLASS`` reference examples per class, its
+    other options ``options`` (none: its defaults); (pruned model, seconds scoring +
+    planning + removal, its summary)."""
     # prune_model measures before and after on data.test (latency included): on two test
     # images here, as this benchmark measures every method itself on the whole test split
     two = dataclasses.replace(data, test=Split(data.test.x[:2], data.test.y[:2]))
     cached = seed in criterion.scores  # else scored inside prune_model's own timing
     pruned, summary = prune_model(
-        model,
-        two,
-        criterion,
-        f"macs={target}",
-        global_=method.global_,
-        cost=method.cost,
-        refine=method.refine,
-        per_class=PER_CLASS,
-        seed=seed,
+        model, two, criterion, f"macs={target}", per_class=PER_CLASS, seed=seed, **options
     )
     seconds = summary["seconds_scoring_and_planning"]
-    return pruned, seconds + (criterion.seconds[seed] if cached else 0.0)
+    return pruned, seconds + (criterion.seconds[seed] if cached else 0.0), summary
 
 
 # --- the run ----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ SCRIPTS = [
     "folder_memory",
     "own_model",
     "real_scale",
+    "held_out",
 ]
 
 
@@ -311,6 +312,36 @@ def _check_real_scale(r: dict) -> None:
     }
     assert pair["float32"]["model"] == pair["bfloat16"]["model"] == row["model"]
     assert all(abs(x["macs_ratio"] - 0.5) <= 0.02 for x in pair.values())
+
+
+def _check_held_out(r: dict) -> None:
+    assert r["quick"] and r["targets"] == [0.5] and r["seeds"] == [0]
+    (m,) = r["models"]
+    assert m["model"] == "resnet10" and m["has_batchnorm"] and m["pixels"] == 16
+    assert 0 <= m["original"]["accuracy"] <= 1
+    rows = {row["method"]: row for row in m["rows"]}
+    assert set(rows) == set(r["methods"])  # every TP importance and the defaults, one row each
+    for row in rows.values():
+        assert "oneshot" in row, row.get("error")  # none failed on a plain ResNet
+        assert 0 <= row["oneshot"]["mean"] <= 1
+        assert 0.5 <= row["macs_removed"] <= 0.5 + 0.05, row["method"]  # the target met
+        if row["side"] == "torch-pruning":  # and measured again, BatchNorm re-estimated
+            assert 0 <= row["oneshot_bn"]["mean"] <= 1
+    (cell,) = m["cells"]
+    tp = [row for row in rows.values() if row["side"] == "torch-pruning"]
+    assert cell["oneshot"]["tp"]["accuracy"] == max(row["oneshot"]["mean"] for row in tp)
+    assert cell["oneshot"]["tp_bn"]["accuracy"] == max(row["oneshot_bn"]["mean"] for row in tp)
+    assert cell["oneshot"]["defaults"]["accuracy"] == rows["shapprune defaults"]["oneshot"]["mean"]
+    for key in ("defaults", "tp", "tp_bn"):  # each one fine-tuned, the same way
+        assert 0 <= cell["finetuned"][key]["accuracy"] <= 1 and cell["finetuned"][key]["n"] == 1
+    by_stage = {v["stage"]: v for v in r["verdicts"]}
+    assert set(by_stage) == {"oneshot", "finetuned"}
+    for stage, v in by_stage.items():
+        for key in ("tp", "tp_bn"):
+            gap = cell[stage]["defaults"]["accuracy"] - cell[stage][key]["accuracy"]
+            assert v[f"gap_{key}"] == pytest.approx(gap)
+    one = r["goals"]["oneshot_tp"]
+    assert one["cells"] == 1 and one["met"] == (by_stage["oneshot"]["gap_tp"] >= 0)
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}
