@@ -80,29 +80,16 @@ EXTRAS = [  # shapprune's other plans, for comparison: LRP, the scores shared wi
     Method("shapprune lrp (per layer)", "shapprune", "lrp", False),
 ]
 
-try:  # on main once prune_model re-estimates BatchNorm by default
-    from shapprune.pruning.recalibration import recalibrate_batchnorm
+RECALIBRATION = "shapprune.pruning.recalibration.recalibrate_batchnorm"
 
-    RECALIBRATION = "shapprune.pruning.recalibration.recalibrate_batchnorm"
-except ImportError:
-    RECALIBRATION = "the benchmark's own helper"
 
-    @torch.no_grad()
-    def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
-        """BatchNorm running statistics re-estimated on ``x``: reset, cumulative average
-        (``momentum=None``), one forward pass with only the BatchNorm layers in train mode;
-        the model is left in eval mode."""
-        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        model.eval()
-        saved = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        model(x)
-        for m, momentum in zip(norms, saved, strict=True):
-            m.momentum = momentum
-        return model.eval()
+def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """``model`` with its BatchNorm statistics re-estimated on ``x`` (in place), as
+    prune_model does after each removal: the same function for both sides."""
+    from shapprune.pruning.recalibration import recalibrate_batchnorm as reestimate
+
+    reestimate(model, x)
+    return model.eval()
 
 
 def _recalibrates_by_default() -> bool:
