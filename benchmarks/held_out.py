@@ -59,6 +59,8 @@ from vs_torch_pruning import (
     methods,
     prune_torch_pruning,
     shapprune_pipeline,
+    size_and_time,
+    spread,
 )
 
 from shapprune.criteria.registry import get_criterion
@@ -273,12 +275,8 @@ def _summarise(method: Method, target: float, runs: list[dict]) -> dict:
     for key in ("oneshot", "oneshot_bn"):
         values = [r[key] for r in ok if key in r]
         if values:
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            row[key] = {"mean": statistics.mean(values), "std": std, "n": len(values)}
-    for key in ("macs_ratio", "params_ratio", "macs_removed"):
-        row[key] = statistics.mean(r[key] for r in ok)
-    row["seconds"] = statistics.median(r["seconds"] for r in ok)
-    row["met"] = all(abs(r["macs_removed"] - target) <= TOLERANCE for r in ok)
+            row[key] = spread(values)
+    row.update(size_and_time(ok, target))
     return row
 
 

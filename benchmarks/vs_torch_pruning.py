@@ -492,10 +492,21 @@ def summarise(method: Method, target: float, runs: list[dict]) -> dict:
         values = [v for r in ok for v in (r[key] if isinstance(r[key], list) else [r[key]])]
         if not values:
             continue
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        row[key] = {"mean": statistics.mean(values), "std": std, "n": len(values)}
-    for key in ("macs_ratio", "params_ratio", "macs_removed"):
-        row[key] = statistics.mean(r[key] for r in ok)
+        row[key] = spread(values)
+    row.update(size_and_time(ok, target))
+    return row
+
+
+def spread(values: list[float]) -> dict:
+    """Mean, standard deviation (0 for one value) and count of the seeds' accuracies."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.mean(values), "std": std, "n": len(values)}
+
+
+def size_and_time(ok: list[dict], target: float) -> dict:
+    """The runs' mean size ratios, median seconds and whether each met ``target``."""
+    row = {key: statistics.mean(r[key] for r in ok)
+           for key in ("macs_ratio", "params_ratio", "macs_removed")}  # fmt: skip
     row["seconds"] = statistics.median(r["seconds"] for r in ok)
     row["met"] = all(abs(r["macs_removed"] - target) <= TOLERANCE for r in ok)
     return row
