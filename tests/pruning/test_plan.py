@@ -35,6 +35,10 @@ def test_normalisations_by_hand():
     np.testing.assert_allclose(normalise(s, "l2"), s / np.sqrt(26))
     np.testing.assert_allclose(normalise(s, "max"), s / 4)
     np.testing.assert_allclose(normalise(s, "rank"), [2 / 3, 1 / 3, 1.0])
+    # LAMP: shifted by 3 to [4, 0, 7]; each unit's share of itself and those above it
+    np.testing.assert_allclose(normalise(s, "lamp"), [4 / 11, 0.0, 1.0])
+    np.testing.assert_allclose(normalise(np.array([1.0, 4.0, 2.0, 3.0]), "lamp"),
+                               [1 / 10, 1.0, 2 / 9, 3 / 7])  # fmt: skip
     with pytest.raises(ValueError, match="unknown normalisation 'zscore'"):
         normalise(s, "zscore")
 
@@ -70,6 +74,30 @@ def test_global_ranks_units_across_layers_on_normalised_scores():
     assert plan.removals == {"a": [0, 1], "b": [0]}
     raw = make_plan(None, scores, "channels=0.43", None, global_=True, normalisation="none")
     assert raw.removals == {"a": [], "b": [0, 1, 2]}
+
+
+def test_a_global_plan_on_lamp_shares():
+    scores = {"a": np.array([6.0, 7.0, 8.0]), "b": np.array([5.0, 4.0, 3.0])}
+    # LAMP: a -> 6/21, 7/15, 1; b -> 5/5, 4/9, 3/12; each layer's best unit has share 1 (last
+    # to go); the three lowest: b2 (.25), a0 (.29), b1 (.44)
+    plan = make_plan(None, scores, "channels=0.5", None, global_=True, normalisation="lamp")
+    assert plan.removals == {"a": [0], "b": [1, 2]}
+
+
+def test_headroom_caps_what_a_global_plan_takes_from_one_layer():
+    scores = {"a": np.arange(1.0, 11.0), "b": np.arange(1.0, 11.0) * 100}  # a is all cheaper
+    free = make_plan(None, scores, "channels=0.4", None, global_=True, normalisation="none")
+    assert free.removals == {"a": list(range(8)), "b": []}
+    # 40% of all units: a layer gives at most 0.4 + 0.5 * 0.6 = 70% of its own
+    capped = make_plan(None, scores, "channels=0.4", None, global_=True, normalisation="none",
+                       headroom=0.5)  # fmt: skip
+    assert capped.removals == {"a": list(range(7)), "b": [0]}
+    assert capped.info["headroom"] == 0.5
+    even = make_plan(None, scores, "channels=0.4", None, global_=True, normalisation="none",
+                     headroom=0.0)  # fmt: skip
+    assert even.removals == {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}  # still by score within
+    with pytest.raises(ValueError, match=r"headroom is a fraction in \[0, 1\], got 1.5"):
+        make_plan(None, scores, "channels=0.4", None, global_=True, headroom=1.5)
 
 
 @pytest.mark.parametrize(

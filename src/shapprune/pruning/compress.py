@@ -76,6 +76,7 @@ def prune_model(
     time_budget: float | str | Clock | None = None,
     precision: str = PRUNE_DEFAULTS.precision,
     recalibrate: bool = PRUNE_DEFAULTS.recalibrate,
+    headroom: float = PRUNE_DEFAULTS.headroom,
     report: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Prune ``model`` by ``criterion`` until ``target`` is met; return the pruned model and
@@ -94,16 +95,20 @@ def prune_model(
     With ``steps`` > 1, the target is reached in equal steps and the scores are computed
     anew on the pruned network before each step. The test split measures the result.
     ``normalisation`` (of the scores, for a global plan): default the criterion's own
-    (``l1``; ``none`` for a network-wide game's values).
+    (``l1``; ``none`` for a network-wide game's values), and with ``global_="auto"`` a
+    second global plan on LAMP's shares (``lamp``) competes too.
     ``compensate``: removed units leave their mean over the reference examples as a bias in
     their consumers (``shapprune.game.compensation``) rather than zero; "auto": both are
     built and the one with the lower loss on the reference examples is kept (per step);
     None: ``PRUNE_DEFAULTS.compensate`` ("auto"). A game criterion values units for its own
     way of removing them (its option ``compensate``): an explicit True/False must agree.
     ``global_``: units compete across layers (True), or each layer loses the same fraction
-    (False); "auto": both plans are built and the one whose removal has the lower loss on
+    (False); "auto": both plans (and LAMP's global plan, see ``normalisation``) are built
+    and the one whose removal has the lower loss on
     the reference examples is kept (per step): a global cut can starve a layer that a
     residual network cannot do without.
+    ``headroom`` (global plans): when a fraction ``a`` of all units goes, no layer loses
+    more than ``a + headroom * (1 - a)`` of its own (1: no cap; ``make_plan``).
     ``cost`` ("macs" or "params", for a global plan): units compete on score per cost
     saved; "auto": the target's kind for a macs or params target; None: score alone.
     ``refine``: evaluations of whole removal sets on the reference examples spent swapping
@@ -135,12 +140,17 @@ def prune_model(
         raise ValueError("a cost-aware plan ranks units across layers: it needs global_=True")
     if refine < 0:
         raise ValueError(f"refine is a number of evaluations, >= 0; got {refine}")
+    if not 0 <= headroom <= 1:
+        raise ValueError(f"headroom is a fraction in [0, 1], got {headroom}")
     if mode == "mask" and steps > 1:
         raise ValueError("iterative pruning (steps > 1) needs mode='remove'")
     check_precision(precision, device_of(model))
     say = report or (lambda _msg: None)
     clock = _clock(time_budget)
-    normalisation = normalisation or getattr(criterion, "normalisation", "l1")
+    own = getattr(criterion, "normalisation", "l1")
+    # auto scope, the criterion's normalisation: LAMP's shares are a third candidate
+    lamp_too = normalisation is None and own not in ("lamp", "none")
+    normalisation = normalisation or own
     compensate = _compensates(criterion, compensate)
     data = as_splits(data, seed)
     if finetune_epochs > 0 and data.train is None:
@@ -179,6 +189,7 @@ def prune_model(
             plan, fills, built, means = _best_plan(
                 current, scores, step_target, example, global_, normalisation, model, units,
                 cost, mode, compensate, ref, say, f"step {step}/{steps}", graph, recalibrate,
+                headroom, lamp_too,
             )  # fmt: skip
         evaluations, why = refine_evaluations(
             refine, clock, pass_macs=pass_macs, pass_s=pass_s,
@@ -234,6 +245,7 @@ def prune_model(
         "refine": refine,
         "precision": precision,
         "recalibrate": recalibrate,
+        "headroom": headroom,
         "reference_examples": len(ref),
         "finetune_epochs": finetune_epochs,
         "seconds_scoring_and_planning": score_seconds,
@@ -289,10 +301,18 @@ def _best_plan(
     where: str,
     graph: tp.DependencyGraph | None = None,
     recalibrate: bool = False,
+    headroom: float = 1.0,
+    lamp_too: bool = False,
 ) -> tuple[Plan, bool, nn.Module, Any]:
     """(plan, whether its removal compensates, the removal built, the consumers' means) for
-    this step: with scope "auto", both scopes are planned and built and the one whose
-    removal loses less on the reference examples is kept."""  # fmt: skip
+    this step: with scope "auto", both scopes are planned and built (and, ``lamp_too``, a
+    second global plan on LAMP's shares) and the one whose removal loses less on the
+    reference examples is kept.
+
+    Why LAMP as a third candidate: a global plan on l1-normalised scores can cut a narrow
+    layer to the bone (MobileNet-V2's bottlenecks) where LAMP's shares keep every layer's
+    best units to the last; on the zoo it beat l1 on the CNNs and lost on the ViT at -50%
+    MACs (BENCHMARKS.md section 17), so both compete."""  # fmt: skip
     means = None  # of the consumers' inputs on this model: read once for every removal
     if compensate in (True, "auto"):
         points = [p for u in units.values() for p in u.mask_points]
@@ -300,23 +320,28 @@ def _best_plan(
             means = consumer_means(model, points, ref.x)
         except ValueError:  # a consumer that cannot compensate: refused where it matters
             means = ref.x
-    scopes = (True, False) if global_ == "auto" else (bool(global_),)
-    built_plans = [
-        _plan_and_build(model, scores, target, example, scope, normalisation, baseline,
-                        units, cost, mode, compensate, means, ref, graph, recalibrate)
-        for scope in scopes
-    ]  # fmt: skip
-    plan, fills, built, _ = built_plans[0]
+    scopes = {"global": (True, normalisation), "per-layer": (False, normalisation)}
+    if global_ != "auto":
+        scopes = {"global" if global_ else "per-layer": (bool(global_), normalisation)}
+    elif lamp_too:
+        scopes = {"global": (True, normalisation), "global (lamp)": (True, "lamp"),
+                  "per-layer": (False, normalisation)}  # fmt: skip
+    built_plans = {
+        label: _plan_and_build(model, scores, target, example, scope, how, baseline, units,
+                               cost, mode, compensate, means, ref, graph, recalibrate,
+                               headroom)
+        for label, (scope, how) in scopes.items()
+    }  # fmt: skip
+    plan, fills, built, _ = next(iter(built_plans.values()))
     if len(built_plans) > 1:  # "auto": the scope whose removal loses less on the reference
-        losses = [evaluate(b, ref)["loss"] if loss is None else loss
-                  for _, _, b, loss in built_plans]  # fmt: skip
-        plan, fills, built, _ = built_plans[losses.index(min(losses))]
-        plan.info["scope"] = {
-            "chosen": "global" if plan.global_ else "per-layer",
-            "reference_loss": {"global": losses[0], "per-layer": losses[1]},
-        }
-        say(f"{where}: {plan.info['scope']['chosen']} cut kept "
-            f"(reference loss {min(losses):.4f} vs {max(losses):.4f})")  # fmt: skip
+        losses = {label: evaluate(b, ref)["loss"] if loss is None else loss
+                  for label, (_, _, b, loss) in built_plans.items()}  # fmt: skip
+        chosen = min(losses, key=losses.get)
+        plan, fills, built, _ = built_plans[chosen]
+        plan.info["scope"] = {"chosen": chosen, "reference_loss": losses}
+        others = ", ".join(f"{label} {loss:.4f}" for label, loss in losses.items()
+                           if label != chosen)  # fmt: skip
+        say(f"{where}: {chosen} cut kept (reference loss {losses[chosen]:.4f}; {others})")
     return plan, fills, built, means
 
 
@@ -353,6 +378,7 @@ def _plan_and_build(
     ref,
     graph: tp.DependencyGraph | None = None,
     recalibrate: bool = False,
+    headroom: float = 1.0,
 ) -> tuple[Plan, bool, nn.Module, float | None]:
     """(plan, whether its removal compensates, the removal built, its loss on ``ref`` where
     already measured) for one scope: the plan is bisected on copies removed as
@@ -370,7 +396,7 @@ def _plan_and_build(
 
     plan = make_plan(model, scores, target, example, global_=global_,
                      normalisation=normalisation, apply=apply, baseline=baseline, units=units,
-                     cost=cost if global_ else None)  # fmt: skip
+                     cost=cost if global_ else None, headroom=headroom)  # fmt: skip
     if compensate == "auto":
         fills, built, loss = _better_removal(
             model, plan.removals, example, mode, units, ref, means, graph, recalibrate

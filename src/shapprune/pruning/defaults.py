@@ -50,6 +50,11 @@ class PruneDefaults:
         "re-estimate BatchNorm's running statistics on the reference examples after each "
         "removal (no labels used): a removal changes what every later BatchNorm sees",
     )
+    headroom: float = option(
+        1.0,
+        "a global plan that removes a fraction a of all units takes at most "
+        "a + headroom * (1 - a) of any one layer's: 1 no cap, 0 the same fraction everywhere",
+    )
     precision: str = option(
         "float32",
         "what the evaluations of removals (the plans compared, refinement) compute in: "

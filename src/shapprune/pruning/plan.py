@@ -26,7 +26,7 @@ from shapprune.progress import staged_progress
 from shapprune.pruning.removal import apply_removals
 
 TARGET_KINDS = ("channels", "params", "macs")
-NORMALISATIONS = ("l1", "l2", "max", "rank", "none")
+NORMALISATIONS = ("l1", "l2", "max", "rank", "lamp", "none")
 COSTS = ("macs", "params")
 
 
@@ -103,6 +103,13 @@ def normalise(scores: np.ndarray, how: str) -> np.ndarray:
         return s / max(np.abs(s).max(), 1e-12)
     if how == "rank":
         return (positions(ranking_from_scores(s)) + 1) / len(s)
+    if how == "lamp":  # Lee et al. 2021: each unit's share of itself and the units above it
+        s = s - min(s.min(), 0.0)  # shifted to be non-negative: a share needs it
+        order = np.argsort(s, kind="stable")
+        above = np.cumsum(s[order][::-1])[::-1]  # sum over the unit and every later one
+        out = np.empty_like(s)
+        out[order] = s[order] / np.maximum(above, 1e-12)
+        return out
     if how == "none":
         return s
     raise ValueError(f"unknown normalisation {how!r}; use one of {', '.join(NORMALISATIONS)}")
@@ -188,6 +195,7 @@ def make_plan(
     units: Mapping[str, Units] | None = None,
     cost: str | None = None,
     graph: tp.DependencyGraph | None = None,
+    headroom: float = 1.0,
 ) -> Plan:
     """Choose the units to remove from ``scores`` (layer -> one score per unit, higher =
     more important) so that ``target`` is met.
@@ -202,6 +210,11 @@ def make_plan(
     ``cost`` ("macs" or "params", global plans only): units compete on their normalised
     score per MAC or parameter their removal saves (:func:`unit_costs`), so that a cheap
     unit of little value is not cut before an expensive one of less value per cost.
+    ``headroom`` (global plans): when the plan removes a fraction ``a`` of all the units,
+    no layer loses more than ``a + headroom * (1 - a)`` of its own; 1: no cap (a layer may
+    fall to one unit), 0: about the same fraction everywhere, still chosen by score. A
+    cap keeps a global cut from starving a narrow layer that everything downstream needs
+    (MobileNet-V2's bottlenecks: BENCHMARKS.md section 17).
     """
     target = Target.parse(target) if isinstance(target, str | float) else target
     if normalisation not in NORMALISATIONS:
@@ -222,6 +235,8 @@ def make_plan(
 
     if cost is not None and not global_:
         raise ValueError("a cost-aware plan ranks units across layers: it needs global_=True")
+    if not 0 <= headroom <= 1:
+        raise ValueError(f"headroom is a fraction in [0, 1], got {headroom}")
     if apply is None:
 
         def apply(m: nn.Module, removals: dict[str, list[int]]) -> nn.Module:
@@ -242,11 +257,13 @@ def make_plan(
 
         def removals_for(amount: float) -> dict[str, list[int]]:
             k = int(round(amount * sum(sizes.values())))
+            share = amount + headroom * (1 - amount)  # of each layer, at most
+            cap = {name: min(n - 1, math.ceil(share * n - 1e-9)) for name, n in sizes.items()}
             out: dict[str, list[int]] = {name: [] for name in scores}
             for _, name, i in flat:
                 if k == 0:
                     break
-                if len(out[name]) < sizes[name] - 1:
+                if len(out[name]) < cap[name]:
                     out[name].append(i)
                     k -= 1
             return {name: sorted(v) for name, v in out.items()}
@@ -263,6 +280,8 @@ def make_plan(
         removals = removals_for(target.fraction)
         achieved = sum(len(v) for v in removals.values()) / total
         info = {"normalisation": normalisation, "cost": cost}
+        if global_:
+            info["headroom"] = headroom
         return Plan(removals, str(target), achieved, global_, info)
 
     base = baseline if baseline is not None else model
@@ -293,6 +312,7 @@ def make_plan(
     hi = _smallest_meeting(reduction, target.fraction, amounts)
     removals = removals_for(hi)
     achieved = reduction(hi)
-    return Plan(
-        removals, str(target), achieved, global_, {"normalisation": normalisation, "cost": cost}
-    )
+    info = {"normalisation": normalisation, "cost": cost}
+    if global_:
+        info["headroom"] = headroom
+    return Plan(removals, str(target), achieved, global_, info)
