@@ -45,6 +45,7 @@ BENCHMARKS = {  # name -> title, in the order of the document
     "own_model": "15. Your own model, end to end",
     "real_scale": "16. Real-size models at real speed",
     "held_out": "17. Held-out architectures",
+    "allocation": "19. Sharing the cut among layers",
     "demo": "The demo's wall time",
 }
 
@@ -120,6 +121,15 @@ def targets(results: Path) -> list[tuple[str, str, str]]:
                 rows.append(
                     (f"default >= 5x naive, {label}", f"{x:.0f}x", "met" if x >= 5 else "missed")
                 )
+    if a := load("allocation"):
+        for group, g in a["summary"].items():
+            rows.append(
+                (
+                    f"auto scope with LAMP's plan never below the two-plan auto, {group}, one-shot",
+                    f"better in {g['better']}, worse in {g['worse']} of {g['cells']} cells",
+                    "met" if g["worse"] == 0 else "missed",
+                )
+            )
     if e := load("estimators"):
         for key, game in e.items():
             if key == "machine":

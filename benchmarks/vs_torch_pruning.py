@@ -589,8 +589,9 @@ def print_report(result: dict) -> None:
         f"+ refine {REFINE} = the plan then refined at its target by {REFINE} evaluations of "
         "whole removal sets on the reference examples (swaps within layers); every shapprune "
         "removal is `compensate='auto'` (zeroed or mean-compensated, whichever has the lower "
-        "loss on the reference examples); global per MAC or per layer = both plans built and "
-        "the one whose removal has the lower loss on the reference examples kept "
+        "loss on the reference examples); global per MAC or per layer = three plans built "
+        "(global per MAC on l1 shares, global per MAC on LAMP's shares, per layer) and the "
+        "one whose removal has the lowest loss on the reference examples kept "
         "(`global_='auto'`). `shapprune prune`'s defaults are "
         f"`lrp (global per MAC or per layer + refine {REFINE})`.\n"
     )

@@ -29,6 +29,7 @@ SCRIPTS = [
     "own_model",
     "real_scale",
     "held_out",
+    "allocation",
 ]
 
 
@@ -244,7 +245,7 @@ def _check_prune_tradeoffs(r: dict) -> None:
     assert len(cells) == 2 and {c["refine"] for c in cells} == {0, 20}
     for c in cells:
         assert c["reference_examples"] == 10 * c["per_class"] and c["seconds"] > 0
-        assert 0 <= c["accuracy"] <= 1 and c["scope"] in ("global", "per-layer")
+        assert 0 <= c["accuracy"] <= 1 and c["scope"] in ("global", "global (lamp)", "per-layer")
         assert 0.45 <= c["macs_ratio"] <= 0.5  # the target met: at least half the MACs gone
 
 
@@ -267,7 +268,7 @@ def _check_torchvision_families(r: dict) -> None:
     assert [row["family"].split()[0] for row in rows] == ["DenseNet", "ConvNeXt"]
     for row in rows:
         assert row["status"] == "ok" and row["seconds"] > 0 and row["params"] > 0
-        assert row["macs_ratio"] <= 0.5 and row["scope"] in ("global", "per-layer")
+        assert row["macs_ratio"] <= 0.5 and row["scope"] in ("global", "global (lamp)", "per-layer")
 
 
 def _check_folder_memory(r: dict) -> None:
@@ -342,6 +343,22 @@ def _check_held_out(r: dict) -> None:
             assert v[f"gap_{key}"] == pytest.approx(gap)
     one = r["goals"]["oneshot_tp"]
     assert one["cells"] == 1 and one["met"] == (by_stage["oneshot"]["gap_tp"] >= 0)
+
+
+def _check_allocation(r):
+    """Every variant meets the MACs target; auto keeps the candidate lowest in reference
+    loss, and the summary counts the cells."""
+    (model,) = r["models"]
+    (cell,) = model["cells"]
+    for v in cell["variants"].values():
+        assert 0 <= v["accuracy"] <= 1 and v["macs_ratio"] <= 1 - cell["target"] + 0.02
+    for auto, candidates in r["auto"].items():
+        losses = {c: cell["variants"][c]["reference_loss"] for c in candidates}
+        assert cell[auto]["chosen"] == min(losses, key=losses.get)
+    best = max(v["accuracy"] for v in cell["variants"].values())
+    assert cell["best"]["accuracy"] == best
+    s = r["summary"]["zoo"]
+    assert s["cells"] == 1 and s["best"] == (cell["auto (today)"]["accuracy"] >= best)
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}

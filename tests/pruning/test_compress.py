@@ -189,17 +189,23 @@ def test_refinement_changes_units_not_counts(lenet, mnist5k):
 def test_auto_scope_keeps_the_cut_better_on_the_reference_examples(lenet, mnist5k):
     crit = get_criterion("weight-l1")
     kw = {"layers": ["conv1", "conv2", "fc1"], "per_class": 5, "compensate": False, "refine": 0}
-    runs = {g: prune_model(lenet, mnist5k, crit, "macs=0.5", global_=g, **kw) for g in (1, 0)}
+    scopes = {"global": {"global_": True}, "per-layer": {"global_": False},
+              "global (lamp)": {"global_": True, "normalisation": "lamp", "cost": None}}  # fmt: skip
+    runs = {label: prune_model(lenet, mnist5k, crit, "macs=0.5", **how, **kw)
+            for label, how in scopes.items()}  # fmt: skip
     pruned, auto = prune_model(lenet, mnist5k, crit, "macs=0.5", global_="auto", **kw)
     scope = auto["plans"][0]["scope"]
     ref = reference_set(mnist5k.val, per_class=5, seed=0)
-    losses = {g: evaluate(m, ref)["loss"] for g, (m, _) in runs.items()}
-    assert scope["reference_loss"]["global"] == pytest.approx(losses[True])
-    assert scope["reference_loss"]["per-layer"] == pytest.approx(losses[False])
+    losses = {label: evaluate(m, ref)["loss"] for label, (m, _) in runs.items()}
+    assert scope["reference_loss"] == pytest.approx(losses)  # the three candidates, each
     better = min(losses, key=losses.get)
-    assert scope["chosen"] == ("global" if better else "per-layer")
+    assert scope["chosen"] == better
     assert auto["removed"] == runs[better][1]["removed"]
     assert auto["after"]["loss"] == pytest.approx(runs[better][1]["after"]["loss"])
+    assert runs["global (lamp)"][1]["removed"] != runs["global"][1]["removed"]  # two plans
+    _, own = prune_model(lenet, mnist5k, crit, "macs=0.5", global_="auto",
+                         normalisation="l1", **kw)  # fmt: skip
+    assert set(own["plans"][0]["scope"]["reference_loss"]) == {"global", "per-layer"}
     with pytest.raises(ValueError, match="global_ must be true, false or 'auto'"):
         prune_model(lenet, mnist5k, crit, "macs=0.5", global_="both", **kw)
     with pytest.raises(ValueError, match="needs global_=True"):

@@ -174,6 +174,7 @@ def prune(
         ),
     ] = None,
     recalibrate: Annotated[bool, _option(TARGET_PANEL, "recalibrate")] = PRUNE_DEFAULTS.recalibrate,
+    headroom: Annotated[float, _option(TARGET_PANEL, "headroom")] = PRUNE_DEFAULTS.headroom,
     steps: Annotated[int, _option(TARGET_PANEL, "steps")] = PRUNE_DEFAULTS.steps,
     mode: Annotated[str, _option(TARGET_PANEL, "mode")] = PRUNE_DEFAULTS.mode,
     finetune_epochs: Annotated[
@@ -256,7 +257,7 @@ def prune(
                 "global": global_, "normalisation": normalisation, "steps": steps,
                 "mode": mode, "per_class": per_class, "seed": seed, "root": root,
                 "cost": cost, "compensate": compensate, "refine": refine,
-                "recalibrate": recalibrate, "source": source,
+                "recalibrate": recalibrate, "headroom": headroom, "source": source,
                 "preprocessing": loading["preprocessing"],
                 "classes": loading["classes"]}  # fmt: skip
     check_data_source(data)  # before the model: a zoo model would train on it
@@ -293,6 +294,7 @@ def prune(
             time_budget=clock,
             precision=precision,
             recalibrate=recalibrate,
+            headroom=headroom,
             report=status.update,
         )
     out.mkdir(parents=True, exist_ok=True)

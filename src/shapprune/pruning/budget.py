@@ -46,12 +46,13 @@ of 250 examples of the zoo's largest model (ResNet-20, 31 MMACs) fit; about 20 s
 MEASURE_MARGIN = 1.5
 """Measuring is reserved for at this multiple of its estimate (latency repeats, loading)."""
 
-SCORE_PLAN_PASSES = 10.0
+SCORE_PLAN_PASSES = 12.0
 """Scoring and planning with prune's defaults, in forward passes of the reference examples:
-LRP about 5 (a forward pass and a backward pass through its rules), planning both scopes
-about 4 (the consumers' means; each scope's removal evaluated zeroed and compensated; the
-cost measures), and a margin (ResNet-50 at 224 px, 60 examples, one core: 50 s and 45 s
-at 10.4 s a pass). Cautious for a cheaper criterion (weight norms cost none)."""
+LRP about 5 (a forward pass and a backward pass through its rules), planning the three
+candidate plans of the auto scope about 6 (the consumers' means; each plan's removal
+evaluated zeroed and compensated; the cost measures), and a margin (ResNet-50 at 224 px,
+60 examples, one core, with two plans: 50 s and 45 s at 10.4 s a pass). Cautious for a
+cheaper criterion (weight norms cost none)."""
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 

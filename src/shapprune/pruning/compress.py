@@ -96,7 +96,7 @@ def prune_model(
     anew on the pruned network before each step. The test split measures the result.
     ``normalisation`` (of the scores, for a global plan): default the criterion's own
     (``l1``; ``none`` for a network-wide game's values), and with ``global_="auto"`` a
-    second global plan on LAMP's shares (``lamp``) competes too.
+    second global plan on LAMP's shares alone (``lamp``, no cost) competes too.
     ``compensate``: removed units leave their mean over the reference examples as a bias in
     their consumers (``shapprune.game.compensation``) rather than zero; "auto": both are
     built and the one with the lower loss on the reference examples is kept (per step);
@@ -309,10 +309,12 @@ def _best_plan(
     second global plan on LAMP's shares) and the one whose removal loses less on the
     reference examples is kept.
 
-    Why LAMP as a third candidate: a global plan on l1-normalised scores can cut a narrow
-    layer to the bone (MobileNet-V2's bottlenecks) where LAMP's shares keep every layer's
-    best units to the last; on the zoo it beat l1 on the CNNs and lost on the ViT at -50%
-    MACs (BENCHMARKS.md section 17), so both compete."""  # fmt: skip
+    Why LAMP as a third candidate: a global plan on l1-normalised scores per MAC can cut a
+    narrow layer to the bone (MobileNet-V2's bottlenecks) where LAMP's shares keep every
+    layer's best units to the last. Of the candidate sets compared on the zoo (where
+    choices are made; ``benchmarks/allocation.py``, BENCHMARKS.md section 19), these three
+    chosen by reference loss did best and were never below the two-plan choice; LAMP per
+    MAC instead of LAMP alone lost a zoo cell."""  # fmt: skip
     means = None  # of the consumers' inputs on this model: read once for every removal
     if compensate in (True, "auto"):
         points = [p for u in units.values() for p in u.mask_points]
@@ -320,17 +322,18 @@ def _best_plan(
             means = consumer_means(model, points, ref.x)
         except ValueError:  # a consumer that cannot compensate: refused where it matters
             means = ref.x
-    scopes = {"global": (True, normalisation), "per-layer": (False, normalisation)}
+    # label -> (global?, normalisation, cost)
+    scopes = {"global": (True, normalisation, cost), "per-layer": (False, normalisation, cost)}
     if global_ != "auto":
-        scopes = {"global" if global_ else "per-layer": (bool(global_), normalisation)}
-    elif lamp_too:
-        scopes = {"global": (True, normalisation), "global (lamp)": (True, "lamp"),
-                  "per-layer": (False, normalisation)}  # fmt: skip
+        scopes = {"global" if global_ else "per-layer": (bool(global_), normalisation, cost)}
+    elif lamp_too:  # Torch-Pruning's LAMP: the shares alone, no cost per MAC
+        scopes = {"global": (True, normalisation, cost), "global (lamp)": (True, "lamp", None),
+                  "per-layer": (False, normalisation, cost)}  # fmt: skip
     built_plans = {
         label: _plan_and_build(model, scores, target, example, scope, how, baseline, units,
-                               cost, mode, compensate, means, ref, graph, recalibrate,
+                               price, mode, compensate, means, ref, graph, recalibrate,
                                headroom)
-        for label, (scope, how) in scopes.items()
+        for label, (scope, how, price) in scopes.items()
     }  # fmt: skip
     plan, fills, built, _ = next(iter(built_plans.values()))
     if len(built_plans) > 1:  # "auto": the scope whose removal loses less on the reference
