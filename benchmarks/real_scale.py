@@ -27,6 +27,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -180,21 +181,21 @@ def run_child(
     name: str, pixels: int, per_class: int, budget: float | None, precision: str = "float32"
 ) -> dict:
     """One model in a subprocess: its figures and its peak resident memory."""
-    out = RESULTS / f".real_scale_{name}_{os.getpid()}.json"
-    command = [sys.executable, __file__, "--child", name, "--pixels", str(pixels),
-               "--per-class", str(per_class), "--out", str(out)]  # fmt: skip
-    if budget:
-        command += ["--budget", str(budget)]
-    command += ["--precision", precision]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(out.read_text())
-    out.unlink()
+    with tempfile.TemporaryDirectory() as folder:  # not in results/: a killed run leaves none
+        out = Path(folder) / "child.json"
+        command = [sys.executable, __file__, "--child", name, "--pixels", str(pixels),
+                   "--per-class", str(per_class), "--out", str(out)]  # fmt: skip
+        if budget:
+            command += ["--budget", str(budget)]
+        command += ["--precision", precision]
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        env.setdefault("OMP_NUM_THREADS", "1")
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+        result = json.loads(out.read_text())
     result["process_s"] = wall  # the interpreter's start and imports included
     return result
 
@@ -230,10 +231,13 @@ def main() -> None:
     if args.game != "no" and alone <= {"game"}:
         game = run_child(f"game:{budgeted}", pixels, per_class, None)
     if args.precision_run != "no" and alone <= {"precision_run"}:
+        # a model pruned above in this run in float32, the same way: that run is the pair's
+        measured = {} if stored else {r["model"]: r for r in rows if r["precision"] == "float32"}
         precision = [
-            {p: run_child(name, pixels, per_class, None, p) for p in ("float32", LOW)}
+            {p: measured[name] if p == "float32" and name in measured
+             else run_child(name, pixels, per_class, None, p) for p in ("float32", LOW)}
             for name in (models[:1] if args.quick else PRECISION_MODELS)
-        ]
+        ]  # fmt: skip
     result = {
         "machine": machine(),
         "quick": args.quick,

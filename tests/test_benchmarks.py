@@ -41,7 +41,7 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         "PYTHONPATH": str(BENCHMARKS.parent / "src"),  # this checkout's shapprune, installed or not
     }
     return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=480
     )
 
 
