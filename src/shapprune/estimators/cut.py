@@ -367,9 +367,10 @@ def settle_cut(
 class Cut(Estimator):
     """The k lowest players (``top``: highest) by adaptive antithetic walks with the position
     control variate: the set-valued ``Estimate`` (``selected``, ``confidence``, ``intervals``),
-    ``info["settled"]`` and ``info["in_doubt_players"]`` as for the bandit. Fewer
-    evaluations than the bandit and than permutation sampling to the same cut (BENCHMARKS.md,
-    "Settling the cut")."""
+    ``info["settled"]`` and ``info["in_doubt_players"]`` as for the bandit. On LeNet-5
+    ``conv2`` it reached the bandit's answer with 12x fewer evaluations, about as many as
+    permutation sampling, and settles with a stated confidence (BENCHMARKS.md, section 18).
+    """
 
     name = "cut"
     Options = CutOptions
