@@ -34,7 +34,6 @@ import argparse
 import copy
 import dataclasses
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -67,6 +66,7 @@ from shapprune.criteria.registry import get_criterion
 from shapprune.evaluation.measure import count_macs, count_params, evaluate
 from shapprune.pruning.defaults import PRUNE_DEFAULTS
 from shapprune.pruning.plan import prunable_layers
+from shapprune.pruning.recalibration import recalibrate_batchnorm as reestimate
 from shapprune.zoo.data import DatasetSplits, Split, load_dataset, reference_set
 
 MODELS = tuple(RECIPES)
@@ -82,21 +82,15 @@ EXTRAS = [  # shapprune's other plans, for comparison: LRP, the scores shared wi
     Method("shapprune lrp (per layer)", "shapprune", "lrp", False),
 ]
 
-RECALIBRATION = "shapprune.pruning.recalibration.recalibrate_batchnorm"
-
 
 def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """``model`` with its BatchNorm statistics re-estimated on ``x`` (in place), as
     prune_model does after each removal: the same function for both sides."""
-    from shapprune.pruning.recalibration import recalibrate_batchnorm as reestimate
-
     reestimate(model, x)
     return model.eval()
 
 
-def _recalibrates_by_default() -> bool:
-    """Whether ``prune_model`` re-estimates BatchNorm after removal when not told otherwise."""
-    return bool(getattr(PRUNE_DEFAULTS, "recalibrate", False))
+RECALIBRATION = f"{reestimate.__module__}.{reestimate.__name__}"
 
 
 def _resized(data: DatasetSplits, pixels: int) -> DatasetSplits:
@@ -194,10 +188,6 @@ def run_model(name: str, data: DatasetSplits, recipe, targets, seeds, tp_methods
                     bn_models[seed] = tuned_bn
                 elif method.side == "torch-pruning":  # nothing to re-estimate
                     run["oneshot_bn"], bn_models[seed] = run["oneshot"], pruned
-                elif method is defaults and has_bn and not _recalibrates_by_default():
-                    # what prune_model(recalibrate=True) will do: measured, not competing
-                    tuned_bn = recalibrate_batchnorm(copy.deepcopy(pruned), refs[seed].x)
-                    run["oneshot_bn"] = evaluate(tuned_bn, data.test)["accuracy"]
                 pruned_models[seed] = pruned
                 runs.append(run)
             row = _summarise(method, target, runs)
@@ -257,9 +247,8 @@ def _finish_cell(cell: dict, best: dict, data: DatasetSplits, seeds) -> dict:
                 values += finetune(pruned, data, [seed] if seeded else list(seeds))
             tuned_cache[id(models)] = values
         values = tuned_cache[id(models)]
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        cell["finetuned"][key] = {"method": label, "accuracy": statistics.mean(values),
-                                  "std": std, "n": len(values)}  # fmt: skip
+        tuned = spread(values)
+        cell["finetuned"][key] = {"method": label, "accuracy": tuned.pop("mean"), **tuned}
     return cell
 
 
@@ -469,7 +458,7 @@ def _run(args: argparse.Namespace) -> None:
     result: dict = {
         "quick": quick, "targets": list(targets), "seeds": list(seeds), "per_class": PER_CLASS,
         "finetune": FINETUNE, "tolerance": TOLERANCE, "recalibration": RECALIBRATION,
-        "defaults_recalibrate": _recalibrates_by_default(),
+        "defaults_recalibrate": PRUNE_DEFAULTS.recalibrate,
         "refine": REFINE_QUICK if quick else PRUNE_DEFAULTS.refine,
         "tp_importances": sorted({m.name for m in tp_methods}, key=list(TP_IMPORTANCES).index),
         "methods": [m.label for m in tp_methods] + [DEFAULTS]
