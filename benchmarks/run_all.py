@@ -45,6 +45,7 @@ BENCHMARKS = {  # name -> title, in the order of the document
     "own_model": "15. Your own model, end to end",
     "real_scale": "16. Real-size models at real speed",
     "held_out": "17. Held-out architectures",
+    "estimators_at_scale": "18. Settling the cut: estimators against shapiq and pyDVL",
     "allocation": "19. Sharing the cut among layers",
     "demo": "The demo's wall time",
 }
@@ -242,6 +243,28 @@ def targets(results: Path) -> list[tuple[str, str, str]]:
                     "met" if t["whole_s"] <= 1.1 * t["budget_s"] else "missed",
                 )
             )
+    if (a := load("estimators_at_scale")) and not a["quick"]:
+        rows += cut_targets(a)
+    return rows
+
+
+def cut_targets(a: dict) -> list[tuple[str, str, str]]:
+    """Issue 24's goals on LeNet-5 conv2: the cut settled with at most 0.3x permutation's
+    evaluations (overlap >= 0.9 on every seed)."""
+    by = a["methods"]
+    base = by["shapprune permutation (antithetic + control)"]["evals_to_overlap"]
+    rows = []
+    for label in ("shapprune cut", "shapprune cut, LRP prior"):
+        evals = by[label]["evals_to_overlap"]
+        shown = "not reached" if evals is None or not base else f"{evals / base:.2f}x"
+        rows.append(
+            (
+                f"{label.removeprefix('shapprune ')} <= 0.3x permutation's evaluations to the "
+                f"{a['game']['k']} lowest (overlap >= 0.9), LeNet-5 conv2",
+                f"{shown} ({evals} vs {base})",
+                "met" if evals is not None and base and evals <= 0.3 * base else "missed",
+            )
+        )
     return rows
 
 

@@ -29,6 +29,7 @@ SCRIPTS = [
     "own_model",
     "real_scale",
     "held_out",
+    "estimators_at_scale",
     "allocation",
 ]
 
@@ -359,6 +360,33 @@ def _check_allocation(r):
     assert cell["best"]["accuracy"] == best
     s = r["summary"]["zoo"]
     assert s["cells"] == 1 and s["best"] == (cell["auto (today)"]["accuracy"] >= best)
+
+
+def _check_estimators_at_scale(r: dict) -> None:
+    assert r["overlap"] == 0.9 and r["game"]["k"] == 10 and r["game"]["players"] == 50
+    ours = {"shapprune permutation (antithetic + control)", "shapprune bandit", "shapprune cut",
+            "shapprune cut, LRP prior"}  # fmt: skip
+    assert ours <= set(r["methods"])
+    for peer in ("shapiq", "pyDVL"):  # raced where installed, else skipped with a reason
+        raced = any(label.startswith(peer) for label in r["methods"])
+        assert raced != (peer in r["missing_peers"])
+        assert not raced or not r["missing_peers"].get(peer)
+    for label, row in r["methods"].items():
+        assert row["steps"] and all(len(s["evals"]) == len(r["seeds"]) for s in row["steps"])
+        for step in row["steps"]:
+            assert all(0 <= o <= 1 for o in step["overlaps"])
+            if label.startswith("shapprune"):  # our estimators keep their budgets exactly
+                assert all(0 < e <= step["budget"] for e in step["evals"])
+        good = row["evals_to_overlap"]
+        assert good is None or (
+            good in [max(s["evals"]) for s in row["steps"]]
+            and min(row["steps"][-1]["overlaps"]) >= 0.9
+        )
+    for runs in r["settle"].values():
+        assert [s["seed"] for s in runs] == r["seeds"]
+        for s in runs:
+            assert 0 <= s["confidence"] <= 1 and s["evals"] > 0 and 0 <= s["overlap"] <= 1
+            assert s["settled"] == (s["in_doubt"] == 0)
 
 
 CHECKS = {name: globals()[f"_check_{name}"] for name in SCRIPTS}

@@ -124,6 +124,8 @@ def _parse_one(text: str, tp: Any) -> Any:
                 for a in typing.get_args(m):
                     if str(a) == text:
                         return a
+            elif typing.get_origin(m) is tuple:  # a comma-separated list, e.g. scores
+                return tuple(float(v) for v in text.split(","))
             elif m is Any:
                 return text
         except ValueError:

@@ -189,8 +189,8 @@ def test_refinement_changes_units_not_counts(lenet, mnist5k):
 def test_auto_scope_keeps_the_cut_better_on_the_reference_examples(lenet, mnist5k):
     crit = get_criterion("weight-l1")
     kw = {"layers": ["conv1", "conv2", "fc1"], "per_class": 5, "compensate": False, "refine": 0}
-    scopes = {"global": {"global_": True}, "per-layer": {"global_": False},
-              "global (lamp)": {"global_": True, "normalisation": "lamp", "cost": None}}  # fmt: skip
+    lamp = {"global_": True, "normalisation": "lamp", "cost": None}  # LAMP's shares alone
+    scopes = {"global": {"global_": True}, "per-layer": {"global_": False}, "global (lamp)": lamp}
     runs = {label: prune_model(lenet, mnist5k, crit, "macs=0.5", **how, **kw)
             for label, how in scopes.items()}  # fmt: skip
     pruned, auto = prune_model(lenet, mnist5k, crit, "macs=0.5", global_="auto", **kw)

@@ -338,6 +338,8 @@ class Bandit(Estimator):
     ``info["in_doubt_players"]`` names them). ``confidence`` is 1 minus the smallest
     failure probability at which every player would be settled. With ``top`` the k
     highest are ``selected`` and, as for any selected set, listed first by ``ranking``.
+    Kept as Neuron Shapley's reference method: ``cut`` settles the same question with far
+    fewer evaluations (BENCHMARKS.md, section 18).
     """
 
     name = "bandit"

@@ -24,6 +24,7 @@ from shapprune.estimators.catalog import (
     get_estimator,
     register_estimator,
 )
+from shapprune.estimators.cut import Cut
 from shapprune.estimators.exact import Exact
 from shapprune.estimators.executors import Executor
 from shapprune.estimators.kernel import Kernel
@@ -45,7 +46,7 @@ __all__ = [
     "staged_progress",
 ]
 
-for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut, Semivalue, Refine, Bandit):
+for _builtin in (Exact, Permutation, Kernel, Partial, LeaveOneOut, Semivalue, Refine, Bandit, Cut):
     register_estimator(_builtin)
 
 
