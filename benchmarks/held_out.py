@@ -349,7 +349,8 @@ def print_report(result: dict) -> None:
             else ""
         )
         + ". **defaults**: `prune_model(model, data)` with only the MACs target (LRP, the "
-        "scope chosen on the reference loss, global per MAC, compensation, refinement "
+        "plan with the lowest reference loss of global per MAC, global on LAMP's shares and "
+        "per layer, compensation, refinement "
         f"{result['refine']}"
         + (
             ", BatchNorm re-estimated after removal"
