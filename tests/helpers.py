@@ -177,3 +177,21 @@ def tiny_vgg(seed: int = 0) -> nn.Module:
     from shapprune.zoo.models import build_model
 
     return build_model("vgg", in_channels=1, image_size=16, num_classes=2, cfg=[4, "M"], seed=seed)
+
+
+def assert_settled_bottom_k(est, game, k: float, budget: int) -> None:
+    """A top-/bottom-k estimator's answer (bandit, cut) on a game with known values: the
+    true k lowest selected and ranked first, settled with confidence before the budget
+    ran out, and every value inside its interval."""
+    import numpy as np
+
+    from shapprune.estimators.bandit import resolve_k
+
+    count = resolve_k(k, game.n_players)
+    truth = np.argsort(game.shapley())[:count]
+    assert sorted(est.selected.tolist()) == sorted(truth.tolist())
+    assert est.info["settled"] and est.info["in_doubt"] == 0
+    assert est.confidence >= 0.9 and est.n_evals < budget  # stopped once settled
+    assert sorted(est.ranking[:count].tolist()) == sorted(truth.tolist())
+    lo, hi = est.intervals.T
+    assert np.all(lo <= est.values) and np.all(est.values <= hi)

@@ -4,9 +4,9 @@ rather than guessed, the budget kept, the seed's answer fixed, bad options refus
 import numpy as np
 import pytest
 import torch
+from helpers import assert_settled_bottom_k
 from torch import nn
 
-from shapprune.estimators.bandit import resolve_k
 from shapprune.estimators.registry import default_budget, estimate
 from shapprune.game.network_game import NetworkGame
 from shapprune.game.synthetic import UnanimityGame, WeightedVotingGame
@@ -36,14 +36,7 @@ def _spread_game(n: int = 40, seed: int = 0) -> SizeGame:
 def test_settles_the_true_bottom_k(k):
     game = _spread_game()
     est = estimate(game, "bandit", budget=40_000, seed=0, k=k)
-    count = resolve_k(k, game.n_players)
-    truth = np.argsort(game.shapley())[:count]
-    assert sorted(est.selected.tolist()) == sorted(truth.tolist())
-    assert est.info["settled"] and est.info["in_doubt"] == 0
-    assert est.confidence >= 0.9 and est.n_evals < 40_000  # stopped once settled
-    assert sorted(est.ranking[:count].tolist()) == sorted(truth.tolist())
-    lo, hi = est.intervals.T
-    assert np.all(lo <= est.values) and np.all(est.values <= hi)
+    assert_settled_bottom_k(est, game, k, budget=40_000)
 
 
 def test_settled_players_stop_costing_evaluations():

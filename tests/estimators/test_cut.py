@@ -5,9 +5,9 @@ when wrong, the budget kept, the seed's answer fixed, bad options refused."""
 import numpy as np
 import pytest
 import torch
+from helpers import assert_settled_bottom_k
 from torch import nn
 
-from shapprune.estimators.bandit import resolve_k
 from shapprune.estimators.catalog import get_estimator
 from shapprune.estimators.registry import ESTIMATORS, default_budget, estimate
 from shapprune.game.network_game import NetworkGame
@@ -92,14 +92,7 @@ def est_options(**values):
 def test_settles_the_true_bottom_k_of_a_game_with_a_planted_gap(k):
     game = _gap_game()
     est = estimate(game, "cut", budget=60_000, seed=0, k=k)
-    count = resolve_k(k, game.n_players)
-    truth = np.argsort(game.shapley())[:count]
-    assert sorted(est.selected.tolist()) == sorted(truth.tolist())
-    assert est.info["settled"] and est.info["in_doubt"] == 0
-    assert est.confidence >= 0.9 and est.n_evals < 60_000  # stopped once settled
-    assert sorted(est.ranking[:count].tolist()) == sorted(truth.tolist())
-    lo, hi = est.intervals.T
-    assert np.all(lo <= est.values) and np.all(est.values <= hi)
+    assert_settled_bottom_k(est, game, k, budget=60_000)
 
 
 def test_values_match_the_exact_shapley_values_within_their_intervals():

@@ -29,12 +29,13 @@ from shapprune.estimators.base import Answer, Estimator
 from shapprune.estimators.permutation import sampling_default_budget
 from shapprune.options import option
 
-__all__ = ["Bandit", "BanditOptions", "bandit", "resolve_k"]
+__all__ = ["Bandit", "BanditOptions", "CutChoice", "bandit", "resolve_k"]
 
 
 @dataclass
-class BanditOptions:
-    """Options of the bandit."""
+class CutChoice:
+    """What a top-/bottom-k estimator settles, and at what confidence: the options the
+    bandit and the cut estimator share."""
 
     k: float | None = option(
         None,
@@ -43,6 +44,20 @@ class BanditOptions:
     )
     top: bool = option(False, "settle the k highest instead of the k lowest")
     delta: float = option(0.1, "failure probability of all the intervals together, in (0, 1)")
+
+    def __post_init__(self) -> None:
+        if self.k is not None and not self.k > 0:
+            raise ValueError(f"k must be a count >= 1 or a fraction in (0, 1), got {self.k}")
+        if self.k is not None and self.k >= 1 and self.k != int(self.k):
+            raise ValueError(f"k must be a whole count or a fraction in (0, 1), got {self.k}")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta must be a probability in (0, 1), got {self.delta}")
+
+
+@dataclass
+class BanditOptions(CutChoice):
+    """Options of the bandit."""
+
     truncation: float | None = option(
         None, "stop a walk once |v(S) - v(empty)| stays below this tolerance"
     )
@@ -57,12 +72,7 @@ class BanditOptions:
     )
 
     def __post_init__(self) -> None:
-        if self.k is not None and not self.k > 0:
-            raise ValueError(f"k must be a count >= 1 or a fraction in (0, 1), got {self.k}")
-        if self.k is not None and self.k >= 1 and self.k != int(self.k):
-            raise ValueError(f"k must be a whole count or a fraction in (0, 1), got {self.k}")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"delta must be a probability in (0, 1), got {self.delta}")
+        super().__post_init__()
         if self.truncation is not None and self.truncation < 0:
             raise ValueError(f"truncation must be a tolerance >= 0, got {self.truncation}")
         if self.patience < 1:

@@ -40,7 +40,7 @@ import numpy as np
 from scipy import stats
 
 from shapprune.estimators._budget import BudgetedGame
-from shapprune.estimators.bandit import resolve_k
+from shapprune.estimators.bandit import CutChoice, resolve_k
 from shapprune.estimators.base import Answer, Estimator
 from shapprune.estimators.permutation import MAX_COEFFICIENT, sampling_default_budget
 from shapprune.options import option
@@ -49,16 +49,9 @@ __all__ = ["Cut", "CutOptions", "settle_cut"]
 
 
 @dataclass
-class CutOptions:
+class CutOptions(CutChoice):
     """Options of the cut estimator."""
 
-    k: float | None = option(
-        None,
-        "players to settle: a count >= 1 or a fraction in (0, 1) (None: the pruning "
-        "target's fraction of channels where there is one, else 0.5)",
-    )
-    top: bool = option(False, "settle the k highest instead of the k lowest")
-    delta: float = option(0.1, "failure probability of all the intervals together, in (0, 1)")
     tolerance: float = option(
         0.01, "indifference zone, a fraction of the mean value (v(N) - v(empty)) / n"
     )
@@ -72,12 +65,7 @@ class CutOptions:
     )
 
     def __post_init__(self) -> None:
-        if self.k is not None and not self.k > 0:
-            raise ValueError(f"k must be a count >= 1 or a fraction in (0, 1), got {self.k}")
-        if self.k is not None and self.k >= 1 and self.k != int(self.k):
-            raise ValueError(f"k must be a whole count or a fraction in (0, 1), got {self.k}")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"delta must be a probability in (0, 1), got {self.delta}")
+        super().__post_init__()
         if self.tolerance < 0:
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
         if self.warmup < 3:
