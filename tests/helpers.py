@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -183,8 +184,6 @@ def assert_settled_bottom_k(est, game, k: float, budget: int) -> None:
     """A top-/bottom-k estimator's answer (bandit, cut) on a game with known values: the
     true k lowest selected and ranked first, settled with confidence before the budget
     ran out, and every value inside its interval."""
-    import numpy as np
-
     from shapprune.estimators.bandit import resolve_k
 
     count = resolve_k(k, game.n_players)
@@ -195,3 +194,20 @@ def assert_settled_bottom_k(est, game, k: float, budget: int) -> None:
     assert sorted(est.ranking[:count].tolist()) == sorted(truth.tolist())
     lo, hi = est.intervals.T
     assert np.all(lo <= est.values) and np.all(est.values <= hi)
+
+
+class SizeGame:
+    """v(S) = w . z + c (|S| / n)^2: the Shapley value of i is w_i + c / n, and the size
+    term makes every marginal depend on where in the walk it falls (noisy samples, what
+    the position control variate takes out)."""
+
+    def __init__(self, weights, c: float = 3.0) -> None:
+        self.w = np.asarray(weights, dtype=np.float64)
+        self.n_players, self.c = len(self.w), c
+
+    def value(self, masks: torch.Tensor) -> torch.Tensor:
+        z = masks.reshape(-1, self.n_players).numpy().astype(np.float64)
+        return torch.from_numpy(z @ self.w + self.c * (z.sum(1) / self.n_players) ** 2)
+
+    def shapley(self) -> np.ndarray:
+        return self.w + self.c / self.n_players

@@ -4,28 +4,12 @@ rather than guessed, the budget kept, the seed's answer fixed, bad options refus
 import numpy as np
 import pytest
 import torch
-from helpers import assert_settled_bottom_k
+from helpers import SizeGame, assert_settled_bottom_k
 from torch import nn
 
 from shapprune.estimators.registry import default_budget, estimate
 from shapprune.game.network_game import NetworkGame
 from shapprune.game.synthetic import UnanimityGame, WeightedVotingGame
-
-
-class SizeGame:
-    """v(S) = w . z + c (|S| / n)^2: the Shapley value of i is w_i + c / n, and the size
-    term makes every marginal depend on where in the walk it falls (noisy samples)."""
-
-    def __init__(self, weights, c: float = 3.0) -> None:
-        self.w = np.asarray(weights, dtype=np.float64)
-        self.n_players, self.c = len(self.w), c
-
-    def value(self, masks: torch.Tensor) -> torch.Tensor:
-        z = masks.reshape(-1, self.n_players).numpy().astype(np.float64)
-        return torch.from_numpy(z @ self.w + self.c * (z.sum(1) / self.n_players) ** 2)
-
-    def shapley(self) -> np.ndarray:
-        return self.w + self.c / self.n_players
 
 
 def _spread_game(n: int = 40, seed: int = 0) -> SizeGame:
