@@ -66,6 +66,11 @@ def _model(name: str, data):
     return pretrained(name, data.name, progress=False)[0].eval()
 
 
+def auto_choice(variants: dict, candidates) -> str:
+    """The candidate ``prune_model(global_="auto")`` keeps: the lowest reference loss."""
+    return min(candidates, key=lambda c: variants[c]["reference_loss"])
+
+
 def run_model(name: str, data, targets) -> dict:
     """Every variant at every target on model ``name``; the auto choices derived."""
     model = _model(name, data)
@@ -96,7 +101,7 @@ def run_model(name: str, data, targets) -> dict:
                   flush=True)  # fmt: skip
         v = cell["variants"]
         for auto, candidates in AUTO.items():
-            chosen = min(candidates, key=lambda c: v[c]["reference_loss"])
+            chosen = auto_choice(v, candidates)
             cell[auto] = {"chosen": chosen, "accuracy": v[chosen]["accuracy"]}
         best = max(v, key=lambda c: v[c]["accuracy"])
         cell["best"] = {"variant": best, "accuracy": v[best]["accuracy"]}
@@ -130,12 +135,9 @@ def candidate_sets(result: dict) -> list[dict]:
     for candidates in sets:
         row: dict = {"candidates": list(candidates)}
         for group in ("zoo", "held-out"):
-            accs = [
-                c["variants"][min(candidates, key=lambda x: c["variants"][x]["reference_loss"])][
-                    "accuracy"
-                ]
-                for m in result["models"] if m["group"] == group for c in m["cells"]
-            ]  # fmt: skip
+            accs = [c["variants"][auto_choice(c["variants"], candidates)]["accuracy"]
+                    for m in result["models"] if m["group"] == group
+                    for c in m["cells"]]  # fmt: skip
             row[group] = sum(accs) / len(accs) if accs else None
         rows.append(row)
     return rows

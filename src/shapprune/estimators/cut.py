@@ -147,12 +147,7 @@ def _walk_values(
     walks, n = orders.shape
     vals = np.full((walks, n + 1), np.nan)
     vals[:, 0], vals[:, n] = v_full, v_empty
-    need = np.zeros((walks, n + 1), dtype=bool)
-    in_doubt = doubt[orders]  # (W, n): the player at position j is in doubt
-    need[:, :-1] |= in_doubt
-    need[:, 1:] |= in_doubt
-    need[:, 0] = need[:, n] = False
-    w_idx, j_idx = np.nonzero(need)
+    w_idx, j_idx = np.nonzero(_needed(orders, doubt))
     if len(w_idx):
         pos = np.empty_like(orders)
         rows = np.arange(walks)[:, None]
@@ -162,14 +157,21 @@ def _walk_values(
     return vals, len(w_idx)
 
 
-def _walk_cost(orders: np.ndarray, doubt: np.ndarray) -> int:
-    """Coalitions ``_walk_values`` will ask for."""
-    n = orders.shape[1]
-    need = np.zeros((len(orders), n + 1), dtype=bool)
-    in_doubt = doubt[orders]
+def _needed(orders: np.ndarray, doubt: np.ndarray) -> np.ndarray:
+    """(W, n + 1): the walk values a player in doubt needs (j and j + 1 around its
+    position j), v(N) and v(empty) excepted (known)."""
+    walks, n = orders.shape
+    need = np.zeros((walks, n + 1), dtype=bool)
+    in_doubt = doubt[orders]  # (W, n): the player at position j is in doubt
     need[:, :-1] |= in_doubt
     need[:, 1:] |= in_doubt
-    return int(need[:, 1:n].sum())
+    need[:, 0] = need[:, n] = False
+    return need
+
+
+def _walk_cost(orders: np.ndarray, doubt: np.ndarray) -> int:
+    """Coalitions ``_walk_values`` will ask for."""
+    return int(_needed(orders, doubt).sum())
 
 
 def _pair_orders(rng: np.random.Generator, pairs: int, n: int) -> np.ndarray:
@@ -194,6 +196,7 @@ class _Pairs:
         self.margs: list[np.ndarray] = []
         self.places: list[np.ndarray] = []  # (2, players)
         self.curve_sums: list[np.ndarray | None] = []  # (n,) per whole pair, else None
+        self._cache: tuple | None = None  # (whole pairs, pairs, curve, samples) last built
 
     def add(self, orders: np.ndarray, vals: np.ndarray, ask: np.ndarray, whole: bool) -> None:
         n = self.n
@@ -224,9 +227,8 @@ class _Pairs:
         """The running sums of every pair's samples with today's controls: rebuilt when
         whole pairs were added (the curve moved), else the new pairs added to the last."""
         whole = [s for s in self.curve_sums if s is not None]
-        cached = getattr(self, "_cache", None)
-        if cached is not None and cached[0] == len(whole):
-            _, done, curve, out = cached
+        if self._cache is not None and self._cache[0] == len(whole):
+            _, done, curve, out = self._cache
         else:
             total, walks = np.sum(whole, axis=0), 2 * len(whole)
             curve, out, done = self._smooth(total / walks), _Samples(self.n), 0

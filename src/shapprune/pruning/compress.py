@@ -322,13 +322,14 @@ def _best_plan(
             means = consumer_means(model, points, ref.x)
         except ValueError:  # a consumer that cannot compensate: refused where it matters
             means = ref.x
-    # label -> (global?, normalisation, cost)
-    scopes = {"global": (True, normalisation, cost), "per-layer": (False, normalisation, cost)}
+    # label -> (global?, normalisation, cost), in the order ties are broken
     if global_ != "auto":
         scopes = {"global" if global_ else "per-layer": (bool(global_), normalisation, cost)}
-    elif lamp_too:  # Torch-Pruning's LAMP: the shares alone, no cost per MAC
-        scopes = {"global": (True, normalisation, cost), "global (lamp)": (True, "lamp", None),
-                  "per-layer": (False, normalisation, cost)}  # fmt: skip
+    else:
+        scopes = {"global": (True, normalisation, cost)}
+        if lamp_too:  # Torch-Pruning's LAMP: the shares alone, no cost per MAC
+            scopes["global (lamp)"] = (True, "lamp", None)
+        scopes["per-layer"] = (False, normalisation, cost)
     built_plans = {
         label: _plan_and_build(model, scores, target, example, scope, how, baseline, units,
                                price, mode, compensate, means, ref, graph, recalibrate,

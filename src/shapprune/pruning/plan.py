@@ -237,6 +237,9 @@ def make_plan(
         raise ValueError("a cost-aware plan ranks units across layers: it needs global_=True")
     if not 0 <= headroom <= 1:
         raise ValueError(f"headroom is a fraction in [0, 1], got {headroom}")
+    info = {"normalisation": normalisation, "cost": cost}  # how the plan ranked the units
+    if global_:
+        info["headroom"] = headroom
     if apply is None:
 
         def apply(m: nn.Module, removals: dict[str, list[int]]) -> nn.Module:
@@ -279,9 +282,6 @@ def make_plan(
         total = sum(sizes.values())
         removals = removals_for(target.fraction)
         achieved = sum(len(v) for v in removals.values()) / total
-        info = {"normalisation": normalisation, "cost": cost}
-        if global_:
-            info["headroom"] = headroom
         return Plan(removals, str(target), achieved, global_, info)
 
     base = baseline if baseline is not None else model
@@ -312,7 +312,4 @@ def make_plan(
     hi = _smallest_meeting(reduction, target.fraction, amounts)
     removals = removals_for(hi)
     achieved = reduction(hi)
-    info = {"normalisation": normalisation, "cost": cost}
-    if global_:
-        info["headroom"] = headroom
     return Plan(removals, str(target), achieved, global_, info)
