@@ -227,7 +227,7 @@ def main() -> None:
     alone = {name for name in ("budget_run", "game", "precision_run")
              if getattr(args, name) == "only"}  # fmt: skip
     if args.budget_run != "no" and alone <= {"budget_run"}:
-        timed = run_child(budgeted, pixels, per_class, 20.0 if args.quick else BUDGET_S)
+        timed = run_child(budgeted, pixels, per_class, 10.0 if args.quick else BUDGET_S)
     if args.game != "no" and alone <= {"game"}:
         game = run_child(f"game:{budgeted}", pixels, per_class, None)
     if args.precision_run != "no" and alone <= {"precision_run"}:

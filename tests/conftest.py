@@ -1,9 +1,22 @@
 """Shared fixtures: the embedded data and a small network trained on it once per run."""
 
+import os
+
 import pytest
+import torch
 
 from shapprune.zoo.data import load_dataset
 from shapprune.zoo.training import recipe_for, train_by_recipe
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker takes its share of torch's threads (and hands it to the
+    processes it starts), so that the workers do not fight over the cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, torch.get_num_threads() // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 @pytest.fixture(scope="session")

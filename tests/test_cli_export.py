@@ -169,7 +169,8 @@ def test_a_pruned_hf_vit_reloads_with_from_pretrained(tmp_path, monkeypatch, cap
                            "--refine", "2", "--out", out, "--export", "hf")  # fmt: skip
     assert code == 0, err
     flat = " ".join(err.split())
-    assert f"exported hf to {out / 'model-hf'}: largest difference" in flat
+    said = f"exported hf to {out / 'model-hf'}: largest difference"
+    assert "".join(said.split()) in "".join(flat.split())  # a long path wraps anywhere
     pruned, _ = load_model(str(out))
     uneven = len(_widths(pruned)) > 1
     assert ("padded with zero units to the widest" in flat) == uneven
